@@ -1,0 +1,46 @@
+# Two entry points (README):  `make run`  and  `make test`.
+# Both create .venv on first use and install everything the project needs into it.
+
+VENV   ?= .venv
+PYTHON ?= python3
+BIN     = $(VENV)/bin
+CORES  ?= all
+# cpu: install the CPU build of torch first (no multi-GB CUDA download);
+# keep: take whatever torch pip resolves / is already in the environment (GPU machines).
+TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo keep || echo cpu)
+
+.PHONY: setup run test lint dryrun pytest report lock clean-results
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements/lock.txt requirements/torch-cpu.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	if [ "$(TORCH)" = cpu ]; then $(BIN)/python -m pip install -q -r requirements/torch-cpu.txt; fi
+	$(BIN)/python -m pip install -q -c requirements/lock.txt -e '.[workflow,test]'
+	touch $@
+
+## The main job: the whole DAG on the embedded default (config.yaml).
+run: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES)
+
+## The whole test suite: lint, a dry run of every shipped config, then pytest.
+test: setup lint dryrun pytest
+
+lint: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --lint
+
+dryrun: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tests/dryrun_configs.py
+
+pytest: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -p no:cacheprovider
+
+report: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --report report.zip
+
+lock: setup
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^torch==' > requirements/lock.txt
+
+clean-results:
+	rm -rf results/embedded

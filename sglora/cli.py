@@ -1,0 +1,326 @@
+"""``sglora``: one subcommand per pipeline step. The Snakemake rules call these; each
+also runs on its own (``sglora <step> --help``).
+
+Settings arrive as JSON strings (``--lora '{"rank": 2}'``) so a rule passes exactly its
+config section, and Snakemake reruns a step when, and only when, its section changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _json(text: str | None) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"sglora: not valid JSON: {text!r} ({err})")
+    if not isinstance(value, dict):
+        raise SystemExit(f"sglora: expected a JSON object, got {text!r}")
+    return value
+
+
+def _list(text: str) -> list[str]:
+    return [t for t in text.split(",") if t]
+
+
+# --- handlers ----------------------------------------------------------------------
+
+def cmd_world(a):
+    from .world import generate_world
+
+    opts = _json(a.options)
+    print(json.dumps(generate_world(a.out, seed=a.seed, **opts)))
+
+
+def cmd_pretrain(a):
+    import pyarrow.parquet as pq
+
+    from .backbone import pretrain_clip
+
+    images, texts, vocab = [], [], []
+    for world in a.worlds:
+        man = {r["image_path"]: r["split"] for r in pq.read_table(Path(world) / "manifest.raw.parquet").to_pylist()}
+        for r in pq.read_table(Path(world) / "captions.parquet").to_pylist():
+            vocab += list(r["captions"]) + [r["coarse_caption"]]
+            if man[r["image_path"]] == "train":
+                images.append(r["image_path"])
+                texts.append(r["coarse_caption"])
+    opts = _json(a.options)
+    print(json.dumps(pretrain_clip(a.out, images, texts, vocab, seed=a.seed, threads=a.threads, **opts)))
+
+
+def cmd_embed(a):
+    from .embed import embed_tasks
+
+    manifests = dict(m.split("=", 1) for m in a.manifest)
+    print(json.dumps(embed_tasks(a.backbone, manifests, a.out, template=a.template or None)))
+
+
+def cmd_train_lora(a):
+    from .expert import TrainSpec, train_lora
+    from .lora import LoraSpec
+
+    info = train_lora(a.backbone, a.manifest, a.task, a.out, LoraSpec.from_dict(_json(a.lora)),
+                      TrainSpec.from_dict(_json(a.training)), threads=a.threads)
+    print(json.dumps({k: info[k] for k in ("task", "pairs", "dim", "snapshots")} | {"final_loss": info["losses"][-1]}))
+
+
+def cmd_assemble(a):
+    from .embed import read_embeddings
+    from .repository import assemble
+
+    emb = read_embeddings(a.embeddings, a.dataset)
+    experts = [{"task": Path(d).name, "lora_dir": d} for d in a.loras]
+    print(json.dumps(assemble(a.out, experts, emb)))
+
+
+def cmd_train_cvae(a):
+    import numpy as np
+
+    from .cvae import CVAESpec, save_cvae, train_cvae
+    from .generate import PriorSpec
+    from .prior import training_conditions
+    from .repository import Repository
+
+    repo = Repository(a.repository)
+    spec, prior = CVAESpec.from_dict(_json(a.cvae)), PriorSpec.from_dict(_json(a.prior))
+    condition = spec.condition
+    experts = repo.experts()
+    tasks, vecs = [], []
+    for t, v in repo.iter_snapshots():
+        tasks += t
+        vecs.append(v)
+    index = np.array([experts.tasks.index(t) for t in tasks])
+    cm, cv = training_conditions(experts.embedding(prior.modality), experts.mu, experts.var, prior.k, prior.tau, condition)
+    model, history = train_cvae(np.concatenate(vecs), index, cm, cv, spec, threads=a.threads)
+    from dataclasses import asdict
+
+    save_cvae(a.out, model, {"prior": asdict(prior), "condition": condition, "history": history,
+                             "repository": str(a.repository)})
+    print(json.dumps(history[-1]))
+
+
+def cmd_candidates(a):
+    """Candidate LoRAs of one method for the tasks of one group."""
+    import numpy as np
+
+    from .candidates import save_candidates
+    from .embed import read_embeddings
+    from .generate import PriorSpec, describe_prior, sample_loras, task_seed
+    from .repository import Repository
+
+    tasks = _list(a.tasks)
+    method = a.method
+    if method == "oracle":
+        from .expert import read_snapshots
+
+        vecs, layout = {}, None
+        for d in a.loras:
+            snaps, layout = read_snapshots(d)
+            vecs[Path(d).name] = snaps[-1:]
+        save_candidates(a.out, vecs, layout, method, {t: {"kind": "trained on the task's own data"} for t in vecs})
+        return
+    repo = Repository(a.repository)
+    experts = repo.experts()
+    prior = PriorSpec.from_dict(_json(a.prior))
+    emb = read_embeddings(a.embeddings, a.dataset)
+    key = "text_embedding" if prior.modality == "textual" else "visual_embedding"
+    vecs, info = {}, {}
+    if method == "sglora":
+        from .cvae import load_cvae
+        from .lora import save_adapter
+
+        cvae, _ = load_cvae(a.cvae)
+        sampling = _json(a.sampling)
+        n, seed = int(sampling.get("samples", 10)), int(sampling.get("seed", 0))
+        for t in tasks:
+            s = task_seed(seed, t)
+            v, p = sample_loras(cvae, experts, emb[t][key], prior, n, s)
+            vecs[t] = v
+            info[t] = {"experts": describe_prior(p, experts), "seed": s}
+            if a.adapters:
+                for i, vec in enumerate(v):
+                    save_adapter(Path(a.adapters) / t / f"sample_{i:03d}", vec, repo.layout, repo.lora, repo.backbone,
+                                 {"task": t, "description": emb[t]["description"], "seed": s, "sample": i,
+                                  "experts": info[t]["experts"], "kind": "sglora"})
+        if a.adapters:
+            Path(a.adapters).mkdir(parents=True, exist_ok=True)
+    else:
+        from .baselines.merging import merge
+
+        for t in tasks:
+            v, i = merge(method, experts, emb[t][key], prior.modality, prior.k, prior.tau)
+            vecs[t], info[t] = v[None], i
+    save_candidates(a.out, vecs, repo.layout, method, info)
+    print(json.dumps({"method": method, "tasks": len(vecs)}))
+
+
+def cmd_evaluate(a):
+    from .evaluate import evaluate_method
+    from .lora import LoraSpec
+
+    scaling = LoraSpec.from_dict(_json(a.lora)).scaling
+    res = evaluate_method(a.backbone, a.manifest, _list(a.tasks), a.method, a.out, a.candidates, scaling,
+                          group=a.group, threads=a.threads)
+    print(json.dumps(res))
+
+
+def cmd_generate(a):
+    from .generate import generate
+
+    res = generate(a.description, a.repository, a.cvae, a.out, samples=a.samples, seed=a.seed, backbone=a.backbone)
+    print(f"description: {res['description']}")
+    print("experts used (top-K, alpha):")
+    for e in res["experts"]:
+        print(f"  {e['name']:<30} sim={e['similarity']:.3f}  alpha={e['alpha']:.3f}")
+    for d in res["adapters"]:
+        print(f"wrote {d}")
+
+
+def cmd_tables(a):
+    from .tables import write_tables
+
+    write_tables(a.metrics, a.out, _json(a.groups), paper=a.paper or None)
+
+
+def cmd_figures(a):
+    from .figures import write_figures
+
+    write_figures(a.out, repository=a.repository, metrics=a.metrics, candidates=a.candidates, loras=a.loras,
+                  groups=_json(a.groups))
+
+
+# --- parser ------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sglora", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="STEP")
+
+    def add(name, func, help_text):
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.set_defaults(func=func)
+        return sp
+
+    s = add("world", cmd_world, "Generate one domain of the embedded benchmark's synthetic world (images, manifest, captions).")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--seed", type=int, default=0, help="world seed (family looks and images)")
+    s.add_argument("--options", help="JSON: domain, classes, images_per_class, test_per_class, image_size, template")
+
+    s = add("pretrain", cmd_pretrain, "Pretrain the embedded benchmark's small CLIP on coarse captions of all classes.")
+    s.add_argument("--worlds", nargs="+", required=True, help="world folders written by 'sglora world'")
+    s.add_argument("--out", required=True, help="output folder (save_pretrained layout)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--options", help="JSON: epochs, batch_size, lr, sizes")
+
+    s = add("embed", cmd_embed, "Embed every task's description (text) and training images (visual) with the frozen backbone.")
+    s.add_argument("--backbone", required=True, help="model id or local folder")
+    s.add_argument("--manifest", nargs="+", required=True, metavar="DATASET=FILE", help="task manifests")
+    s.add_argument("--template", default="", help="description template, e.g. 'a photo of a <class name>'")
+    s.add_argument("--out", required=True)
+
+    s = add("train-lora", cmd_train_lora, "Train one task's LoRA (an expert for a seen task, the Oracle for an unseen one).")
+    s.add_argument("--backbone", required=True)
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--task", required=True, help="task id")
+    s.add_argument("--out", required=True, help="output folder: snapshots.safetensors, adapter/, training.json")
+    s.add_argument("--lora", help="JSON LoRA spec (rank, alpha, target_modules, towers, init_seed)")
+    s.add_argument("--training", help="JSON training spec (epochs, snapshots, lr, batch_size, seed, device, bf16)")
+    s.add_argument("--threads", type=int, default=None)
+
+    s = add("assemble", cmd_assemble, "Stream expert LoRAs into the Parquet expert repository.")
+    s.add_argument("--loras", nargs="+", required=True, help="trained LoRA folders (folder name = task id)")
+    s.add_argument("--embeddings", required=True, help="task embedding table")
+    s.add_argument("--dataset", default=None, help="dataset of the experts (to pick their embeddings)")
+    s.add_argument("--out", required=True, help="repository folder")
+
+    s = add("train-cvae", cmd_train_cvae, "Train the conditional VAE on all snapshots of the repository.")
+    s.add_argument("--repository", required=True)
+    s.add_argument("--cvae", help="JSON CVAE spec")
+    s.add_argument("--prior", help="JSON prior spec (k, tau, modality)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--threads", type=int, default=None)
+
+    s = add("candidates", cmd_candidates, "Write a method's candidate LoRA(s) for each task of a group "
+            "(sglora samples, oracle, model_soups, adaptersoup, topk_weighted).")
+    s.add_argument("--method", required=True, choices=["sglora", "oracle", "model_soups", "adaptersoup", "topk_weighted"])
+    s.add_argument("--tasks", default="", help="comma-separated task ids")
+    s.add_argument("--dataset", default=None, help="dataset of the tasks (for their embeddings)")
+    s.add_argument("--repository")
+    s.add_argument("--embeddings")
+    s.add_argument("--cvae", help="trained CVAE folder (sglora)")
+    s.add_argument("--prior", help="JSON prior spec")
+    s.add_argument("--sampling", help="JSON: samples, seed (sglora)")
+    s.add_argument("--adapters", help="also write each sample as a PEFT adapter folder here (sglora)")
+    s.add_argument("--loras", nargs="*", default=[], help="trained LoRA folders (oracle)")
+    s.add_argument("--out", required=True)
+
+    s = add("evaluate", cmd_evaluate, "Evaluate a method's LoRA(s) (merged into the weights) on each task's test split.")
+    s.add_argument("--backbone", required=True)
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--tasks", required=True)
+    s.add_argument("--method", required=True)
+    s.add_argument("--group", default="")
+    s.add_argument("--candidates", default=None, help="candidates file; omit for zero-shot CLIP")
+    s.add_argument("--lora", help="JSON LoRA spec (for the scaling alpha / rank)")
+    s.add_argument("--out", required=True, help="folder for <task>.json")
+    s.add_argument("--threads", type=int, default=None)
+
+    s = add("generate", cmd_generate, "Generate LoRA adapter(s) for any text description with the trained SG-LoRA.")
+    s.add_argument("description", help='e.g. "a photo of a zebra"')
+    s.add_argument("--out", required=True, help="adapter folder (or parent of sample_NNN folders)")
+    s.add_argument("--samples", type=int, default=1)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--repository", default="results/embedded/repository")
+    s.add_argument("--cvae", default="results/embedded/cvae")
+    s.add_argument("--backbone", default=None, help="defaults to the repository's backbone")
+
+    s = add("tables", cmd_tables, "Write the metric tables (CSV, Markdown, LaTeX) from the metrics folders.")
+    s.add_argument("--metrics", required=True, help="metrics root folder")
+    s.add_argument("--groups", required=True, help="JSON of the evaluation groups")
+    s.add_argument("--paper", default="", help="paper table key to print beside ours")
+    s.add_argument("--out", required=True)
+
+    s = add("figures", cmd_figures, "Draw the figures (t-SNE of expert LoRAs, of samples, R@1 bars).")
+    s.add_argument("--repository", required=True)
+    s.add_argument("--metrics", required=True)
+    s.add_argument("--candidates", required=True, help="candidates root folder")
+    s.add_argument("--loras", required=True, help="trained LoRAs root folder")
+    s.add_argument("--groups", required=True)
+    s.add_argument("--out", required=True)
+
+    try:
+        from . import cli_data
+    except ImportError:
+        cli_data = None
+    if cli_data is not None:
+        cli_data.register(sub)
+    try:
+        from .baselines import cli as baseline_cli
+    except ImportError:
+        baseline_cli = None
+    if baseline_cli is not None:
+        baseline_cli.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .io import SGLoraError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except SGLoraError as err:
+        print(f"sglora {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""The conditional VAE of SG-LoRA (Eq. 8 of the paper).
+
+    encoder   q(z | X, c)   2-layer ReLU MLP -> (mean, log-variance)
+    prior     p(z | c)      2-layer ReLU MLP -> (mean, log-variance)   (learned, not N(0, I))
+    decoder   p(X | z, c)   3-layer ReLU MLP
+    loss      ||X - X_hat||^2 + lambda * KL(q(z | X, c) || p(z | c))
+
+Design choices (each a config key, see ``CVAESpec``):
+
+- *Normalisation*: LoRA coordinates differ in scale by orders of magnitude (A is near its
+  initialisation, B starts at zero), so X and the condition are standardised per
+  coordinate with the training snapshots' mean and standard deviation.
+- *Condition embedding*: c = (mu*, sigma*) has twice the LoRA's size; one linear layer
+  maps it to ``cond_dim`` features shared by encoder, prior and decoder, so the network
+  grows linearly with D (a ViT-B/16 LoRA, D ~ 150k, gives ~80M weights at the defaults).
+- *Residual decoder*: the decoder predicts the deviation from mu*, X_hat = mu* + g(z, c);
+  with ``residual: false`` it predicts X directly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .io import SGLoraError, atomic_path, save_safetensors, write_json
+
+
+@dataclass
+class CVAESpec:
+    """Sizes and training settings of the CVAE."""
+
+    latent: int = 32  #: size of z
+    hidden: int = 512  #: width of the hidden layers
+    cond_dim: int = 256  #: size of the condition embedding of (mu*, sigma*)
+    kl_weight: float = 1.0  #: lambda in Eq. 8 (paper: 1)
+    residual: bool = True  #: decoder predicts X - mu* (True) or X (False)
+    normalization: str = "standardize"  #: "standardize" per coordinate, or "none"
+    condition: str = "loo"  #: a training snapshot's condition: "loo" (aggregator over the other experts), "all", "self"
+    epochs: int = 300  #: passes over all snapshots
+    lr: float = 1e-3  #: Adam learning rate
+    batch_size: int = 64  #: snapshots per step
+    seed: int = 0  #: initialisation and data order
+    device: str = "auto"  #: "auto" = cuda if available else cpu
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "CVAESpec":
+        d = dict(d or {})
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise SGLoraError(f"cvae: unknown key(s) {sorted(unknown)}")
+        spec = cls(**d)
+        if spec.normalization not in ("standardize", "none"):
+            raise SGLoraError(f"cvae.normalization: {spec.normalization!r} is not 'standardize' or 'none'")
+        if spec.condition not in ("loo", "all", "self"):
+            raise SGLoraError(f"cvae.condition: {spec.condition!r} is not 'loo', 'all' or 'self'")
+        for key in ("latent", "hidden", "cond_dim", "epochs", "batch_size"):
+            if getattr(spec, key) < 1:
+                raise SGLoraError(f"cvae.{key} must be >= 1, got {getattr(spec, key)}")
+        return spec
+
+
+def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p) -> torch.Tensor:
+    """KL(N(mu_q, e^logvar_q) || N(mu_p, e^logvar_p)), summed over the last axis."""
+    return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p) ** 2) / logvar_p.exp() - 1).sum(-1)
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class CVAE(nn.Module):
+    def __init__(self, dim: int, spec: CVAESpec):
+        super().__init__()
+        self.dim, self.spec = dim, spec
+        h, L, cd = spec.hidden, spec.latent, spec.cond_dim
+        self.condition = nn.Sequential(nn.Linear(2 * dim, cd), nn.ReLU())
+        self.encoder = _mlp([dim + cd, h, 2 * L])  # 2 layers
+        self.prior = _mlp([cd, h, 2 * L])  # 2 layers
+        self.decoder = _mlp([L + cd, h, h, dim])  # 3 layers
+        self.register_buffer("shift", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(dim))
+
+    # normalisation -------------------------------------------------------------
+    def fit_normalization(self, x: torch.Tensor) -> None:
+        if self.spec.normalization == "standardize":
+            std = x.double().std(0, unbiased=False)
+            floor = max(float(std[std > 0].median()) * 1e-3, 1e-8) if (std > 0).any() else 1.0
+            self.shift.copy_(x.double().mean(0).float())
+            self.scale.copy_(std.clamp_min(floor).float())
+
+    def cond(self, mu: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(condition embedding, normalised mu*)."""
+        mu_n = (mu - self.shift) / self.scale
+        sd_n = var.clamp_min(0).sqrt() / self.scale
+        return self.condition(torch.cat([mu_n, sd_n], -1)), mu_n
+
+    # the three networks ----------------------------------------------------------
+    def posterior(self, x_n, h):
+        m, lv = self.encoder(torch.cat([x_n, h], -1)).chunk(2, -1)
+        return m, lv.clamp(-12, 8)
+
+    def prior_params(self, h):
+        m, lv = self.prior(h).chunk(2, -1)
+        return m, lv.clamp(-12, 8)
+
+    def decode(self, z, h, mu_n):
+        out = self.decoder(torch.cat([z, h], -1))
+        return mu_n + out if self.spec.residual else out
+
+    def loss(self, x, mu, var) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(total, reconstruction, KL) averaged over the batch; reconstruction is the
+        squared error summed over coordinates, in normalised units."""
+        h, mu_n = self.cond(mu, var)
+        x_n = (x - self.shift) / self.scale
+        qm, qlv = self.posterior(x_n, h)
+        z = qm + torch.randn_like(qm) * (0.5 * qlv).exp()
+        rec = ((self.decode(z, h, mu_n) - x_n) ** 2).sum(-1).mean()
+        pm, plv = self.prior_params(h)
+        kl = gaussian_kl(qm, qlv, pm, plv).mean()
+        return rec + self.spec.kl_weight * kl, rec, kl
+
+    @torch.no_grad()
+    def sample(self, mu, var, n: int, generator: torch.Generator | None = None,
+               temperature: float = 1.0) -> torch.Tensor:
+        """``n`` LoRA vectors for one condition (mu*, var*): z ~ p(z | c), X = decode."""
+        mu = torch.as_tensor(mu, dtype=torch.float32, device=self.shift.device)[None]
+        var = torch.as_tensor(var, dtype=torch.float32, device=self.shift.device)[None]
+        h, mu_n = self.cond(mu, var)
+        pm, plv = self.prior_params(h)
+        eps = torch.randn((n, pm.shape[-1]), generator=generator, device="cpu").to(pm.device)
+        z = pm + temperature * eps * (0.5 * plv).exp()
+        x_n = self.decode(z, h.expand(n, -1), mu_n.expand(n, -1))
+        return (x_n * self.scale + self.shift).cpu()
+
+
+def train_cvae(snapshots: np.ndarray, expert_index: np.ndarray, cond_mu: np.ndarray, cond_var: np.ndarray,
+               spec: CVAESpec, threads: int | None = None, progress: bool = True) -> tuple[CVAE, list[dict]]:
+    """Train on all snapshots; snapshot i belongs to expert ``expert_index[i]`` whose
+    condition is ``(cond_mu, cond_var)[expert_index[i]]``."""
+    from tqdm import tqdm
+
+    from .backbone import pick_device, seed_everything
+
+    seed_everything(spec.seed, threads)
+    device = pick_device(spec.device)
+    x = torch.as_tensor(snapshots, dtype=torch.float32)
+    cm = torch.as_tensor(cond_mu, dtype=torch.float32)
+    cv = torch.as_tensor(cond_var, dtype=torch.float32)
+    idx = torch.as_tensor(expert_index, dtype=torch.long)
+    model = CVAE(x.shape[1], spec)
+    model.fit_normalization(x)
+    model.to(device)
+    x, cm, cv, idx = x.to(device), cm.to(device), cv.to(device), idx.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
+    gen = torch.Generator().manual_seed(spec.seed)
+    history = []
+    bar = tqdm(range(spec.epochs), desc="cvae", disable=not progress)
+    for epoch in bar:
+        model.train()
+        order = torch.randperm(len(x), generator=gen).to(device)
+        tot = rec_s = kl_s = 0.0
+        n = 0
+        for i in range(0, len(order), spec.batch_size):
+            b = order[i : i + spec.batch_size]
+            loss, rec, kl = model.loss(x[b], cm[idx[b]], cv[idx[b]])
+            if not torch.isfinite(loss):
+                last = history[-1]["loss"] if history else "none"
+                raise SGLoraError(f"cvae: loss is {loss.item()} at epoch {epoch + 1}; last finite epoch loss {last}")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            tot, rec_s, kl_s, n = tot + loss.item() * len(b), rec_s + rec.item() * len(b), kl_s + kl.item() * len(b), n + len(b)
+        history.append({"epoch": epoch + 1, "loss": tot / n, "reconstruction": rec_s / n, "kl": kl_s / n})
+        bar.set_postfix(loss=f"{tot / n:.3g}", kl=f"{kl_s / n:.3g}")
+    return model.eval().cpu(), history
+
+
+def save_cvae(out_dir: str | Path, model: CVAE, extra: dict) -> None:
+    """``model.safetensors`` (weights and normalisation) + ``config.json``, atomically."""
+    with atomic_path(out_dir, directory=True) as tmp:
+        save_safetensors(tmp / "model.safetensors", model.state_dict())
+        write_json(tmp / "config.json", {"dim": model.dim, "cvae": asdict(model.spec), **extra})
+
+
+def load_cvae(model_dir: str | Path) -> tuple[CVAE, dict]:
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    cfg_path, weights = model_dir / "config.json", model_dir / "model.safetensors"
+    if not cfg_path.exists() or not weights.exists():
+        raise SGLoraError(f"{model_dir}: not a trained CVAE (needs config.json and model.safetensors)")
+    cfg = json.loads(cfg_path.read_text())
+    model = CVAE(cfg["dim"], CVAESpec.from_dict(cfg["cvae"]))
+    model.load_state_dict(load_file(str(weights)))
+    return model.eval(), cfg
+
+
+def cvae_parameters(dim: int, spec: CVAESpec) -> int:
+    """Number of weights of a CVAE for a LoRA of ``dim`` values (for planning GPU memory)."""
+    h, L, cd = spec.hidden, spec.latent, spec.cond_dim
+    lin = lambda a, b: a * b + b  # noqa: E731
+    return (lin(2 * dim, cd) + lin(dim + cd, h) + lin(h, 2 * L) + lin(cd, h) + lin(h, 2 * L)
+            + lin(L + cd, h) + lin(h, h) + lin(h, dim))
+
+
+__all__ = ["CVAE", "CVAESpec", "gaussian_kl", "train_cvae", "save_cvae", "load_cvae", "cvae_parameters", "math"]

@@ -1,0 +1,142 @@
+"""Training a LoRA on one task's image-caption pairs: the experts and the Oracles.
+
+One code path for both: an *expert* is this run on a seen task, an *Oracle* the same run
+on an unseen task's own training data. The factors of the last ``snapshots`` epochs are
+kept (the paper's M snapshots per expert).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .backbone import clip_loss, load_clip, pick_device, pixel_values, same_text_targets, seed_everything, tokenize
+from .io import SGLoraError, atomic_path, save_safetensors, write_json
+from .lora import Layout, LoraSpec, add_lora, save_adapter
+from .manifest import read_manifest
+
+
+@dataclass
+class TrainSpec:
+    """How one task's LoRA is trained."""
+
+    epochs: int = 30  #: total epochs
+    snapshots: int = 20  #: M: the factors after each of the last M epochs are kept (paper: 100)
+    lr: float = 5e-3  #: Adam learning rate
+    batch_size: int = 32  #: image-caption pairs per step
+    weight_decay: float = 0.0  #: Adam(W) weight decay on the LoRA factors
+    seed: int = 0  #: data order and caption choice (the LoRA init comes from lora.init_seed)
+    device: str = "auto"  #: "auto" = cuda if available else cpu
+    bf16: bool = True  #: autocast to bfloat16 on a GPU (ignored on the CPU)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "TrainSpec":
+        d = dict(d or {})
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise SGLoraError(f"training: unknown key(s) {sorted(unknown)}")
+        spec = cls(**d)
+        if not 1 <= spec.snapshots <= spec.epochs:
+            raise SGLoraError(f"training.snapshots={spec.snapshots} must be between 1 and training.epochs={spec.epochs}")
+        return spec
+
+
+def task_pairs(manifest: str | Path, task: str, split: str) -> tuple[list[str], list[list[str]]]:
+    """Image paths and their caption lists for one task and split."""
+    rows = [r for r in read_manifest(manifest, [task]).to_pylist() if r["split"] == split]
+    rows = [r for r in rows if r["captions"]]
+    if not rows:
+        raise SGLoraError(f"{manifest}: task {task!r} has no {split} images with captions")
+    return [r["image_path"] for r in rows], [list(r["captions"]) for r in rows]
+
+
+def train_lora(
+    backbone: str,
+    manifest: str | Path,
+    task: str,
+    out_dir: str | Path,
+    lora: LoraSpec,
+    train: TrainSpec,
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Fine-tune CLIP with LoRA on ``task``'s training pairs (symmetric contrastive loss).
+
+    Writes into ``out_dir`` (atomically, as one folder):
+
+    - ``snapshots.safetensors``: tensor ``snapshots`` (M x D float32), layout in metadata
+    - ``adapter/``: the final LoRA as a PEFT adapter folder
+    - ``training.json``: loss per epoch, settings, layout size
+    """
+    from peft import get_peft_model_state_dict
+    from tqdm import tqdm
+
+    seed_everything(train.seed, threads)
+    device = pick_device(train.device)
+    model, processor = load_clip(backbone, device="cpu")
+    model.requires_grad_(False)
+    peft_model = add_lora(model, lora, base=backbone).to(device)
+    layout = Layout.of(peft_model)
+    paths, captions = task_pairs(manifest, task, "train")
+    pixels = pixel_values(processor, paths)
+    flat = [c for caps in captions for c in caps]
+    enc = tokenize(processor, flat)
+    start = np.cumsum([0] + [len(c) for c in captions[:-1]])
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+    gen = torch.Generator().manual_seed(train.seed)
+    autocast = device.type == "cuda" and train.bf16
+    losses, snaps = [], []
+    bar = tqdm(range(train.epochs), desc=f"lora[{task}]", disable=not progress)
+    steps = math.ceil(len(paths) / train.batch_size)
+    for epoch in bar:
+        peft_model.train()
+        order = torch.randperm(len(paths), generator=gen)
+        pick = torch.randint(0, 1 << 30, (len(paths),), generator=gen)
+        total = 0.0
+        for i in range(0, len(order), train.batch_size):
+            idx = order[i : i + train.batch_size]
+            cap = torch.tensor([start[j] + pick[j] % len(captions[j]) for j in idx.tolist()])
+            targets = same_text_targets([flat[c] for c in cap.tolist()]).to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                loss = clip_loss(peft_model, pixels[idx].to(device), enc["input_ids"][cap].to(device),
+                                 enc["attention_mask"][cap].to(device), targets)
+            if not torch.isfinite(loss):
+                last = losses[-1] if losses else "none"
+                raise SGLoraError(f"task {task}: loss is {loss.item()} at epoch {epoch + 1}; last finite epoch loss {last}")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item()
+        losses.append(total / steps)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if epoch >= train.epochs - train.snapshots:
+            snaps.append(layout.to_vector(get_peft_model_state_dict(peft_model)))
+    return _write(out_dir, np.stack(snaps), layout, lora, train, backbone, task, losses, len(paths))
+
+
+def _write(out_dir, snaps, layout, lora, train, backbone, task, losses, n_pairs) -> dict:
+    info = {"task": task, "losses": losses, "pairs": n_pairs, "dim": layout.dim, "snapshots": len(snaps),
+            "lora": asdict(lora), "training": asdict(train), "backbone": backbone}
+    with atomic_path(out_dir, directory=True) as tmp:
+        save_safetensors(tmp / "snapshots.safetensors", {"snapshots": snaps.astype(np.float32)},
+                         {"layout": layout.to_json(), "task": task, "lora": json.dumps(asdict(lora), sort_keys=True)})
+        save_adapter(tmp / "adapter", snaps[-1], layout, lora, backbone, {"task": task, "kind": "trained"})
+        write_json(tmp / "training.json", info)
+    return info
+
+
+def read_snapshots(lora_dir: str | Path) -> tuple[np.ndarray, Layout]:
+    """The M x D snapshot matrix and its layout from a trained LoRA folder."""
+    from safetensors import safe_open
+
+    path = Path(lora_dir) / "snapshots.safetensors"
+    if not path.exists():
+        raise SGLoraError(f"{path}: snapshots not found")
+    with safe_open(str(path), "np") as f:
+        return f.get_tensor("snapshots"), Layout.from_json(f.metadata()["layout"])

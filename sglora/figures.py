@@ -1,0 +1,150 @@
+"""Figures like the paper's, drawn from the pipeline's files:
+
+- ``experts_tsne``: t-SNE of the averaged LoRA of every expert (triangles) and of every
+  Oracle of the unseen tasks (circles); supplementary Figures 8-9;
+- ``samples_tsne``: t-SNE of SG-LoRA's samples, the Oracle's snapshots and the merging
+  baselines for one unseen task; supplementary Figure 10;
+- ``r1_bars``: R@1 (or accuracy) by method, one panel per evaluation group.
+
+Each is written as PNG and PDF.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_path
+
+
+def _save(fig, out_dir: Path, name: str) -> None:
+    for ext in ("png", "pdf"):
+        with atomic_path(out_dir / f"{name}.{ext}") as tmp:
+            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight", metadata={"CreationDate": None} if ext == "pdf" else {"Software": None})
+
+
+def tsne(x: np.ndarray, seed: int = 0) -> np.ndarray:
+    from sklearn.manifold import TSNE
+
+    x = np.asarray(x, np.float64)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-8)
+    perplexity = float(max(2.0, min(30.0, (len(x) - 1) / 3)))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+
+
+def experts_tsne(out_dir: Path, repository: Path, loras: Path, oracle_tasks: dict[str, list[str]]) -> None:
+    import matplotlib.pyplot as plt
+
+    from .expert import read_snapshots
+    from .repository import Repository
+
+    experts = Repository(repository).experts()
+    vecs, labels, kinds = list(experts.mu), list(experts.names), ["expert"] * len(experts.tasks)
+    for dataset, tasks in oracle_tasks.items():
+        for t in tasks:
+            snaps, _ = read_snapshots(loras / dataset / t)
+            vecs.append(snaps.mean(0))
+            labels.append(t.replace("_", " "))
+            kinds.append("oracle")
+    xy = tsne(np.stack(vecs))
+    fig, ax = plt.subplots(figsize=(8, 6.5))
+    for kind, marker, colour in (("expert", "^", "tab:blue"), ("oracle", "o", "tab:gray")):
+        idx = [i for i, k in enumerate(kinds) if k == kind]
+        ax.scatter(xy[idx, 0], xy[idx, 1], marker=marker, s=70, c=colour, label=f"{kind} LoRA (mean)", edgecolors="k")
+    for (x, y), lab in zip(xy, labels):
+        ax.annotate(lab, (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
+    ax.set_title("t-SNE of averaged LoRA parameters (triangles: experts)")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(loc="best", fontsize=9)
+    _save(fig, out_dir, "experts_tsne")
+    plt.close(fig)
+
+
+def samples_tsne(out_dir: Path, candidates: Path, loras: Path, group: str, dataset: str, task: str) -> None:
+    import matplotlib.pyplot as plt
+
+    from .candidates import load_candidates
+    from .expert import read_snapshots
+
+    sets = []
+    sg, _, _ = load_candidates(candidates / group / "sglora.safetensors")
+    sets.append(("SG-LoRA samples", sg[task], "tab:green", "o"))
+    snaps, _ = read_snapshots(loras / dataset / task)
+    sets.append(("Oracle snapshots", snaps, "tab:gray", "s"))
+    for m, colour, marker in (("model_soups", "tab:red", "*"), ("adaptersoup", "tab:orange", "P"), ("topk_weighted", "tab:purple", "X")):
+        path = candidates / group / f"{m}.safetensors"
+        if path.exists():
+            v, _, _ = load_candidates(path)
+            sets.append(({"model_soups": "Model Soups", "adaptersoup": "AdapterSoup",
+                          "topk_weighted": "Top-K LoRA Weighted"}[m], v[task], colour, marker))
+    xy = tsne(np.concatenate([s[1] for s in sets]))
+    fig, ax = plt.subplots(figsize=(7, 6))
+    start = 0
+    for label, v, colour, marker in sets:
+        pts = xy[start : start + len(v)]
+        start += len(v)
+        ax.scatter(pts[:, 0], pts[:, 1], c=colour, marker=marker, s=160 if len(v) == 1 else 40, label=label,
+                   edgecolors="k", linewidths=0.5)
+    ax.set_title(f"t-SNE of LoRA parameters for unseen task '{task.replace('_', ' ')}'")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=9)
+    _save(fig, out_dir, "samples_tsne")
+    plt.close(fig)
+
+
+def r1_bars(out_dir: Path, metrics: Path, groups: dict) -> None:
+    import matplotlib.pyplot as plt
+
+    from .tables import NAMES, load_group
+
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.5), squeeze=False)
+    for ax, (group, g) in zip(axes[0], groups.items()):
+        res = load_group(metrics, group, g["methods"], g["tasks"])
+        first = next(iter(next(iter(res.values())).values()))
+        keys = ["accuracy"] if first["kind"] == "classification" else ["i2t_r1", "t2i_r1"]
+        methods = list(res)
+        x = np.arange(len(methods))
+        width = 0.8 / len(keys)
+        for j, k in enumerate(keys):
+            means = [np.mean([r["mean"][k] for r in res[m].values()]) for m in methods]
+            stds = [np.mean([r["std"][k] for r in res[m].values()]) for m in methods]
+            ax.bar(x + (j - (len(keys) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
+                   label={"i2t_r1": "I2T R@1", "t2i_r1": "T2I R@1", "accuracy": "accuracy"}[k])
+        ax.set_xticks(x)
+        ax.set_xticklabels([NAMES.get(m, m) for m in methods], rotation=35, ha="right", fontsize=9)
+        ax.set_title(g.get("title", group), fontsize=10)
+        ax.set_ylabel("percent")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, out_dir, "r1_bars")
+    plt.close(fig)
+
+
+def write_figures(out: str | Path, repository, metrics, candidates, loras, groups: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out, metrics, candidates, loras = Path(out), Path(metrics), Path(candidates), Path(loras)
+    unseen = {g: v for g, v in groups.items() if v.get("unseen", True)}
+    experts_tsne(out, Path(repository), loras, _by_dataset(unseen))
+    for g, v in unseen.items():
+        if "sglora" in v["methods"] and "oracle" in v["methods"]:
+            samples_tsne(out, candidates, loras, g, v["dataset"], v["tasks"][0])
+            break
+    r1_bars(out, metrics, groups)
+
+
+def _by_dataset(groups: dict) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for g in groups.values():
+        if "oracle" in g["methods"]:
+            out.setdefault(g["dataset"], [])
+            out[g["dataset"]] += [t for t in g["tasks"] if t not in out[g["dataset"]]]
+    return out
+
+
+__all__ = ["write_figures", "tsne", "json"]

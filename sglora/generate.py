@@ -1,0 +1,88 @@
+"""LoRA generation for unseen tasks (Eq. 9): d* -> c* = (mu*, var*) -> z ~ p(z | c*) -> X.
+
+``sample_loras`` is the library call; ``generate`` is what ``sglora generate`` runs for
+any text description.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cvae import CVAE
+from .io import SGLoraError
+from .prior import Prior, semantic_prior
+from .repository import ExpertTable
+
+
+@dataclass
+class PriorSpec:
+    """How the semantic prior aggregates experts."""
+
+    k: int = 4  #: top-K experts (paper: 4)
+    tau: float = 0.05  #: softmax temperature on cosine similarities
+    modality: str = "textual"  #: "textual" (description) or "visual" (mean image embedding), supp. Table 9
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "PriorSpec":
+        d = dict(d or {})
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise SGLoraError(f"prior: unknown key(s) {sorted(unknown)}")
+        spec = cls(**d)
+        if spec.k < 1 or spec.tau <= 0 or spec.modality not in ("textual", "visual"):
+            raise SGLoraError(f"prior: need k >= 1, tau > 0, modality textual|visual; got {spec}")
+        return spec
+
+
+def task_seed(seed: int, task: str) -> int:
+    """A per-task seed, stable across runs and independent of which other tasks run."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{seed}/{task}".encode()).digest()[:8], "little") % (2**63)
+
+
+def sample_loras(cvae: CVAE, experts: ExpertTable, query: np.ndarray, prior: PriorSpec, n: int,
+                 seed: int) -> tuple[np.ndarray, Prior]:
+    """``n`` LoRA vectors for the task whose embedding is ``query``, and its prior."""
+    p = semantic_prior(query, experts.embedding(prior.modality), experts.mu, experts.var, k=prior.k, tau=prior.tau)
+    gen = torch.Generator().manual_seed(seed)
+    return cvae.sample(p.mu, p.var, n, generator=gen).numpy(), p
+
+
+def describe_prior(p: Prior, experts: ExpertTable) -> list[dict]:
+    return [{"task": experts.tasks[i], "name": experts.names[i], "similarity": float(s), "alpha": float(a)}
+            for i, s, a in zip(p.experts, p.similarity, p.alpha)]
+
+
+def generate(description: str, repository: str | Path, cvae_dir: str | Path, out: str | Path, samples: int = 1,
+             seed: int = 0, backbone: str | None = None, prior: PriorSpec | None = None) -> dict:
+    """Write ``samples`` adapter folders for a free-text task description.
+
+    With one sample the adapter is ``out`` itself; with more, ``out/sample_000`` ... .
+    """
+    from .backbone import encode_texts, load_clip
+    from .cvae import load_cvae
+    from .lora import save_adapter
+    from .repository import Repository
+
+    repo = Repository(repository)
+    cvae, cfg = load_cvae(cvae_dir)
+    prior = prior or PriorSpec.from_dict(cfg.get("prior"))
+    if prior.modality != "textual":
+        raise SGLoraError("sglora generate needs the textual prior (a description has no images)")
+    backbone = backbone or repo.backbone
+    model, processor = load_clip(backbone)
+    query = encode_texts(model, processor, [description]).numpy()[0]
+    experts = repo.experts()
+    vectors, p = sample_loras(cvae, experts, query, prior, samples, seed)
+    used = describe_prior(p, experts)
+    out = Path(out)
+    dirs = [out] if samples == 1 else [out / f"sample_{i:03d}" for i in range(samples)]
+    for i, (d, v) in enumerate(zip(dirs, vectors)):
+        save_adapter(d, v, repo.layout, repo.lora, backbone,
+                     {"description": description, "seed": seed, "sample": i, "experts": used, "kind": "sglora"})
+    return {"description": description, "experts": used, "adapters": [str(d) for d in dirs], "seed": seed}

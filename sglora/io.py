@@ -1,0 +1,159 @@
+"""Small I/O helpers shared by every step: atomic writes, slugs, safe paths.
+
+Every file a step writes goes through :func:`atomic_path`: it is written to a temporary
+name in the same folder and renamed into place, so an interrupted run never leaves a
+half-written file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import unicodedata
+from pathlib import Path
+from typing import Any, Iterator
+
+
+class SGLoraError(Exception):
+    """An error in user input (a config, a dataset, a file) with a clear message."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
+
+    With ``directory=True`` the temporary path is a fresh folder, and an existing
+    folder at ``path`` is replaced. On error the temporary file or folder is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if directory:
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                path.rename(old)
+                tmp.rename(path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(path)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented, key-sorted JSON, atomically (byte-stable across runs)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise SGLoraError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SGLoraError(f"{path}: not valid JSON ({err})") from err
+
+
+def write_table(path: str | os.PathLike, table) -> None:
+    """Write a pyarrow Table (or pandas DataFrame) as Parquet, atomically and deterministically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not isinstance(table, pa.Table):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def slugify(name: str) -> str:
+    """A safe task id from a free-text class name: ``"American Pit Bull Terrier"`` ->
+    ``"american_pit_bull_terrier"``. Only ``[a-z0-9_]`` survive, so a slug can never
+    name a path outside its folder."""
+    text = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+    if not slug:
+        raise SGLoraError(f"class name {name!r} gives an empty task id")
+    return slug
+
+
+def unique_slugs(names: list[str], where: str = "") -> dict[str, str]:
+    """Map each name to its slug; two names with one slug are an error naming both."""
+    seen: dict[str, str] = {}
+    for name in names:
+        slug = slugify(name)
+        if slug in seen and seen[slug] != name:
+            raise SGLoraError(
+                f"{where}: class names {seen[slug]!r} and {name!r} both give the task id {slug!r}"
+            )
+        seen[slug] = name
+    return {name: slug for slug, name in seen.items()}
+
+
+def inside(root: str | os.PathLike, *parts: str) -> Path:
+    """Join ``parts`` under ``root`` and refuse any result that escapes ``root``."""
+    root = Path(root).resolve()
+    path = root.joinpath(*parts).resolve()
+    if path != root and root not in path.parents:
+        raise SGLoraError(f"path {'/'.join(parts)!r} escapes {root}")
+    return path
+
+
+_ST_DTYPES = {"float32": "F32", "float64": "F64", "float16": "F16", "int64": "I64", "int32": "I32",
+              "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+
+
+def save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically and *byte-deterministically*.
+
+    The reference writer orders the header's metadata by hash-map order, which changes
+    from run to run; here the header is sorted JSON, so the same tensors and metadata
+    always give the same bytes. Files load with ``safetensors`` / ``peft`` as usual.
+    Accepts numpy arrays or torch tensors (moved to CPU).
+    """
+    import numpy as np
+
+    arrays = {}
+    for name, t in tensors.items():
+        if hasattr(t, "detach"):
+            t = t.detach().cpu().contiguous().numpy()
+        arrays[name] = np.ascontiguousarray(t)
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset = 0
+    names = sorted(arrays)
+    for name in names:
+        a = arrays[name]
+        if str(a.dtype) not in _ST_DTYPES:
+            raise SGLoraError(f"{path}: tensor {name!r} has dtype {a.dtype}, which safetensors cannot store here")
+        header[name] = {"dtype": _ST_DTYPES[str(a.dtype)], "shape": list(a.shape),
+                        "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+    blob = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(len(blob).to_bytes(8, "little"))
+            f.write(blob)
+            for name in names:
+                f.write(arrays[name].astype(arrays[name].dtype.newbyteorder("<"), copy=False).tobytes())

@@ -1,0 +1,97 @@
+"""The semantic prior (Eq. 2, 4-6 of the paper; Eq. 13-14 of the supplementary).
+
+From a task embedding d* and the experts' embeddings d_k:
+
+    sim_k   = cos(d*, d_k)
+    top-K experts by sim
+    alpha_k = exp(sim_k / tau) / sum_{k' in top-K} exp(sim_k' / tau)
+    mu*     = sum_k alpha_k mu_k                                        (Eq. 13)
+    var*    = sum_k alpha_k var_k + sum_k alpha_k (mu_k - mu*)^2         (Eq. 14)
+
+The condition of the CVAE is c = (mu*, var*).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .io import SGLoraError
+
+
+@dataclass
+class Prior:
+    """The aggregation for one task: which experts, their weights, and (mu*, var*)."""
+
+    experts: np.ndarray  #: indices of the top-K experts, most similar first
+    similarity: np.ndarray  #: their cosine similarities
+    alpha: np.ndarray  #: their weights (sum to 1)
+    mu: np.ndarray  #: mu*, (D,)
+    var: np.ndarray  #: var*, (D,)
+
+
+def expert_weights(query: np.ndarray, keys: np.ndarray, k: int, tau: float,
+                   exclude: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-K experts of ``query`` among ``keys`` (cosine) and their softmax weights.
+
+    ``exclude`` leaves one expert out (the leave-one-out condition of a training expert).
+    Ties in similarity go to the lower index, so the choice is deterministic.
+    """
+    if tau <= 0:
+        raise SGLoraError(f"prior.tau must be > 0, got {tau}")
+    q = np.asarray(query, np.float64)
+    keys = np.asarray(keys, np.float64)
+    sim = keys @ q / (np.linalg.norm(keys, axis=1) * np.linalg.norm(q) + 1e-12)
+    candidates = np.arange(len(keys))
+    if exclude is not None:
+        candidates = candidates[candidates != exclude]
+    if len(candidates) == 0:
+        raise SGLoraError("prior: no expert left to aggregate")
+    k = min(k, len(candidates))
+    order = candidates[np.lexsort((candidates, -sim[candidates]))][:k]
+    logits = sim[order] / tau
+    alpha = np.exp(logits - logits.max())
+    alpha /= alpha.sum()
+    return order, sim[order], alpha
+
+
+def mixture(alpha: np.ndarray, mu: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of the alpha-weighted mixture (Eq. 13-14), element-wise.
+
+    ``mu``, ``var``: (K, D) for the selected experts. Computed in float64.
+    """
+    alpha = np.asarray(alpha, np.float64)[:, None]
+    mu = np.asarray(mu, np.float64)
+    mean = (alpha * mu).sum(0)
+    total = (alpha * np.asarray(var, np.float64)).sum(0) + (alpha * (mu - mean) ** 2).sum(0)
+    return mean.astype(np.float32), total.astype(np.float32)
+
+
+def semantic_prior(query: np.ndarray, keys: np.ndarray, mu: np.ndarray, var: np.ndarray,
+                   k: int = 4, tau: float = 0.05, exclude: int | None = None) -> Prior:
+    """The semantic prior of one task (see the module docstring)."""
+    idx, sim, alpha = expert_weights(query, keys, k, tau, exclude)
+    m, v = mixture(alpha, mu[idx], var[idx])
+    return Prior(experts=idx, similarity=sim, alpha=alpha, mu=m, var=v)
+
+
+def training_conditions(keys: np.ndarray, mu: np.ndarray, var: np.ndarray, k: int, tau: float,
+                        mode: str = "loo") -> tuple[np.ndarray, np.ndarray]:
+    """The condition (mu*, var*) of each training expert, by ``mode``:
+
+    - ``loo``: the aggregator on d_n over the *other* experts (what happens at test time,
+      where the task is not in the repository) - our default;
+    - ``all``: over all experts, the expert itself included (it gets the largest weight);
+    - ``self``: the expert's own (mu_n, var_n).
+    """
+    if mode == "self":
+        return mu.astype(np.float32), var.astype(np.float32)
+    if mode not in ("loo", "all"):
+        raise SGLoraError(f"cvae.condition: {mode!r} is not one of 'loo', 'all', 'self'")
+    out_mu, out_var = [], []
+    for n in range(len(keys)):
+        p = semantic_prior(keys[n], keys, mu, var, k, tau, exclude=n if mode == "loo" else None)
+        out_mu.append(p.mu)
+        out_var.append(p.var)
+    return np.stack(out_mu), np.stack(out_var)

@@ -1,0 +1,172 @@
+"""The expert repository: every snapshot of every expert, in Parquet.
+
+A repository is a folder with two tables:
+
+- ``snapshots.parquet``: one row per snapshot: ``task, task_name, description, snapshot,
+  vector`` (``vector`` a fixed-size list of float32). One row group per expert, written
+  as a stream, so assembling never holds more than one expert in memory.
+- ``experts.parquet``: one row per expert: ``task, task_name, description,
+  text_embedding, visual_embedding`` (d_n in each modality), ``mu`` and ``var`` (the
+  element-wise mean and variance of its snapshots), ``snapshots``.
+
+Both carry the LoRA layout (module keys, shapes, offsets), the LoRA spec and the backbone
+in their schema metadata, so any vector turns back into a PEFT adapter.
+DuckDB and pandas read them as they are.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .io import SGLoraError, atomic_path
+from .lora import Layout, LoraSpec
+
+
+def _meta(layout: Layout, lora: dict, backbone: str) -> dict[bytes, bytes]:
+    return {b"sglora.layout": layout.to_json().encode(), b"sglora.lora": json.dumps(lora, sort_keys=True).encode(),
+            b"sglora.backbone": backbone.encode()}
+
+
+def assemble(
+    out_dir: str | Path,
+    experts: list[dict],
+    embeddings: dict[str, dict],
+    progress: bool = True,
+) -> dict:
+    """Stream experts into a repository folder.
+
+    ``experts``: ``[{"task": ..., "lora_dir": ...}]``; ``embeddings[task]``: the row of the
+    task embedding table (``task_name, description, text_embedding, visual_embedding``).
+    """
+    from tqdm import tqdm
+
+    from .expert import read_snapshots
+
+    if not experts:
+        raise SGLoraError("assemble: the expert list is empty")
+    layout = lora = backbone = None
+    expert_rows = []
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir, directory=True) as tmp:
+        writer = None
+        try:
+            for e in tqdm(experts, desc="assemble", disable=not progress):
+                task = e["task"]
+                if task not in embeddings:
+                    raise SGLoraError(f"assemble: no task embedding for expert {task!r}")
+                snaps, lay = read_snapshots(e["lora_dir"])
+                info = json.loads((Path(e["lora_dir"]) / "training.json").read_text())
+                if layout is None:
+                    layout, lora, backbone = lay, info["lora"], info["backbone"]
+                    vec_type = pa.list_(pa.float32(), layout.dim)
+                    schema = pa.schema([("task", pa.string()), ("task_name", pa.string()), ("description", pa.string()),
+                                        ("snapshot", pa.int32()), ("vector", vec_type)], metadata=_meta(layout, lora, backbone))
+                    writer = pq.ParquetWriter(tmp / "snapshots.parquet", schema, compression="zstd")
+                elif lay.keys != layout.keys or lay.shapes != layout.shapes:
+                    raise SGLoraError(f"{e['lora_dir']}: LoRA layout differs from the first expert's ({lay.dim} vs {layout.dim} values)")
+                emb = embeddings[task]
+                m = len(snaps)
+                flat = pa.FixedSizeListArray.from_arrays(pa.array(snaps.reshape(-1), pa.float32()), layout.dim)
+                writer.write_table(pa.table({
+                    "task": [task] * m, "task_name": [emb["task_name"]] * m, "description": [emb["description"]] * m,
+                    "snapshot": pa.array(np.arange(m), pa.int32()), "vector": flat}, schema=schema))
+                snaps64 = snaps.astype(np.float64)
+                expert_rows.append({
+                    "task": task, "task_name": emb["task_name"], "description": emb["description"],
+                    "text_embedding": list(emb["text_embedding"]), "visual_embedding": list(emb["visual_embedding"]),
+                    "mu": snaps64.mean(0).astype(np.float32), "var": snaps64.var(0).astype(np.float32), "snapshots": m})
+                del snaps, snaps64, flat
+        finally:
+            if writer is not None:
+                writer.close()
+        emb_dim = len(expert_rows[0]["text_embedding"])
+        vis_dim = len(expert_rows[0]["visual_embedding"])
+        schema = pa.schema([("task", pa.string()), ("task_name", pa.string()), ("description", pa.string()),
+                            ("text_embedding", pa.list_(pa.float32(), emb_dim)),
+                            ("visual_embedding", pa.list_(pa.float32(), vis_dim)),
+                            ("mu", pa.list_(pa.float32(), layout.dim)), ("var", pa.list_(pa.float32(), layout.dim)),
+                            ("snapshots", pa.int32())], metadata=_meta(layout, lora, backbone))
+        cols = {f.name: [r[f.name] for r in expert_rows] for f in schema}
+        cols["mu"] = pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(cols["mu"]), pa.float32()), layout.dim)
+        cols["var"] = pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(cols["var"]), pa.float32()), layout.dim)
+        pq.write_table(pa.table(cols, schema=schema), tmp / "experts.parquet", compression="zstd")
+    return {"experts": len(expert_rows), "dim": layout.dim, "snapshots": sum(r["snapshots"] for r in expert_rows)}
+
+
+@dataclass
+class Repository:
+    """Read access to a repository folder without loading all snapshots."""
+
+    path: Path
+
+    def __post_init__(self):
+        self.path = Path(self.path)
+        for name in ("snapshots.parquet", "experts.parquet"):
+            if not (self.path / name).exists():
+                raise SGLoraError(f"{self.path / name}: repository table not found")
+        meta = pq.read_schema(self.path / "experts.parquet").metadata or {}
+        try:
+            self.layout = Layout.from_json(meta[b"sglora.layout"])
+            self.lora = LoraSpec.from_dict(json.loads(meta[b"sglora.lora"]))
+            self.backbone = meta[b"sglora.backbone"].decode()
+        except KeyError as err:
+            raise SGLoraError(f"{self.path / 'experts.parquet'}: schema metadata lacks {err}") from err
+
+    def experts(self) -> "ExpertTable":
+        """The per-expert table (μ, σ², embeddings) as numpy arrays."""
+        t = pq.read_table(self.path / "experts.parquet")
+        dim = self.layout.dim
+        mu = _matrix(t.column("mu"), dim)
+        if mu.shape[1] != dim:
+            raise SGLoraError(f"{self.path / 'experts.parquet'}: vectors have {mu.shape[1]} values; the layout expects {dim}")
+        return ExpertTable(
+            tasks=t.column("task").to_pylist(), names=t.column("task_name").to_pylist(),
+            descriptions=t.column("description").to_pylist(),
+            text_embedding=_matrix(t.column("text_embedding")), visual_embedding=_matrix(t.column("visual_embedding")),
+            mu=mu, var=_matrix(t.column("var"), dim))
+
+    def expert(self, task: str) -> np.ndarray:
+        """One expert's snapshots (M x D), reading only its rows."""
+        t = pq.read_table(self.path / "snapshots.parquet", filters=[("task", "=", task)], columns=["snapshot", "vector"])
+        if t.num_rows == 0:
+            raise SGLoraError(f"{self.path}: no expert {task!r}")
+        order = np.argsort(t.column("snapshot").to_numpy())
+        return _matrix(t.column("vector"), self.layout.dim)[order]
+
+    def iter_snapshots(self, batch_rows: int = 1024):
+        """Yield ``(tasks, vectors)`` batches over every snapshot (streamed)."""
+        f = pq.ParquetFile(self.path / "snapshots.parquet")
+        for batch in f.iter_batches(batch_size=batch_rows, columns=["task", "vector"]):
+            yield batch.column(0).to_pylist(), _matrix(batch.column(1), self.layout.dim)
+
+
+@dataclass
+class ExpertTable:
+    tasks: list[str]
+    names: list[str]
+    descriptions: list[str]
+    text_embedding: np.ndarray
+    visual_embedding: np.ndarray
+    mu: np.ndarray
+    var: np.ndarray
+
+    def embedding(self, modality: str) -> np.ndarray:
+        if modality not in ("textual", "visual"):
+            raise SGLoraError(f"prior.modality: {modality!r} is not 'textual' or 'visual'")
+        return self.text_embedding if modality == "textual" else self.visual_embedding
+
+
+def _matrix(col, dim: int | None = None) -> np.ndarray:
+    """A fixed-size-list column as a 2-D float32 array without a Python loop."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    width = col.type.list_size if pa.types.is_fixed_size_list(col.type) else None
+    values = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    width = width or (dim if dim else (len(values) // max(len(col), 1)))
+    return values.reshape(len(col), width)

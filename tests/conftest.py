@@ -1,0 +1,86 @@
+"""Shared fixtures: a tiny world, a tiny random CLIP trained-tokenizer, tiny experts and
+their repository. Real objects, built offline in seconds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_CLASSES = ["scottish terrier", "boston terrier", "yorkshire terrier", "tiger lily", "water lily", "calla lily"]
+
+
+def captioned_manifest(world_dir: Path) -> Path:
+    """The world's raw manifest with its synthetic captions filled in."""
+    from sglora.manifest import make_manifest, write_manifest
+
+    caps = {r["image_path"]: r["captions"] for r in pq.read_table(world_dir / "captions.parquet").to_pylist()}
+    rows = pq.read_table(world_dir / "manifest.raw.parquet").to_pylist()
+    for r in rows:
+        r["captions"] = list(caps[r["image_path"]])
+    out = world_dir / "manifest.parquet"
+    write_manifest(out, make_manifest(rows))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Path:
+    from sglora.world import generate_world
+
+    d = tmp_path_factory.mktemp("world")
+    generate_world(d, TINY_CLASSES, images_per_class=12, test_per_class=4, image_size=32, progress=False)
+    captioned_manifest(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory, tiny_world) -> str:
+    from sglora.tiny import save_tiny_clip
+
+    texts = [c for r in pq.read_table(tiny_world / "captions.parquet").to_pylist() for c in r["captions"]]
+    d = tmp_path_factory.mktemp("clip")
+    save_tiny_clip(d, texts, image_size=32, patch_size=8, hidden_size=32, layers=2, heads=2, projection_dim=32)
+    return str(d)
+
+
+TINY_TRAIN = {"epochs": 3, "snapshots": 2, "lr": 0.01, "batch_size": 8, "seed": 0, "device": "cpu"}
+
+
+@pytest.fixture(scope="session")
+def tiny_experts(tmp_path_factory, tiny_world, tiny_clip) -> dict[str, Path]:
+    from sglora.expert import TrainSpec, train_lora
+    from sglora.lora import LoraSpec
+
+    root = tmp_path_factory.mktemp("loras")
+    out = {}
+    for task in ("scottish_terrier", "boston_terrier", "tiger_lily", "water_lily"):
+        train_lora(tiny_clip, tiny_world / "manifest.parquet", task, root / task, LoraSpec(),
+                   TrainSpec.from_dict(TINY_TRAIN), threads=1, progress=False)
+        out[task] = root / task
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_embeddings(tmp_path_factory, tiny_world, tiny_clip) -> Path:
+    from sglora.embed import embed_tasks
+
+    out = tmp_path_factory.mktemp("emb") / "embeddings.parquet"
+    embed_tasks(tiny_clip, {"world": tiny_world / "manifest.parquet"}, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tmp_path_factory, tiny_experts, tiny_embeddings) -> Path:
+    from sglora.embed import read_embeddings
+    from sglora.repository import assemble
+
+    out = tmp_path_factory.mktemp("repo") / "repository"
+    assemble(out, [{"task": t, "lora_dir": d} for t, d in tiny_experts.items()], read_embeddings(tiny_embeddings),
+             progress=False)
+    return out

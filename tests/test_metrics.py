@@ -1,0 +1,57 @@
+"""Retrieval metrics against a plain reference implementation written here (loops, no
+vectorisation), on random similarity matrices with several captions per image and ties."""
+
+import numpy as np
+import pytest
+
+from sglora.metrics import accuracy, retrieval_recall
+
+
+def reference(sim, caption_image, k):
+    n_img, n_cap = sim.shape
+    i2t = 0
+    for i in range(n_img):
+        mine = [j for j in range(n_cap) if caption_image[j] == i]
+        best = max(sim[i, j] for j in mine)
+        above = sum(1 for j in range(n_cap) if caption_image[j] != i and sim[i, j] >= best)
+        i2t += above < k
+    t2i = 0
+    for j in range(n_cap):
+        own = sim[caption_image[j], j]
+        above = sum(1 for i in range(n_img) if i != caption_image[j] and sim[i, j] >= own)
+        t2i += above < k
+    return 100.0 * i2t / n_img, 100.0 * t2i / n_cap
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_recall_matches_reference_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    n_img = int(rng.integers(3, 15))
+    caps = rng.integers(1, 6, n_img)
+    caption_image = np.repeat(np.arange(n_img), caps)
+    rng.shuffle(caption_image)
+    sim = rng.integers(0, 4, (n_img, len(caption_image))).astype(float)  # few values: many ties
+    got = retrieval_recall(sim, caption_image)
+    for k in (1, 5, 10):
+        i2t, t2i = reference(sim, caption_image, k)
+        assert got[f"i2t_r{k}"] == pytest.approx(i2t)
+        assert got[f"t2i_r{k}"] == pytest.approx(t2i)
+
+
+def test_recall_continuous_scores_and_perfect_case():
+    rng = np.random.default_rng(0)
+    caption_image = np.repeat(np.arange(10), 4)
+    sim = rng.normal(size=(10, 40))
+    got = retrieval_recall(sim, caption_image)
+    for k in (1, 5, 10):
+        assert got[f"i2t_r{k}"] == pytest.approx(reference(sim, caption_image, k)[0])
+    perfect = np.where(caption_image[None, :] == np.arange(10)[:, None], 1.0, 0.0)
+    assert retrieval_recall(perfect, caption_image)["i2t_r1"] == 100.0
+    assert retrieval_recall(perfect, caption_image)["t2i_r1"] == 100.0
+    # a constant matrix ties everything: pessimistic ties give 0, not 100
+    assert retrieval_recall(np.zeros((10, 40)), caption_image)["i2t_r1"] == 0.0
+
+
+def test_accuracy():
+    sim = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]])
+    assert accuracy(sim, np.array([0, 1, 0])) == pytest.approx(200 / 3)

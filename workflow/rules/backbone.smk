@@ -1,0 +1,44 @@
+# The backbone: a pretrained CLIP given by id/path, or the embedded benchmark's CLIP.
+
+
+rule pretrain_backbone:
+    """Pretrain the small CLIP of the embedded benchmark on coarse captions of all classes
+    of every embedded dataset (it knows class names, not a task's fine details)."""
+    input:
+        expand(f"{R}/data/{{dataset}}/world/captions.parquet", dataset=EMBEDDED),
+    output:
+        directory(f"{R}/backbone"),
+    params:
+        worlds=expand(f"{R}/data/{{dataset}}/world", dataset=EMBEDDED),
+        options=as_json(config.get("backbone", {}).get("pretrain")),
+        seed=config.get("seed", 0),
+    threads: max(THREADS, 2)
+    resources:
+        gpu=0,
+        mem_mb=lambda w: res("pretrain_backbone", "mem_mb", 4000),
+        runtime=lambda w: res("pretrain_backbone", "runtime", 30),
+    log:
+        f"{R}/logs/pretrain_backbone.log",
+    benchmark:
+        f"{R}/benchmarks/pretrain_backbone.tsv"
+    shell:
+        "sglora pretrain --worlds {params.worlds} --out {output} --seed {params.seed} "
+        "--threads {threads} --options {params.options:q} > {log} 2>&1"
+
+
+rule embed:
+    """Task embeddings d = f(T) (text) and mean image embeddings (visual) of every task."""
+    input:
+        manifests=[manifest(d) for d in config["datasets"]],
+        backbone=backbone_input(),
+    output:
+        f"{R}/tasks/embeddings.parquet",
+    params:
+        pairs=" ".join(f"{d}={manifest(d)}" for d in config["datasets"]),
+        template=config.get("description", {}).get("template", ""),
+        backbone=BACKBONE,
+    log:
+        f"{R}/logs/embed.log",
+    shell:
+        "sglora embed --backbone {params.backbone} --manifest {params.pairs} "
+        "--template {params.template:q} --out {output} > {log} 2>&1"

@@ -1,0 +1,105 @@
+# Baselines: Oracle, the merging baselines, MoLE, P-diff and COND P-Diff.
+
+
+rule candidates_oracle:
+    """The Oracle: each task's own trained LoRA (final epoch)."""
+    input:
+        lambda w: [lora_dir(GROUPS[w.group]["dataset"], t) for t in GROUPS[w.group]["tasks"]],
+    output:
+        f"{R}/candidates/{{group}}/oracle.safetensors",
+    log:
+        f"{R}/logs/candidates/{{group}}/oracle.log",
+    shell:
+        "sglora candidates --method oracle --loras {input} --out {output} > {log} 2>&1"
+
+
+rule candidates_merging:
+    """Model Soups, AdapterSoup, Top-K LoRA Weighted: averages of expert factors."""
+    input:
+        repository=f"{R}/repository",
+        embeddings=f"{R}/tasks/embeddings.parquet",
+    output:
+        f"{R}/candidates/{{group}}/{{method}}.safetensors",
+    wildcard_constraints:
+        method="model_soups|adaptersoup|topk_weighted",
+    params:
+        tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
+        dataset=lambda w: GROUPS[w.group]["dataset"],
+        prior=as_json(config["prior"]),
+    log:
+        f"{R}/logs/candidates/{{group}}/{{method}}.log",
+    shell:
+        "sglora candidates --method {wildcards.method} --tasks {params.tasks} --dataset {params.dataset} "
+        "--repository {input.repository} --embeddings {input.embeddings} --prior {params.prior:q} "
+        "--out {output} > {log} 2>&1"
+
+
+rule train_mole:
+    """MoLE: per-layer gates over the expert LoRAs, trained on the seen tasks."""
+    input:
+        manifest=manifest(EXPERTS["dataset"]),
+        repository=f"{R}/repository",
+        backbone=backbone_input(),
+    output:
+        directory(f"{R}/mole"),
+    params:
+        tasks=",".join(EXPERTS["tasks"]),
+        spec=as_json(config.get("mole")),
+        backbone=BACKBONE,
+    threads: THREADS
+    resources:
+        gpu=lambda w: res("train_mole", "gpu", 1 if PRETRAINED else 0),
+        mem_mb=lambda w: res("train_mole", "mem_mb", 8000),
+        runtime=lambda w: res("train_mole", "runtime", 60),
+    log:
+        f"{R}/logs/train_mole.log",
+    benchmark:
+        f"{R}/benchmarks/train_mole.tsv"
+    shell:
+        "sglora train-mole --backbone {params.backbone} --manifest {input.manifest} --tasks {params.tasks} "
+        "--repository {input.repository} --spec {params.spec:q} --out {output} --threads {threads} > {log} 2>&1"
+
+
+rule train_pdiff:
+    """P-diff (one unconditional model per seen task) or COND P-Diff (one task-conditioned model)."""
+    input:
+        repository=f"{R}/repository",
+        embeddings=f"{R}/tasks/embeddings.parquet",
+    output:
+        directory(f"{R}/{{variant}}"),
+    wildcard_constraints:
+        variant="pdiff|cond_pdiff",
+    params:
+        tasks=",".join(EXPERTS["tasks"]),
+        spec=lambda w: as_json(config.get(w.variant)),
+        flag=lambda w: "--conditional" if w.variant == "cond_pdiff" else "--no-conditional",
+    threads: THREADS
+    resources:
+        gpu=lambda w: res("train_pdiff", "gpu", 1 if PRETRAINED else 0),
+        mem_mb=lambda w: res("train_pdiff", "mem_mb", 8000),
+        runtime=lambda w: res("train_pdiff", "runtime", 60),
+    log:
+        f"{R}/logs/train_{{variant}}.log",
+    benchmark:
+        f"{R}/benchmarks/train_{{variant}}.tsv"
+    shell:
+        "sglora train-pdiff --repository {input.repository} --embeddings {input.embeddings} "
+        "--tasks {params.tasks} {params.flag} --spec {params.spec:q} --out {output} > {log} 2>&1"
+
+
+rule candidates_pdiff:
+    input:
+        model=f"{R}/{{variant}}",
+        repository=f"{R}/repository",
+        embeddings=f"{R}/tasks/embeddings.parquet",
+    output:
+        f"{R}/candidates/{{group}}/{{variant}}.safetensors",
+    wildcard_constraints:
+        variant="pdiff|cond_pdiff",
+    params:
+        tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
+    log:
+        f"{R}/logs/candidates/{{group}}/{{variant}}.log",
+    shell:
+        "sglora sample-pdiff --model {input.model} --repository {input.repository} "
+        "--embeddings {input.embeddings} --tasks {params.tasks} --out {output} > {log} 2>&1"

@@ -1,0 +1,70 @@
+# Config validation and helpers shared by the rules.
+import json
+from pathlib import Path
+
+from snakemake.utils import validate
+
+
+validate(config, "../schemas/config.schema.yaml")
+
+
+def _check_config():
+    """Cross-field checks the JSON schema cannot express; fail before any job runs."""
+    names = set(config["datasets"])
+    if config["experts"]["dataset"] not in names:
+        raise ValueError(
+            f"config: experts.dataset {config['experts']['dataset']!r} is not a key of datasets ({sorted(names)})"
+        )
+    for g, spec in config["groups"].items():
+        if spec["dataset"] not in names:
+            raise ValueError(f"config: groups.{g}.dataset {spec['dataset']!r} is not a key of datasets ({sorted(names)})")
+        if len(set(spec["tasks"])) != len(spec["tasks"]):
+            raise ValueError(f"config: groups.{g}.tasks lists a task twice")
+    for name, d in config["datasets"].items():
+        if d["kind"] != "embedded" and "root" not in d:
+            raise ValueError(f"config: datasets.{name}.root is required for kind {d['kind']!r}")
+    if len(set(config["experts"]["tasks"])) != len(config["experts"]["tasks"]):
+        raise ValueError("config: experts.tasks lists a task twice")
+
+
+_check_config()
+
+R = config["results"].rstrip("/")
+THREADS = config.get("threads", 1)
+PRETRAINED = config.get("backbone", {}).get("pretrained")
+BACKBONE = PRETRAINED or f"{R}/backbone"
+EXPERTS = config["experts"]
+GROUPS = config["groups"]
+EMBEDDED = [n for n, d in config["datasets"].items() if d["kind"] == "embedded"]
+
+
+def as_json(obj):
+    """A config section as the JSON string a `sglora` step takes (sorted: stable params)."""
+    return json.dumps(obj or {}, sort_keys=True)
+
+
+def backbone_input(wildcards=None):
+    """The backbone as a rule input when this workflow builds it (the embedded CLIP)."""
+    return [] if PRETRAINED else [BACKBONE]
+
+
+def manifest(dataset):
+    return f"{R}/data/{dataset}/manifest.parquet"
+
+
+def lora_dir(dataset, task):
+    return f"{R}/loras/{dataset}/{task}"
+
+
+def res(rule_name, key, default):
+    """A resource of a rule: config `resources.<rule>.<key>` or the default."""
+    return config.get("resources", {}).get(rule_name, {}).get(key, default)
+
+
+def group_methods(kind):
+    return [(g, m) for g, spec in GROUPS.items() for m in spec["methods"] if m in kind]
+
+
+def all_outputs():
+    out = [f"{R}/tables/done", f"{R}/figures/done"]
+    return out

@@ -1,0 +1,72 @@
+# Task manifests: the embedded world, real datasets, and captioning.
+
+
+rule world:
+    """One domain of the embedded benchmark's synthetic world."""
+    output:
+        manifest=f"{R}/data/{{dataset}}/world/manifest.raw.parquet",
+        captions=f"{R}/data/{{dataset}}/world/captions.parquet",
+    params:
+        options=lambda w: as_json(config["datasets"][w.dataset].get("options")),
+        out=lambda w: f"{R}/data/{w.dataset}/world",
+        seed=config.get("seed", 0),
+    log:
+        f"{R}/logs/world/{{dataset}}.log",
+    shell:
+        "sglora world --out {params.out} --seed {params.seed} --options {params.options:q} > {log} 2>&1"
+
+
+rule manifest:
+    """A real dataset (MS-COCO, Flickr30K, OxfordPets, Flowers102, CIFAR-100) as a task manifest."""
+    output:
+        f"{R}/data/{{dataset}}/raw/manifest.raw.parquet",
+    params:
+        kind=lambda w: config["datasets"][w.dataset]["kind"],
+        root=lambda w: config["datasets"][w.dataset]["root"],
+        options=lambda w: as_json(config["datasets"][w.dataset].get("options")),
+        images=lambda w: f"{R}/data/{w.dataset}/images",
+    log:
+        f"{R}/logs/manifest/{{dataset}}.log",
+    shell:
+        "sglora manifest --dataset {params.kind} --root {params.root:q} --out {output} "
+        "--image-dir {params.images} --config-json {params.options:q} > {log} 2>&1"
+
+
+def raw_manifest(w):
+    kind = config["datasets"][w.dataset]["kind"]
+    sub = "world" if kind == "embedded" else "raw"
+    return f"{R}/data/{w.dataset}/{sub}/manifest.raw.parquet"
+
+
+def caption_backend(w):
+    return config["datasets"][w.dataset].get("captioner", {}).get("backend", "none")
+
+
+def caption_options(w):
+    cap = config["datasets"][w.dataset].get("captioner", {})
+    opts = dict(cap.get("options", {}))
+    if cap.get("backend") == "synthetic":
+        opts.setdefault("captions_file", f"{R}/data/{w.dataset}/world/captions.parquet")
+    return as_json(opts)
+
+
+rule caption:
+    """Fine-grained captions: Qwen2-VL in context (Figure 6), or the world's own captions
+    (synthetic backend), or the dataset's captions as they are (none). Resumable shards."""
+    input:
+        raw_manifest,
+    output:
+        f"{R}/data/{{dataset}}/manifest.parquet",
+    params:
+        backend=caption_backend,
+        options=caption_options,
+        shards=lambda w: f"{R}/data/{w.dataset}/caption_shards",
+    resources:
+        gpu=lambda w: config["datasets"][w.dataset].get("captioner", {}).get("gpu", 1) if caption_backend(w) == "qwen2vl" else 0,
+        mem_mb=lambda w: res("caption", "mem_mb", 4000),
+        runtime=lambda w: res("caption", "runtime", 60),
+    log:
+        f"{R}/logs/caption/{{dataset}}.log",
+    shell:
+        "sglora caption --manifest {input} --out {output} --backend {params.backend} "
+        "--shard-dir {params.shards} --options-json {params.options:q} > {log} 2>&1"

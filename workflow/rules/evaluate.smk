@@ -1,0 +1,77 @@
+# Evaluation: one metrics file per (method, task) of every group, LoRAs merged into the weights.
+
+CANDIDATE_METHODS = "oracle|model_soups|adaptersoup|topk_weighted|sglora|pdiff|cond_pdiff"
+
+
+rule evaluate:
+    """A method's candidate LoRA(s) on each task of a group (mean, spread and best of N)."""
+    input:
+        candidates=f"{R}/candidates/{{group}}/{{method}}.safetensors",
+        manifest=lambda w: manifest(GROUPS[w.group]["dataset"]),
+        backbone=backbone_input(),
+    output:
+        directory(f"{R}/metrics/{{group}}/{{method}}"),
+    wildcard_constraints:
+        method=CANDIDATE_METHODS,
+    params:
+        tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
+        lora=as_json(config["lora"]),
+        backbone=BACKBONE,
+    threads: THREADS
+    resources:
+        gpu=lambda w: res("evaluate", "gpu", 1 if PRETRAINED else 0),
+        mem_mb=lambda w: res("evaluate", "mem_mb", 4000),
+        runtime=lambda w: res("evaluate", "runtime", 30),
+    log:
+        f"{R}/logs/evaluate/{{group}}/{{method}}.log",
+    benchmark:
+        f"{R}/benchmarks/evaluate/{{group}}/{{method}}.tsv"
+    shell:
+        "sglora evaluate --backbone {params.backbone} --manifest {input.manifest} --tasks {params.tasks} "
+        "--method {wildcards.method} --group {wildcards.group} --candidates {input.candidates} "
+        "--lora {params.lora:q} --out {output} --threads {threads} > {log} 2>&1"
+
+
+rule evaluate_zero_shot:
+    """The bare backbone (Zero-Shot CLIP)."""
+    input:
+        manifest=lambda w: manifest(GROUPS[w.group]["dataset"]),
+        backbone=backbone_input(),
+    output:
+        directory(f"{R}/metrics/{{group}}/zero_shot"),
+    params:
+        tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
+        backbone=BACKBONE,
+    threads: THREADS
+    resources:
+        gpu=lambda w: res("evaluate", "gpu", 1 if PRETRAINED else 0),
+        mem_mb=lambda w: res("evaluate", "mem_mb", 4000),
+        runtime=lambda w: res("evaluate", "runtime", 30),
+    log:
+        f"{R}/logs/evaluate/{{group}}/zero_shot.log",
+    shell:
+        "sglora evaluate --backbone {params.backbone} --manifest {input.manifest} --tasks {params.tasks} "
+        "--method zero_shot --group {wildcards.group} --out {output} --threads {threads} > {log} 2>&1"
+
+
+rule evaluate_mole:
+    """MoLE's gated mixture (not mergeable: the gates depend on the input)."""
+    input:
+        mole=f"{R}/mole",
+        manifest=lambda w: manifest(GROUPS[w.group]["dataset"]),
+        backbone=backbone_input(),
+    output:
+        directory(f"{R}/metrics/{{group}}/mole"),
+    params:
+        tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
+        backbone=BACKBONE,
+    threads: THREADS
+    resources:
+        gpu=lambda w: res("evaluate", "gpu", 1 if PRETRAINED else 0),
+        mem_mb=lambda w: res("evaluate", "mem_mb", 4000),
+        runtime=lambda w: res("evaluate", "runtime", 30),
+    log:
+        f"{R}/logs/evaluate/{{group}}/mole.log",
+    shell:
+        "sglora evaluate-mole --backbone {params.backbone} --manifest {input.manifest} --tasks {params.tasks} "
+        "--mole {input.mole} --group {wildcards.group} --out {output} > {log} 2>&1"

@@ -1,0 +1,45 @@
+# Expert LoRAs (seen tasks) and Oracle LoRAs (unseen tasks): one trainer, one rule.
+
+
+rule train_lora:
+    """Fine-tune CLIP with LoRA on one task's own image-caption pairs; keep the last M
+    epochs' factors (snapshots) and the final adapter."""
+    input:
+        manifest=lambda w: manifest(w.dataset),
+        backbone=backbone_input(),
+    output:
+        directory(f"{R}/loras/{{dataset}}/{{task}}"),
+    params:
+        lora=as_json(config["lora"]),
+        training=as_json(config["training"]),
+        backbone=BACKBONE,
+    threads: THREADS
+    resources:
+        gpu=lambda w: res("train_lora", "gpu", 1 if PRETRAINED else 0),
+        mem_mb=lambda w: res("train_lora", "mem_mb", 4000),
+        runtime=lambda w: res("train_lora", "runtime", 30),
+    log:
+        f"{R}/logs/train_lora/{{dataset}}/{{task}}.log",
+    benchmark:
+        f"{R}/benchmarks/train_lora/{{dataset}}/{{task}}.tsv"
+    shell:
+        "sglora train-lora --backbone {params.backbone} --manifest {input.manifest} --task {wildcards.task} "
+        "--out {output} --lora {params.lora:q} --training {params.training:q} --threads {threads} > {log} 2>&1"
+
+
+rule assemble:
+    """Stream all experts into the Parquet expert repository."""
+    input:
+        loras=[lora_dir(EXPERTS["dataset"], t) for t in EXPERTS["tasks"]],
+        embeddings=f"{R}/tasks/embeddings.parquet",
+    output:
+        directory(f"{R}/repository"),
+    params:
+        dataset=EXPERTS["dataset"],
+    log:
+        f"{R}/logs/assemble.log",
+    benchmark:
+        f"{R}/benchmarks/assemble.tsv"
+    shell:
+        "sglora assemble --loras {input.loras} --embeddings {input.embeddings} --dataset {params.dataset} "
+        "--out {output} > {log} 2>&1"
