@@ -1,0 +1,108 @@
+"""The foundation: CLI, config validation, offline loading of tiny models."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+STEPS = ["world", "pretrain", "embed", "train-lora", "assemble", "train-cvae", "candidates", "evaluate", "generate",
+         "tables", "figures", "manifest", "caption", "train-mole", "evaluate-mole", "train-pdiff", "sample-pdiff"]
+
+
+def test_every_step_has_help():
+    from sglora.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(STEPS) <= set(sub.choices), f"missing steps: {set(STEPS) - set(sub.choices)}"
+    for step in STEPS:
+        text = sub.choices[step].format_help()
+        assert len(sub.choices[step].description or "") > 20, step
+        assert "--" in text
+
+
+def test_console_script_runs():
+    exe = shutil.which("sglora") or str(Path(sys.executable).parent / "sglora")
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
+    assert "train-lora" in out and "generate" in out
+
+
+def _snakemake_dry(config: dict, tmp_path: Path):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    exe = str(Path(sys.executable).parent / "snakemake")
+    return subprocess.run([exe, "-n", "--configfile", str(cfg), "--directory", str(ROOT), "--snakefile",
+                           str(ROOT / "Snakefile")], capture_output=True, text=True, cwd=ROOT)
+
+
+def _default():
+    return yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def test_misspelled_key_fails_before_any_job(tmp_path):
+    cfg = _default()
+    cfg["cvae"]["latnet"] = 8
+    cfg["results"] = str(tmp_path / "results")
+    proc = _snakemake_dry(cfg, tmp_path)
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert "latnet" in err
+    assert "Job stats" not in err and not (tmp_path / "results").exists()
+
+
+def test_wrong_type_and_cross_field_errors(tmp_path):
+    cfg = _default()
+    cfg["training"]["epochs"] = "many"
+    proc = _snakemake_dry(cfg, tmp_path)
+    assert proc.returncode != 0 and "epochs" in proc.stdout + proc.stderr
+    cfg = _default()
+    cfg["experts"]["dataset"] = "nonexistent"
+    proc = _snakemake_dry(cfg, tmp_path)
+    assert proc.returncode != 0 and "experts.dataset" in proc.stdout + proc.stderr
+    cfg = _default()
+    cfg["description"]["template"] = "a photo"
+    proc = _snakemake_dry(cfg, tmp_path)
+    assert proc.returncode != 0 and "template" in proc.stdout + proc.stderr
+
+
+def test_tiny_models_load_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from transformers import CLIPModel, CLIPProcessor, Qwen2VLForConditionalGeneration
+
+    from sglora.captioning import load_processor
+    from sglora.tiny import save_tiny_clip
+    from sglora.tiny_qwen import save_tiny_qwen2vl
+
+    clip_dir = save_tiny_clip(tmp_path / "clip")
+    model = CLIPModel.from_pretrained(clip_dir)
+    processor = CLIPProcessor.from_pretrained(clip_dir)
+    n = sum(p.numel() for p in model.parameters())
+    assert 50_000 < n < 2_000_000
+    assert processor.tokenizer("a photo of a cat")["input_ids"][0] == processor.tokenizer.bos_token_id
+    qwen_dir = save_tiny_qwen2vl(tmp_path / "qwen")
+    qwen = Qwen2VLForConditionalGeneration.from_pretrained(qwen_dir)
+    assert sum(p.numel() for p in qwen.parameters()) < 2_000_000
+    assert load_processor(str(qwen_dir)).tokenizer is not None
+
+
+def test_atomic_path_leaves_nothing_on_error(tmp_path):
+    from sglora.io import atomic_path, slugify, unique_slugs, inside, SGLoraError
+
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    assert slugify("American Pit Bull Terrier") == "american_pit_bull_terrier"
+    assert slugify("../../etc/passwd") == "etc_passwd"
+    with pytest.raises(SGLoraError, match="both give the task id"):
+        unique_slugs(["Desert-Rose", "desert rose"])
+    with pytest.raises(SGLoraError, match="escapes"):
+        inside(tmp_path, "../x")
