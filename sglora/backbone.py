@@ -40,7 +40,7 @@ def load_clip(name_or_path: str, device: str = "cpu", trust_remote_code: bool = 
     if (local.is_absolute() or name_or_path.startswith(".")) and not local.exists():
         raise SGLoraError(f"backbone {name_or_path!r}: folder not found")
     try:
-        model = CLIPModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        model = CLIPModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, use_safetensors=True)
         processor = CLIPProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except OSError as err:
         raise SGLoraError(

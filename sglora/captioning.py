@@ -310,7 +310,7 @@ def load_captioner(opts: CaptionOptions):
     try:
         processor = load_processor(opts.model, opts.trust_remote_code)
         model = Qwen2VLForConditionalGeneration.from_pretrained(
-            opts.model, dtype=dtype, trust_remote_code=opts.trust_remote_code
+            opts.model, dtype=dtype, trust_remote_code=opts.trust_remote_code, use_safetensors=True
         )
     except OSError as err:
         raise SGLoraError(f"{opts.model}: cannot load a Qwen2-VL checkpoint ({err})") from err

@@ -55,6 +55,16 @@ def cmd_pretrain(a):
     print(json.dumps(pretrain_clip(a.out, images, texts, vocab, seed=a.seed, threads=a.threads, **opts)))
 
 
+def cmd_check_tasks(a):
+    from .io import write_json
+    from .manifest import check_tasks
+
+    manifests = dict(m.split("=", 1) for m in a.manifest)
+    counts = check_tasks(manifests, _json(a.wanted))
+    write_json(a.out, counts)
+    print(json.dumps({d: len(t) for d, t in counts.items()}))
+
+
 def cmd_embed(a):
     from .embed import embed_tasks
 
@@ -218,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--threads", type=int, default=None)
     s.add_argument("--options", help="JSON: epochs, batch_size, lr, sizes")
+
+    s = add("check-tasks", cmd_check_tasks, "Check that every configured expert and evaluation task exists in its "
+            "dataset with captioned train and test images, before any training starts.")
+    s.add_argument("--manifest", nargs="+", required=True, metavar="DATASET=FILE", help="task manifests")
+    s.add_argument("--wanted", required=True, help='JSON {"config key": {"dataset": ["task", ...]}}')
+    s.add_argument("--out", required=True, help="JSON summary: images per task and split")
 
     s = add("embed", cmd_embed, "Embed every task's description (text) and training images (visual) with the frozen backbone.")
     s.add_argument("--backbone", required=True, help="model id or local folder")

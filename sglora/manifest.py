@@ -101,3 +101,41 @@ def read_manifest(path: str | Path, tasks: list[str] | None = None) -> pa.Table:
 def task_rows(table: pa.Table, task: str, split: str) -> list[dict]:
     """The rows of one task and split, as dicts, in file order."""
     return [r for r in table.to_pylist() if r["task"] == task and r["split"] == split]
+
+
+def check_tasks(manifests: dict[str, str | Path], wanted: dict[str, dict[str, list[str]]]) -> dict:
+    """Check, before any training, that every configured task exists in its dataset with
+    captioned train and test images.
+
+    ``wanted``: ``{config key: {dataset: [task, ...]}}`` (e.g. ``{"experts.tasks": {"world": [...]}}``).
+    Returns ``{dataset: {task: {"train": n, "test": n}}}`` for every task of every manifest.
+    """
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    for dataset, path in manifests.items():
+        table = read_manifest(path)
+        per: dict[str, dict[str, int]] = {}
+        for task, split, caps in zip(table.column("task").to_pylist(), table.column("split").to_pylist(),
+                                     table.column("captions").to_pylist()):
+            entry = per.setdefault(task, {"train": 0, "test": 0})
+            if caps:
+                entry[split] += 1
+        counts[dataset] = per
+    for key, by_dataset in wanted.items():
+        for dataset, tasks in by_dataset.items():
+            if dataset not in counts:
+                raise SGLoraError(f"config {key}: dataset {dataset!r} has no manifest")
+            have = counts[dataset]
+            missing = [t for t in tasks if t not in have]
+            if missing:
+                raise SGLoraError(
+                    f"config {key}: task(s) {missing} are not in dataset {dataset!r} "
+                    f"({manifests[dataset]}); it has {len(have)} tasks, e.g. {sorted(have)[:8]}"
+                )
+            for t in tasks:
+                empty = [s for s in SPLITS if have[t][s] == 0]
+                if empty:
+                    raise SGLoraError(
+                        f"config {key}: task {t!r} of dataset {dataset!r} has no captioned {'/'.join(empty)} images "
+                        f"in {manifests[dataset]}"
+                    )
+    return counts

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ..io import SGLoraError, atomic_path, unique_slugs
+from ..io import SGLoraError, atomic_path, slugify, unique_slugs
 from ..manifest import DEFAULT_TEMPLATE, describe, make_manifest
 from ._common import check_limit, require_file, require_root, select_names
 
@@ -140,7 +140,7 @@ def build(
                 continue
             taken[fine[i]] = taken.get(fine[i], 0) + 1
             name = files[i].decode() if isinstance(files[i], bytes) else str(files[i])
-            out = image_dir / split / fine_class.replace(" ", "_") / f"{i:05d}_{Path(name).stem}.png"
+            out = image_dir / split / slugify(fine_class) / f"{i:05d}_{slugify(Path(name).stem)}.png"
             _write_png(pixels[i], out)
             rows.append(
                 dict(

@@ -60,6 +60,10 @@ rule train_mole:
         "--repository {input.repository} --spec {params.spec:q} --out {output} --threads {threads} > {log} 2>&1"
 
 
+def pdiff_tasks():
+    return sorted({t for spec in GROUPS.values() if "pdiff" in spec["methods"] for t in spec["tasks"]})
+
+
 rule train_pdiff:
     """P-diff (one unconditional model per seen task) or COND P-Diff (one task-conditioned model)."""
     input:
@@ -70,7 +74,8 @@ rule train_pdiff:
     wildcard_constraints:
         variant="pdiff|cond_pdiff",
     params:
-        tasks=",".join(EXPERTS["tasks"]),
+        # P-diff: one model per seen task that a group evaluates; COND P-Diff: one model on all experts
+        tasks=lambda w: ",".join(pdiff_tasks() if w.variant == "pdiff" else EXPERTS["tasks"]),
         spec=lambda w: as_json(config.get(w.variant)),
         flag=lambda w: "--conditional" if w.variant == "cond_pdiff" else "--no-conditional",
     threads: THREADS

@@ -20,6 +20,13 @@ def _check_config():
             raise ValueError(f"config: groups.{g}.dataset {spec['dataset']!r} is not a key of datasets ({sorted(names)})")
         if len(set(spec["tasks"])) != len(spec["tasks"]):
             raise ValueError(f"config: groups.{g}.tasks lists a task twice")
+        seen_only = {"pdiff", "cond_pdiff"} & set(spec["methods"])
+        not_experts = [t for t in spec["tasks"] if t not in config["experts"]["tasks"]]
+        if seen_only and (not_experts or spec["dataset"] != config["experts"]["dataset"]):
+            raise ValueError(
+                f"config: groups.{g} uses {sorted(seen_only)}, seen-task baselines, but {not_experts or spec['dataset']} "
+                "is not among the experts (experts.tasks / experts.dataset)"
+            )
     for name, d in config["datasets"].items():
         if d["kind"] != "embedded" and "root" not in d:
             raise ValueError(f"config: datasets.{name}.root is required for kind {d['kind']!r}")

@@ -70,3 +70,25 @@ rule caption:
     shell:
         "sglora caption --manifest {input} --out {output} --backend {params.backend} "
         "--shard-dir {params.shards} --options-json {params.options:q} > {log} 2>&1"
+
+
+def wanted_tasks():
+    wanted = {"experts.tasks": {EXPERTS["dataset"]: EXPERTS["tasks"]}}
+    for g, spec in GROUPS.items():
+        wanted[f"groups.{g}.tasks"] = {spec["dataset"]: spec["tasks"]}
+    return wanted
+
+
+rule check_tasks:
+    """Fail early, naming the config key, if a configured task is not in its dataset."""
+    input:
+        [manifest(d) for d in config["datasets"]],
+    output:
+        f"{R}/tasks/tasks.json",
+    params:
+        pairs=" ".join(f"{d}={manifest(d)}" for d in config["datasets"]),
+        wanted=as_json(wanted_tasks()),
+    log:
+        f"{R}/logs/check_tasks.log",
+    shell:
+        "sglora check-tasks --manifest {params.pairs} --wanted {params.wanted:q} --out {output} > {log} 2>&1"

@@ -6,6 +6,7 @@ rule train_lora:
     epochs' factors (snapshots) and the final adapter."""
     input:
         manifest=lambda w: manifest(w.dataset),
+        tasks=f"{R}/tasks/tasks.json",
         backbone=backbone_input(),
     output:
         directory(f"{R}/loras/{{dataset}}/{{task}}"),
