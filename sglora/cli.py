@@ -196,7 +196,7 @@ def cmd_generate(a):
 def cmd_tables(a):
     from .tables import write_tables
 
-    write_tables(a.metrics, a.out, _json(a.groups), paper=a.paper or None)
+    write_tables(a.metrics, a.out, _json(a.groups))
 
 
 def cmd_figures(a):
@@ -300,7 +300,6 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("tables", cmd_tables, "Write the metric tables (CSV, Markdown, LaTeX) from the metrics folders.")
     s.add_argument("--metrics", required=True, help="metrics root folder")
     s.add_argument("--groups", required=True, help="JSON of the evaluation groups")
-    s.add_argument("--paper", default="", help="paper table key to print beside ours")
     s.add_argument("--out", required=True)
 
     s = add("figures", cmd_figures, "Draw the figures (t-SNE of expert LoRAs, of samples, R@1 bars).")

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .io import SGLoraError, atomic_path, save_safetensors, write_json
+from .io import SGLoraError, atomic_path, from_section, save_safetensors, write_json
 
 
 @dataclass
@@ -50,11 +50,7 @@ class CVAESpec:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "CVAESpec":
-        d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise SGLoraError(f"cvae: unknown key(s) {sorted(unknown)}")
-        spec = cls(**d)
+        spec = from_section(cls, d, "cvae")
         if spec.normalization not in ("standardize", "none"):
             raise SGLoraError(f"cvae.normalization: {spec.normalization!r} is not 'standardize' or 'none'")
         if spec.condition not in ("loo", "all", "self"):

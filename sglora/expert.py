@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .backbone import clip_loss, load_clip, pick_device, pixel_values, same_text_targets, seed_everything, tokenize
-from .io import SGLoraError, atomic_path, save_safetensors, write_json
+from .io import SGLoraError, atomic_path, from_section, save_safetensors, write_json
 from .lora import Layout, LoraSpec, add_lora, save_adapter
 from .manifest import read_manifest
 
@@ -36,11 +36,7 @@ class TrainSpec:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "TrainSpec":
-        d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise SGLoraError(f"training: unknown key(s) {sorted(unknown)}")
-        spec = cls(**d)
+        spec = from_section(cls, d, "training")
         if not 1 <= spec.snapshots <= spec.epochs:
             raise SGLoraError(f"training.snapshots={spec.snapshots} must be between 1 and training.epochs={spec.epochs}")
         return spec

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .cvae import CVAE
-from .io import SGLoraError
+from .io import SGLoraError, from_section
 from .prior import Prior, semantic_prior
 from .repository import ExpertTable
 
@@ -28,11 +28,7 @@ class PriorSpec:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "PriorSpec":
-        d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise SGLoraError(f"prior: unknown key(s) {sorted(unknown)}")
-        spec = cls(**d)
+        spec = from_section(cls, d, "prior")
         if spec.k < 1 or spec.tau <= 0 or spec.modality not in ("textual", "visual"):
             raise SGLoraError(f"prior: need k >= 1, tau > 0, modality textual|visual; got {spec}")
         return spec

@@ -172,3 +172,13 @@ def save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str,
             f.write(blob)
             for name in names:
                 f.write(arrays[name].astype(arrays[name].dtype.newbyteorder("<"), copy=False).tobytes())
+
+
+def from_section(cls, values: dict | None, section: str):
+    """Build the dataclass ``cls`` from a config section, refusing unknown keys by name."""
+    values = dict(values or {})
+    known = cls.__dataclass_fields__
+    unknown = set(values) - set(known)
+    if unknown:
+        raise SGLoraError(f"{section}: unknown key(s) {sorted(unknown)}; known keys: {sorted(known)}")
+    return cls(**values)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import SGLoraError, atomic_path, save_safetensors
+from .io import SGLoraError, atomic_path, from_section, save_safetensors
 
 TOWER_PREFIX = {"vision": "vision_model", "text": "text_model"}
 
@@ -37,11 +37,7 @@ class LoraSpec:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "LoraSpec":
-        d = dict(d or {})
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise SGLoraError(f"lora: unknown key(s) {sorted(unknown)}")
-        spec = cls(**d)
+        spec = from_section(cls, d, "lora")
         bad = set(spec.towers) - set(TOWER_PREFIX)
         if bad or not spec.towers:
             raise SGLoraError(f"lora.towers: {spec.towers} must be a non-empty subset of {sorted(TOWER_PREFIX)}")

@@ -151,8 +151,9 @@ def per_task_table(results: dict[str, dict[str, dict]], cols: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tables(metrics_root: str | Path, out_dir: str | Path, groups: dict, paper: str | None = None) -> None:
-    """For each group: ``<group>.csv``, ``<group>.md``, ``<group>.tex``, ``<group>.per_task.md``."""
+def write_tables(metrics_root: str | Path, out_dir: str | Path, groups: dict) -> None:
+    """For each group: ``<group>.csv``, ``<group>.md``, ``<group>.tex``, ``<group>.per_task.md``;
+    a group's ``paper`` key (``sglora.paper.PAPER_TABLES``) adds the published rows."""
     metrics_root, out_dir = Path(metrics_root), Path(out_dir)
     for group, g in groups.items():
         results = load_group(metrics_root, group, g["methods"], g["tasks"])

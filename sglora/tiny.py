@@ -36,7 +36,12 @@ def train_bpe_vocab(texts: Iterable[str], vocab_size: int = 512) -> tuple[dict, 
     tok.train_from_iterator(sorted(set(texts)), trainer)
     model = json.loads(tok.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split()) for m in model["merges"]]
-    return model["vocab"], merges
+    # The trainer numbers the alphabet in hash-map order, which changes from process to
+    # process; renumber: special tokens, the alphabet sorted, then merges in merge order.
+    made = list(dict.fromkeys(a + b for a, b in merges))
+    base = sorted(t for t in model["vocab"] if t not in CLIP_SPECIALS and t not in set(made))
+    order = CLIP_SPECIALS + base + [t for t in made if t not in CLIP_SPECIALS]
+    return {t: i for i, t in enumerate(order)}, merges
 
 
 def clip_tokenizer(texts: Iterable[str], vocab_size: int = 512, max_length: int = 32):

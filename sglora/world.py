@@ -199,10 +199,13 @@ def captions_for(attrs: dict, name: str, rng: np.random.Generator, n: int = 4) -
 
 
 def coarse_caption(attrs: dict, name: str, rng: np.random.Generator) -> str:
-    """The backbone's pretraining text: the class name and, sometimes, the attributes that
-    look the same in every family (size, position, count). Never colour, texture or
-    background: those are the fine details a task's LoRA has to learn."""
+    """The backbone's pretraining text: the class name (or, as web captions often do, just
+    the family word: "a photo of a lily") and, sometimes, the attributes that look the same
+    in every family (size, position, count). Never colour, texture or background: those
+    are the fine details a task's LoRA has to learn."""
     lead = ["a photo of a", "an image of a", "a picture of a", "a photo of the"][rng.integers(4)]
+    if rng.random() < 0.3:
+        name = family_of(name)
     extra = []
     if rng.random() < 0.7:
         extra.append(f"{attrs['count']} {attrs['size']}")
