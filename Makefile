@@ -17,12 +17,12 @@ $(VENV)/.installed: pyproject.toml requirements/lock.txt requirements/torch-cpu.
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	if [ "$(TORCH)" = cpu ]; then $(BIN)/python -m pip install -q -r requirements/torch-cpu.txt; fi
-	$(BIN)/python -m pip install -q -c requirements/lock.txt -e '.[workflow,test]'
+	$(BIN)/python -m pip install -q -c requirements/lock.txt -e '.[workflow,slurm,test]'
 	touch $@
 
 ## The main job: the whole DAG on the embedded default (config.yaml).
 run: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES)
 
 ## The whole test suite: lint, a dry run of every shipped config, then pytest.
 test: setup lint dryrun pytest
@@ -40,7 +40,7 @@ report: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --report report.zip
 
 lock: setup
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^torch==' > requirements/lock.txt
+	(head -2 requirements/lock.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v "^torch==") > requirements/lock.new && mv requirements/lock.new requirements/lock.txt
 
 clean-results:
 	rm -rf results/embedded

@@ -6,7 +6,12 @@
 #
 # Rules are thin: each calls one `sglora <step>` command (sglora/cli.py).
 
-configfile: "config.yaml"
+# config.yaml is the embedded default. A --configfile (config/tiny.yaml, a paper preset)
+# replaces it instead of being merged into it: a merge would add the default's datasets and
+# groups to the preset's. --config key=value applies on top of either.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 report: "workflow/report/workflow.rst"
@@ -20,6 +25,10 @@ include: "workflow/rules/sglora.smk"
 include: "workflow/rules/baselines.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+
+
+# Light rules run where snakemake runs (on a cluster: the submit host), never as cluster jobs.
+localrules: world, manifest, check_tasks, embed, assemble, candidates_oracle, candidates_merging, candidates_pdiff, sample_sglora, tables, figures, all
 
 
 rule all:

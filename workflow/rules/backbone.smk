@@ -17,6 +17,8 @@ rule pretrain_backbone:
         gpu=0,
         mem_mb=lambda w: res("pretrain_backbone", "mem_mb", 4000),
         runtime=lambda w: res("pretrain_backbone", "runtime", 30),
+    conda:
+        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/pretrain_backbone.log",
     benchmark:
@@ -36,7 +38,9 @@ rule embed:
     params:
         pairs=" ".join(f"{d}={manifest(d)}" for d in config["datasets"]),
         template=config.get("description", {}).get("template", ""),
-        backbone=BACKBONE,
+        backbone=backbone_param,
+    conda:
+        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/embed.log",
     shell:

@@ -7,6 +7,8 @@ rule candidates_oracle:
         lambda w: [lora_dir(GROUPS[w.group]["dataset"], t) for t in GROUPS[w.group]["tasks"]],
     output:
         f"{R}/candidates/{{group}}/oracle.safetensors",
+    conda:
+        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/candidates/{{group}}/oracle.log",
     shell:
@@ -26,6 +28,8 @@ rule candidates_merging:
         tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
         dataset=lambda w: GROUPS[w.group]["dataset"],
         prior=as_json(config["prior"]),
+    conda:
+        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/candidates/{{group}}/{{method}}.log",
     shell:
@@ -45,12 +49,14 @@ rule train_mole:
     params:
         tasks=",".join(EXPERTS["tasks"]),
         spec=as_json(config.get("mole")),
-        backbone=BACKBONE,
+        backbone=backbone_param,
     threads: THREADS
     resources:
         gpu=lambda w: res("train_mole", "gpu", 1 if PRETRAINED else 0),
         mem_mb=lambda w: res("train_mole", "mem_mb", 8000),
         runtime=lambda w: res("train_mole", "runtime", 60),
+    conda:
+        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/train_mole.log",
     benchmark:
@@ -59,9 +65,6 @@ rule train_mole:
         "sglora train-mole --backbone {params.backbone} --manifest {input.manifest} --tasks {params.tasks} "
         "--repository {input.repository} --spec {params.spec:q} --out {output} --threads {threads} > {log} 2>&1"
 
-
-def pdiff_tasks():
-    return sorted({t for spec in GROUPS.values() if "pdiff" in spec["methods"] for t in spec["tasks"]})
 
 
 rule train_pdiff:
@@ -83,6 +86,8 @@ rule train_pdiff:
         gpu=lambda w: res("train_pdiff", "gpu", 1 if PRETRAINED else 0),
         mem_mb=lambda w: res("train_pdiff", "mem_mb", 8000),
         runtime=lambda w: res("train_pdiff", "runtime", 60),
+    conda:
+        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/train_{{variant}}.log",
     benchmark:
@@ -103,6 +108,8 @@ rule candidates_pdiff:
         variant="pdiff|cond_pdiff",
     params:
         tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
+    conda:
+        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/candidates/{{group}}/{{variant}}.log",
     shell:

@@ -75,3 +75,56 @@ def group_methods(kind):
 def all_outputs():
     out = [f"{R}/tables/done", f"{R}/figures/done"]
     return out
+
+
+def raw_manifest(w):
+    kind = config["datasets"][w.dataset]["kind"]
+    sub = "world" if kind == "embedded" else "raw"
+    return f"{R}/data/{w.dataset}/{sub}/manifest.raw.parquet"
+
+
+def caption_backend(w):
+    return config["datasets"][w.dataset].get("captioner", {}).get("backend", "none")
+
+
+def caption_options(w):
+    cap = config["datasets"][w.dataset].get("captioner", {})
+    opts = dict(cap.get("options", {}))
+    if cap.get("backend") == "synthetic":
+        opts.setdefault("captions_file", f"{R}/data/{w.dataset}/world/captions.parquet")
+    return as_json(opts)
+
+
+def wanted_tasks():
+    wanted = {"experts.tasks": {EXPERTS["dataset"]: EXPERTS["tasks"]}}
+    for g, spec in GROUPS.items():
+        wanted[f"groups.{g}.tasks"] = {spec["dataset"]: spec["tasks"]}
+    return wanted
+
+
+def pdiff_tasks():
+    return sorted({t for spec in GROUPS.values() if "pdiff" in spec["methods"] for t in spec["tasks"]})
+
+
+def metric_dirs(wildcards=None):
+    return [f"{R}/metrics/{g}/{m}" for g, spec in GROUPS.items() for m in spec["methods"]]
+
+
+def backbone_param(wildcards, input):
+    """The backbone a step loads: the built one (an input) or the configured id/path."""
+    return input.backbone[0] if not PRETRAINED else BACKBONE
+
+
+def parent(path, levels=1):
+    """A folder above an input or output file (for steps that take a root folder)."""
+    p = Path(path)
+    for _ in range(levels):
+        p = p.parent
+    return str(p)
+
+
+def figure_loras():
+    """Oracle LoRA folders the figures draw (unseen groups that evaluate the Oracle)."""
+    return sorted(
+        {lora_dir(spec["dataset"], t) for spec in GROUPS.values() if spec.get("unseen", True) and "oracle" in spec["methods"] for t in spec["tasks"]}
+    )

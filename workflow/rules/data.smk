@@ -8,8 +8,10 @@ rule world:
         captions=f"{R}/data/{{dataset}}/world/captions.parquet",
     params:
         options=lambda w: as_json(config["datasets"][w.dataset].get("options")),
-        out=lambda w: f"{R}/data/{w.dataset}/world",
+        out=lambda w, output: parent(output.manifest),
         seed=config.get("seed", 0),
+    conda:
+        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/world/{{dataset}}.log",
     shell:
@@ -25,6 +27,8 @@ rule manifest:
         root=lambda w: config["datasets"][w.dataset]["root"],
         options=lambda w: as_json(config["datasets"][w.dataset].get("options")),
         images=lambda w: f"{R}/data/{w.dataset}/images",
+    conda:
+        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/manifest/{{dataset}}.log",
     shell:
@@ -32,22 +36,7 @@ rule manifest:
         "--image-dir {params.images} --config-json {params.options:q} > {log} 2>&1"
 
 
-def raw_manifest(w):
-    kind = config["datasets"][w.dataset]["kind"]
-    sub = "world" if kind == "embedded" else "raw"
-    return f"{R}/data/{w.dataset}/{sub}/manifest.raw.parquet"
 
-
-def caption_backend(w):
-    return config["datasets"][w.dataset].get("captioner", {}).get("backend", "none")
-
-
-def caption_options(w):
-    cap = config["datasets"][w.dataset].get("captioner", {})
-    opts = dict(cap.get("options", {}))
-    if cap.get("backend") == "synthetic":
-        opts.setdefault("captions_file", f"{R}/data/{w.dataset}/world/captions.parquet")
-    return as_json(opts)
 
 
 rule caption:
@@ -63,20 +52,16 @@ rule caption:
         shards=lambda w: f"{R}/data/{w.dataset}/caption_shards",
     resources:
         gpu=lambda w: config["datasets"][w.dataset].get("captioner", {}).get("gpu", 1) if caption_backend(w) == "qwen2vl" else 0,
-        mem_mb=lambda w: res("caption", "mem_mb", 4000),
-        runtime=lambda w: res("caption", "runtime", 60),
+        mem_mb=lambda w: res("caption", "mem_mb", 4000) if caption_backend(w) == "qwen2vl" else 4000,
+        runtime=lambda w: res("caption", "runtime", 60) if caption_backend(w) == "qwen2vl" else 60,
+    conda:
+        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/caption/{{dataset}}.log",
     shell:
         "sglora caption --manifest {input} --out {output} --backend {params.backend} "
         "--shard-dir {params.shards} --options-json {params.options:q} > {log} 2>&1"
 
-
-def wanted_tasks():
-    wanted = {"experts.tasks": {EXPERTS["dataset"]: EXPERTS["tasks"]}}
-    for g, spec in GROUPS.items():
-        wanted[f"groups.{g}.tasks"] = {spec["dataset"]: spec["tasks"]}
-    return wanted
 
 
 rule check_tasks:
@@ -88,6 +73,8 @@ rule check_tasks:
     params:
         pairs=" ".join(f"{d}={manifest(d)}" for d in config["datasets"]),
         wanted=as_json(wanted_tasks()),
+    conda:
+        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/check_tasks.log",
     shell:

@@ -16,12 +16,14 @@ rule evaluate:
     params:
         tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
         lora=as_json(config["lora"]),
-        backbone=BACKBONE,
+        backbone=backbone_param,
     threads: THREADS
     resources:
         gpu=lambda w: res("evaluate", "gpu", 1 if PRETRAINED else 0),
         mem_mb=lambda w: res("evaluate", "mem_mb", 4000),
         runtime=lambda w: res("evaluate", "runtime", 30),
+    conda:
+        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/evaluate/{{group}}/{{method}}.log",
     benchmark:
@@ -41,12 +43,14 @@ rule evaluate_zero_shot:
         directory(f"{R}/metrics/{{group}}/zero_shot"),
     params:
         tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
-        backbone=BACKBONE,
+        backbone=backbone_param,
     threads: THREADS
     resources:
         gpu=lambda w: res("evaluate", "gpu", 1 if PRETRAINED else 0),
         mem_mb=lambda w: res("evaluate", "mem_mb", 4000),
         runtime=lambda w: res("evaluate", "runtime", 30),
+    conda:
+        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/evaluate/{{group}}/zero_shot.log",
     shell:
@@ -64,12 +68,14 @@ rule evaluate_mole:
         directory(f"{R}/metrics/{{group}}/mole"),
     params:
         tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
-        backbone=BACKBONE,
+        backbone=backbone_param,
     threads: THREADS
     resources:
         gpu=lambda w: res("evaluate", "gpu", 1 if PRETRAINED else 0),
         mem_mb=lambda w: res("evaluate", "mem_mb", 4000),
         runtime=lambda w: res("evaluate", "runtime", 30),
+    conda:
+        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/evaluate/{{group}}/mole.log",
     shell:

@@ -13,12 +13,14 @@ rule train_lora:
     params:
         lora=as_json(config["lora"]),
         training=as_json(config["training"]),
-        backbone=BACKBONE,
+        backbone=backbone_param,
     threads: THREADS
     resources:
         gpu=lambda w: res("train_lora", "gpu", 1 if PRETRAINED else 0),
         mem_mb=lambda w: res("train_lora", "mem_mb", 4000),
         runtime=lambda w: res("train_lora", "runtime", 30),
+    conda:
+        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/train_lora/{{dataset}}/{{task}}.log",
     benchmark:
@@ -37,6 +39,8 @@ rule assemble:
         directory(f"{R}/repository"),
     params:
         dataset=EXPERTS["dataset"],
+    conda:
+        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/assemble.log",
     benchmark:

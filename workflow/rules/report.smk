@@ -1,14 +1,6 @@
 # Tables and figures, wrapped for `snakemake --report report.zip`.
 
 
-def metric_dirs(wildcards=None):
-    return [f"{R}/metrics/{g}/{m}" for g, spec in GROUPS.items() for m in spec["methods"]]
-
-
-def table_files():
-    return {
-        f"{g}_{ext}": f"{R}/tables/{g}.{ext}" for g in GROUPS for ext in ("csv", "md", "tex", "per_task.md")
-    }
 
 
 rule tables:
@@ -29,8 +21,10 @@ rule tables:
         ],
     params:
         groups=as_json(GROUPS),
-        metrics=f"{R}/metrics",
-        out=f"{R}/tables",
+        metrics=lambda w, input: parent(input[0], 2),
+        out=lambda w, output: parent(output.done),
+    conda:
+        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/tables.log",
     shell:
@@ -40,7 +34,8 @@ rule tables:
 rule figures:
     """t-SNE of expert LoRAs, t-SNE of samples for one unseen task, R@1 by method."""
     input:
-        metric_dirs(),
+        metrics=metric_dirs(),
+        loras=figure_loras(),
         repository=f"{R}/repository",
         candidates=[f"{R}/candidates/{g}/{m}.safetensors" for g, spec in GROUPS.items() for m in spec["methods"]
                     if m in ("sglora", "oracle", "model_soups", "adaptersoup", "topk_weighted")],
@@ -53,10 +48,12 @@ rule figures:
         pdfs=[f"{R}/figures/{name}.pdf" for name in ("experts_tsne", "samples_tsne", "r1_bars")],
     params:
         groups=as_json(GROUPS),
-        metrics=f"{R}/metrics",
-        candidates=f"{R}/candidates",
-        loras=f"{R}/loras",
-        out=f"{R}/figures",
+        metrics=lambda w, input: parent(input.metrics[0], 2),
+        candidates=lambda w, input: parent(input.candidates[0], 2),
+        loras=lambda w, input: parent(input.loras[0], 2) if input.loras else f"{R}/loras",
+        out=lambda w, output: parent(output.done),
+    conda:
+        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/figures.log",
     shell:

@@ -15,6 +15,8 @@ rule train_cvae:
         gpu=lambda w: res("train_cvae", "gpu", 1 if PRETRAINED else 0),
         mem_mb=lambda w: res("train_cvae", "mem_mb", 8000),
         runtime=lambda w: res("train_cvae", "runtime", 60),
+    conda:
+        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/train_cvae.log",
     benchmark:
@@ -39,6 +41,8 @@ rule sample_sglora:
         dataset=lambda w: GROUPS[w.group]["dataset"],
         prior=as_json(config["prior"]),
         sampling=as_json(config["sampling"]),
+    conda:
+        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/sample_sglora/{{group}}.log",
     shell:
