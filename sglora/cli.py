@@ -9,24 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+
+from .io import comma_list as _list
+from .io import json_object as _json
 import sys
 from pathlib import Path
 
 
-def _json(text: str | None) -> dict:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise SystemExit(f"sglora: not valid JSON: {text!r} ({err})")
-    if not isinstance(value, dict):
-        raise SystemExit(f"sglora: expected a JSON object, got {text!r}")
-    return value
-
-
-def _list(text: str) -> list[str]:
-    return [t for t in text.split(",") if t]
 
 
 # --- handlers ----------------------------------------------------------------------

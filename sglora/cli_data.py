@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from .io import SGLoraError
+from .io import SGLoraError, json_object
 
 MANIFEST_HELP = """\
 Build a task manifest (Parquet, one row per image) from a dataset in the layout its
@@ -75,16 +75,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.set_defaults(func=run_caption)
 
 
-def _json_object(text: str | None, flag: str) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise SGLoraError(f"{flag}: not valid JSON ({err}); expected a JSON object") from err
-    if not isinstance(value, dict):
-        raise SGLoraError(f"{flag}: is a {type(value).__name__}; expected a JSON object")
-    return value
 
 
 def parse_option(text: str) -> tuple[str, Any]:
@@ -102,7 +92,7 @@ def run_manifest(args: argparse.Namespace) -> int:
     from .datasets import adapter_options, bad_images, build_manifest
     from .manifest import write_manifest
 
-    options = _json_object(args.config_json, "--config-json")
+    options = json_object(args.config_json, "--config-json")
     options.update(parse_option(o) for o in args.option)
     if args.image_dir and "image_dir" in adapter_options(args.dataset):
         options.setdefault("image_dir", args.image_dir)
@@ -121,7 +111,7 @@ def run_manifest(args: argparse.Namespace) -> int:
 def run_caption(args: argparse.Namespace) -> int:
     from .captioning import caption_manifest
 
-    options = _json_object(args.options_json, "--options-json")
+    options = json_object(args.options_json, "--options-json")
     summary = caption_manifest(args.manifest, args.out, args.backend, args.shard_dir, **options)
     print(json.dumps(summary), file=sys.stdout)
     return 0

@@ -182,3 +182,21 @@ def from_section(cls, values: dict | None, section: str):
     if unknown:
         raise SGLoraError(f"{section}: unknown key(s) {sorted(unknown)}; known keys: {sorted(known)}")
     return cls(**values)
+
+
+def json_object(text: str | None, flag: str = "option") -> dict[str, Any]:
+    """Parse a command-line JSON object (a config section); an error names the flag."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SGLoraError(f"{flag}: not valid JSON ({err}); expected a JSON object") from err
+    if not isinstance(value, dict):
+        raise SGLoraError(f"{flag}: is a {type(value).__name__}; expected a JSON object")
+    return value
+
+
+def comma_list(text: str) -> list[str]:
+    """``"a,b,,c"`` -> ``["a", "b", "c"]``."""
+    return [t for t in text.split(",") if t]

@@ -9,21 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 
-
-def _json(text: str | None) -> dict:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise SystemExit(f"sglora: not valid JSON: {text!r} ({err})")
-    if not isinstance(value, dict):
-        raise SystemExit(f"sglora: expected a JSON object, got {text!r}")
-    return value
+from ..io import comma_list as _list
+from ..io import json_object as _json
 
 
-def _list(text: str) -> list[str]:
-    return [t for t in text.split(",") if t]
 
 
 def _embeddings(path: str | None, dataset: str | None):
