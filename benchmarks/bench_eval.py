@@ -86,7 +86,7 @@ def bench_backbone(rep, label, model, pixels, vector, layout, lora, rounds, pass
     n_img = len(pixels) * passes
     ips = {n: n_img / C.median(times[n]) for n in names}
     rel = ips["merged"] / ips["bare"]
-    note = f"median of {rounds}; {len(pixels)} images x {passes} pass(es) of {tuple(pixels.shape[1:])}"
+    note = f"median of {rounds}; {len(pixels)} image(s) x {passes} pass(es) of {tuple(pixels.shape[1:])}"
     rep.add(f"{label}: bare backbone", ips["bare"], "images/s", note=note)
     rep.add(f"{label}: LoRA merged", ips["merged"], "images/s", note=note)
     rep.add(f"{label}: PEFT, unmerged (context)", ips["peft"], "images/s", note=note)
