@@ -11,42 +11,29 @@ self (the expert's own mu_n, var_n). Prints a Markdown table; writes
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--results", default="results/embedded")
-    ap.add_argument("--config", default=str(ROOT / "config.yaml"))
-    ap.add_argument("--group", default="in_dataset")
-    ap.add_argument("--modes", default="loo,all,self")
-    a = ap.parse_args(argv)
     import torch
+    from _analysis import finished_run
 
-    from sglora.backbone import load_clip
     from sglora.cvae import CVAESpec, train_cvae
     from sglora.embed import read_embeddings
     from sglora.evaluate import evaluate_vectors, load_task
     from sglora.generate import PriorSpec, sample_loras, task_seed
     from sglora.prior import semantic_prior, training_conditions
-    from sglora.repository import Repository
 
     torch.set_num_threads(2)
-    cfg = yaml.safe_load(Path(a.config).read_text())
-    res = Path(a.results)
-    group = cfg["groups"][a.group]
+    run = finished_run(__doc__, argv, {"modes": "loo,all,self"})
+    a, cfg, res, group, manifest = run.args, run.cfg, run.res, run.group, run.manifest
+    repo, experts, model, processor = run.repo, run.experts, run.model, run.processor
     prior = PriorSpec.from_dict(cfg["prior"])
-    repo = Repository(res / "repository")
-    experts = repo.experts()
     keys = experts.embedding(prior.modality)
     tasks, vecs = [], []
     for t, v in repo.iter_snapshots():
@@ -55,8 +42,6 @@ def main(argv=None) -> int:
     x = np.concatenate(vecs)
     index = np.array([experts.tasks.index(t) for t in tasks])
     emb = read_embeddings(res / "tasks" / "embeddings.parquet", group["dataset"])
-    model, processor = load_clip(str(res / "backbone"))
-    manifest = res / "data" / group["dataset"] / "manifest.parquet"
     data = {t: load_task(manifest, t, processor) for t in group["tasks"]}
     key = "text_embedding" if prior.modality == "textual" else "visual_embedding"
     n, seed = int(cfg["sampling"]["samples"]), int(cfg["sampling"]["seed"])

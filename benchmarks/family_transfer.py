@@ -11,36 +11,23 @@ Prints a Markdown table and writes results/<run>/benchmarks/family_transfer.csv.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
-from pathlib import Path
 
 import numpy as np
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--results", default="results/embedded")
-    ap.add_argument("--config", default=str(ROOT / "config.yaml"))
-    ap.add_argument("--group", default="in_dataset")
-    a = ap.parse_args(argv)
+    from _analysis import finished_run
+
     from sglora.evaluate import evaluate_vectors, load_task
-    from sglora.backbone import load_clip
     from sglora.expert import read_snapshots
-    from sglora.repository import Repository
     from sglora.world import family_of
 
-    cfg = yaml.safe_load(Path(a.config).read_text())
-    res = Path(a.results)
-    group = cfg["groups"][a.group]
-    manifest = res / "data" / group["dataset"] / "manifest.parquet"
-    repo = Repository(res / "repository")
-    experts = repo.experts()
-    model, processor = load_clip(str(res / "backbone"))
+    run = finished_run(__doc__, argv)
+    a, res, group, manifest = run.args, run.res, run.group, run.manifest
+    repo, experts, model, processor = run.repo, run.experts, run.model, run.processor
     rows = []
     for t_i, task in enumerate(group["tasks"]):
         data = load_task(manifest, task, processor)

@@ -107,7 +107,6 @@ def cmd_train_cvae(a):
 
 def cmd_candidates(a):
     """Candidate LoRAs of one method for the tasks of one group."""
-    import numpy as np
 
     from .candidates import save_candidates
     from .embed import read_embeddings

@@ -1,6 +1,5 @@
 """The foundation: CLI, config validation, offline loading of tiny models."""
 
-import os
 import shutil
 import subprocess
 import sys

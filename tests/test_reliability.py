@@ -108,7 +108,6 @@ def test_template_without_class_name():
 def test_repository_with_wrong_vector_length(tiny_repo, tmp_path):
     import shutil
 
-    import pyarrow as pa
 
     from sglora.repository import Repository
 

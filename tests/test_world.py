@@ -1,6 +1,5 @@
 """The embedded world: determinism and its semantic structure."""
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
