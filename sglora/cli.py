@@ -191,7 +191,7 @@ def cmd_figures(a):
     from .figures import write_figures
 
     write_figures(a.out, repository=a.repository, metrics=a.metrics, candidates=a.candidates, loras=a.loras,
-                  groups=_json(a.groups))
+                  groups=_json(a.groups), samples_group=a.samples_group or None)
 
 
 # --- parser ------------------------------------------------------------------------
@@ -296,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--candidates", required=True, help="candidates root folder")
     s.add_argument("--loras", required=True, help="trained LoRAs root folder")
     s.add_argument("--groups", required=True)
+    s.add_argument("--samples-group", default="", help="group whose first task the samples t-SNE shows (Figure 10)")
     s.add_argument("--out", required=True)
 
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_path
+from .io import SGLoraError, atomic_path
 
 
 def _save(fig, out_dir: Path, name: str) -> None:
@@ -124,17 +124,22 @@ def r1_bars(out_dir: Path, metrics: Path, groups: dict) -> None:
     plt.close(fig)
 
 
-def write_figures(out: str | Path, repository, metrics, candidates, loras, groups: dict) -> None:
+def write_figures(out: str | Path, repository, metrics, candidates, loras, groups: dict,
+                  samples_group: str | None = None) -> None:
+    """``samples_group``: the group whose first task the samples t-SNE shows (default: the
+    first unseen group, in ``groups`` order, that evaluates SG-LoRA and the Oracle)."""
     import matplotlib
 
     matplotlib.use("Agg")
     out, metrics, candidates, loras = Path(out), Path(metrics), Path(candidates), Path(loras)
     unseen = {g: v for g, v in groups.items() if v.get("unseen", True)}
     experts_tsne(out, Path(repository), loras, _by_dataset(unseen))
-    for g, v in unseen.items():
-        if "sglora" in v["methods"] and "oracle" in v["methods"]:
-            samples_tsne(out, candidates, loras, g, v["dataset"], v["tasks"][0])
-            break
+    eligible = [g for g, v in unseen.items() if "sglora" in v["methods"] and "oracle" in v["methods"]]
+    if samples_group and samples_group not in eligible:
+        raise SGLoraError(f"figures: group {samples_group!r} is not an unseen group with sglora and oracle ({eligible})")
+    if eligible:
+        g = samples_group or eligible[0]
+        samples_tsne(out, candidates, loras, g, groups[g]["dataset"], groups[g]["tasks"][0])
     r1_bars(out, metrics, groups)
 
 

@@ -128,3 +128,12 @@ def figure_loras():
     return sorted(
         {lora_dir(spec["dataset"], t) for spec in GROUPS.values() if spec.get("unseen", True) and "oracle" in spec["methods"] for t in spec["tasks"]}
     )
+
+
+def samples_group():
+    """The group of the Figure 10 t-SNE: the first unseen group, in config order, that
+    evaluates SG-LoRA and the Oracle ("" if none)."""
+    for g, spec in GROUPS.items():
+        if spec.get("unseen", True) and {"sglora", "oracle"} <= set(spec["methods"]):
+            return g
+    return ""

@@ -51,6 +51,7 @@ rule figures:
         metrics=lambda w, input: parent(input.metrics[0], 2),
         candidates=lambda w, input: parent(input.candidates[0], 2),
         loras=lambda w, input: parent(input.loras[0], 2) if input.loras else f"{R}/loras",
+        samples_group=samples_group(),
         out=lambda w, output: parent(output.done),
     conda:
         "../../envs/sglora.yaml"
@@ -58,4 +59,5 @@ rule figures:
         f"{R}/logs/figures.log",
     shell:
         "sglora figures --repository {input.repository} --metrics {params.metrics} --candidates {params.candidates} "
-        "--loras {params.loras} --groups {params.groups:q} --out {params.out} > {log} 2>&1"
+        "--loras {params.loras} --groups {params.groups:q} --samples-group {params.samples_group:q} "
+        "--out {params.out} > {log} 2>&1"
