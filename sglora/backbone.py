@@ -108,6 +108,19 @@ def clip_loss(model, pixels, input_ids, attention_mask, targets: torch.Tensor | 
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets.T))
 
 
+def optimizer_step(opt, loss: torch.Tensor, where: str, epoch: int, history: list) -> None:
+    """One backward + update, refusing a non-finite loss: the error names the step
+    (``where``), the epoch (0-based here, printed 1-based) and the last finite epoch loss
+    (the last entry of ``history``: a number, or a dict with a ``loss`` key)."""
+    if not torch.isfinite(loss):
+        last = history[-1] if history else "none"
+        last = last["loss"] if isinstance(last, dict) else last
+        raise SGLoraError(f"{where}: loss is {loss.item()} at epoch {epoch + 1}; last finite epoch loss {last}")
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
 def same_text_targets(texts: list[str]) -> torch.Tensor:
     """Soft targets for a batch where equal texts are all positives of each other."""
     ids = {t: i for i, t in enumerate(dict.fromkeys(texts))}

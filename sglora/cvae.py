@@ -146,7 +146,7 @@ def train_cvae(snapshots: np.ndarray, expert_index: np.ndarray, cond_mu: np.ndar
     condition is ``(cond_mu, cond_var)[expert_index[i]]``."""
     from tqdm import tqdm
 
-    from .backbone import pick_device, seed_everything
+    from .backbone import optimizer_step, pick_device, seed_everything
 
     seed_everything(spec.seed, threads)
     device = pick_device(spec.device)
@@ -170,12 +170,7 @@ def train_cvae(snapshots: np.ndarray, expert_index: np.ndarray, cond_mu: np.ndar
         for i in range(0, len(order), spec.batch_size):
             b = order[i : i + spec.batch_size]
             loss, rec, kl = model.loss(x[b], cm[idx[b]], cv[idx[b]])
-            if not torch.isfinite(loss):
-                last = history[-1]["loss"] if history else "none"
-                raise SGLoraError(f"cvae: loss is {loss.item()} at epoch {epoch + 1}; last finite epoch loss {last}")
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            optimizer_step(opt, loss, "cvae", epoch, history)
             tot, rec_s, kl_s, n = tot + loss.item() * len(b), rec_s + rec.item() * len(b), kl_s + kl.item() * len(b), n + len(b)
         history.append({"epoch": epoch + 1, "loss": tot / n, "reconstruction": rec_s / n, "kl": kl_s / n})
         bar.set_postfix(loss=f"{tot / n:.3g}", kl=f"{kl_s / n:.3g}")

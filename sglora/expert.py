@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backbone import clip_loss, load_clip, pick_device, pixel_values, same_text_targets, seed_everything, tokenize
+from .backbone import clip_loss, load_clip, optimizer_step, pick_device, pixel_values, same_text_targets, seed_everything, tokenize
 from .io import SGLoraError, atomic_path, from_section, save_safetensors, write_json
 from .lora import Layout, LoraSpec, add_lora, save_adapter
 from .manifest import read_manifest
@@ -102,12 +102,7 @@ def train_lora(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 loss = clip_loss(peft_model, pixels[idx].to(device), enc["input_ids"][cap].to(device),
                                  enc["attention_mask"][cap].to(device), targets)
-            if not torch.isfinite(loss):
-                last = losses[-1] if losses else "none"
-                raise SGLoraError(f"task {task}: loss is {loss.item()} at epoch {epoch + 1}; last finite epoch loss {last}")
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            optimizer_step(opt, loss, f"task {task}", epoch, losses)
             total += loss.item()
         losses.append(total / steps)
         bar.set_postfix(loss=f"{losses[-1]:.3f}")

@@ -300,7 +300,7 @@ def train_mole(backbone: str, manifest: str | Path, tasks: list[str], repository
     scaling, backbone, loss history)."""
     from tqdm import tqdm
 
-    from ..backbone import load_clip, pick_device, seed_everything
+    from ..backbone import load_clip, optimizer_step, pick_device, seed_everything
     from ..repository import Repository
 
     if not tasks:
@@ -335,12 +335,7 @@ def train_mole(backbone: str, manifest: str | Path, tasks: list[str], repository
             batch = _batch(d, idx, caption, processor, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 total, con, bal = mole_loss(model, modules, *batch, spec.balance_weight)
-            if not torch.isfinite(total):
-                last = history[-1]["loss"] if history else "none"
-                raise SGLoraError(f"mole: loss is {total.item()} at epoch {epoch + 1}; last finite epoch loss {last}")
-            opt.zero_grad()
-            total.backward()
-            opt.step()
+            optimizer_step(opt, total, "mole", epoch, history)
             sums += [total.item() * len(idx), con.item() * len(idx), bal.item() * len(idx)]
             n += len(idx)
         history.append({"epoch": epoch + 1, "loss": float(sums[0] / n), "contrastive": float(sums[1] / n),
