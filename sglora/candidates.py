@@ -36,3 +36,54 @@ def load_candidates(path: str | Path) -> tuple[dict[str, np.ndarray], Layout, di
         meta = f.metadata()
         vectors = {k: f.get_tensor(k) for k in f.keys()}
     return vectors, Layout.from_json(meta["layout"]), {"method": meta["method"], "info": json.loads(meta["info"])}
+
+
+def merging_candidates(method: str, tasks: list[str], experts, embeddings: dict[str, dict], prior,
+                       seen: bool = False) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """Model Soups / AdapterSoup / Top-K LoRA Weighted for each task: ``({task: 1 x D}, info)``.
+
+    ``prior`` is a ``PriorSpec`` (k, tau, modality). With ``seen`` the task is one of the
+    experts and is left out of its own merge (it would otherwise be its own answer)."""
+    from .baselines.merging import merge
+
+    vecs, info = {}, {}
+    key = "text_embedding" if prior.modality == "textual" else "visual_embedding"
+    for t in tasks:
+        v, i = merge(method, experts, _embedding(embeddings, t)[key], prior.modality, prior.k, prior.tau,
+                     exclude_task=t if seen else None)
+        vecs[t], info[t] = v[None], i
+    return vecs, info
+
+
+def sglora_candidates(cvaes: list, tasks: list[str], experts, embeddings: dict[str, dict], prior, sampling,
+                      seen: bool = False) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """SG-LoRA samples for each task: ``sampling.samples`` from each trained CVAE of
+    ``cvaes`` (one per run, i.e. per training seed), stacked: ``({task: (runs x samples) x D}, info)``.
+
+    ``info[task]["runs"]`` labels every sample with its run, so intervals can resample runs.
+    With ``seen`` the condition of a task is built exactly as in the CVAE's training."""
+    from .generate import describe_prior, sample_loras, task_seed
+
+    key = "text_embedding" if prior.modality == "textual" else "visual_embedding"
+    vecs, info = {}, {}
+    for t in tasks:
+        parts, runs = [], []
+        for r, cvae in enumerate(cvaes):
+            s = task_seed(sampling.seed + r, t)
+            v, p = sample_loras(cvae, experts, _embedding(embeddings, t)[key], prior, sampling.samples, s,
+                                seen_task=t if seen else None, temperature=sampling.temperature)
+            parts.append(v)
+            runs += [r] * len(v)
+            if r == 0:
+                info[t] = {"experts": describe_prior(p, experts), "seeds": [], "temperature": sampling.temperature,
+                           "condition": cvae.spec.condition}
+            info[t]["seeds"].append(s)
+        vecs[t] = np.concatenate(parts)
+        info[t]["runs"] = runs
+    return vecs, info
+
+
+def _embedding(embeddings: dict[str, dict], task: str) -> dict:
+    if task not in embeddings:
+        raise SGLoraError(f"no task embedding for {task!r} (is it in the task embedding table's dataset?)")
+    return embeddings[task]

@@ -105,13 +105,29 @@ def cmd_train_cvae(a):
     print(json.dumps(history[-1]))
 
 
+def _chosen(path: str | None, method: str) -> dict:
+    """A method's settings chosen on the validation tasks (``{}`` without a selection file)."""
+    if not path:
+        return {}
+    from .io import read_json
+
+    return read_json(path).get("chosen", {}).get(method, {})
+
+
+def _load_cvaes(dirs: list[str]) -> list[tuple]:
+    from .cvae import load_cvae
+
+    return [load_cvae(d) for d in dirs]
+
+
 def cmd_candidates(a):
     """Candidate LoRAs of one method for the tasks of one group."""
 
     from .candidates import save_candidates
     from .embed import read_embeddings
-    from .generate import PriorSpec, describe_prior, sample_loras, task_seed
+    from .generate import PriorSpec, SamplingSpec
     from .repository import Repository
+    from .selection import method_candidates
 
     tasks = _list(a.tasks)
     method = a.method
@@ -126,37 +142,78 @@ def cmd_candidates(a):
         return
     repo = Repository(a.repository)
     experts = repo.experts()
-    prior = PriorSpec.from_dict(_json(a.prior))
-    emb = read_embeddings(a.embeddings, a.dataset)
-    key = "text_embedding" if prior.modality == "textual" else "visual_embedding"
-    vecs, info = {}, {}
-    if method == "sglora":
-        from .cvae import load_cvae
+    prior, sampling = PriorSpec.from_dict(_json(a.prior, "--prior")), SamplingSpec.from_dict(_json(a.sampling, "--sampling"))
+    settings = _chosen(a.selection, method)
+    vecs, info = method_candidates(method, settings, tasks, experts, read_embeddings(a.embeddings, a.dataset), prior,
+                                   sampling, cvaes=_load_cvaes(a.cvae) if method == "sglora" else None, seen=a.seen)
+    for t in info:
+        info[t]["settings"] = settings
+    if method == "sglora" and a.adapters:
         from .lora import save_adapter
 
-        cvae, _ = load_cvae(a.cvae)
-        sampling = _json(a.sampling)
-        n, seed = int(sampling.get("samples", 10)), int(sampling.get("seed", 0))
-        for t in tasks:
-            s = task_seed(seed, t)
-            v, p = sample_loras(cvae, experts, emb[t][key], prior, n, s)
-            vecs[t] = v
-            info[t] = {"experts": describe_prior(p, experts), "seed": s}
-            if a.adapters:
-                for i, vec in enumerate(v):
-                    save_adapter(Path(a.adapters) / t / f"sample_{i:03d}", vec, repo.layout, repo.lora, repo.backbone,
-                                 {"task": t, "description": emb[t]["description"], "seed": s, "sample": i,
-                                  "experts": info[t]["experts"], "kind": "sglora"})
-        if a.adapters:
-            Path(a.adapters).mkdir(parents=True, exist_ok=True)
-    else:
-        from .baselines.merging import merge
-
-        for t in tasks:
-            v, i = merge(method, experts, emb[t][key], prior.modality, prior.k, prior.tau)
-            vecs[t], info[t] = v[None], i
+        emb = read_embeddings(a.embeddings, a.dataset)
+        for t, v in vecs.items():
+            for i, vec in enumerate(v):
+                save_adapter(Path(a.adapters) / t / f"sample_{i:03d}", vec, repo.layout, repo.lora, repo.backbone,
+                             {"task": t, "description": emb[t]["description"], "seed": info[t]["seeds"][info[t]["runs"][i]],
+                              "run": info[t]["runs"][i], "sample": i, "experts": info[t]["experts"], "kind": "sglora"})
+        Path(a.adapters).mkdir(parents=True, exist_ok=True)
     save_candidates(a.out, vecs, repo.layout, method, info)
-    print(json.dumps({"method": method, "tasks": len(vecs)}))
+    print(json.dumps({"method": method, "tasks": len(vecs), "settings": settings}))
+
+
+def cmd_select(a):
+    from .embed import read_embeddings
+    from .generate import PriorSpec, SamplingSpec
+    from .io import write_json
+    from .lora import LoraSpec
+    from .repository import Repository
+
+    from .selection import select_settings
+
+    repo = Repository(a.repository)
+    res = select_settings(a.backbone, a.manifest, _list(a.tasks), _json(a.grid, "--grid"), repo.experts(),
+                          read_embeddings(a.embeddings, a.dataset), PriorSpec.from_dict(_json(a.prior, "--prior")),
+                          SamplingSpec.from_dict(_json(a.sampling, "--sampling")),
+                          LoraSpec.from_dict(_json(a.lora, "--lora")).scaling, repo.layout,
+                          cvaes=_load_cvaes(a.cvae) if a.cvae else None, threads=a.threads)
+    res["dataset"] = a.dataset
+    write_json(a.out, res)
+    print(json.dumps(res["chosen"]))
+
+
+def cmd_export_cvae(a):
+    from .io import read_json
+    from .selection import export_chosen
+
+    print(json.dumps(export_chosen(a.cvae, read_json(a.selection), a.out)))
+
+
+def cmd_premises(a):
+    from .embed import read_embeddings
+    from .io import atomic_path, write_json
+    from .premises import PremiseSpec, check_premises, render_premises, task_family
+    from .repository import Repository
+
+    repo = Repository(a.repository)
+    experts = repo.experts()
+    emb = read_embeddings(a.embeddings)
+    embedded = set(_list(a.embedded))
+    families = {t: (task_family(r["task_name"]) if r["dataset"] in embedded else None) for t, r in emb.items()}
+    spec = PremiseSpec.from_dict(_json(a.spec, "--spec"))
+    enforce = spec.enforce if spec.enforce is not None else a.experts_dataset in embedded
+    metrics = {}
+    for item in a.headroom:
+        group, dirs = item.split("=", 1)
+        zs, orc = dirs.split(",")
+        metrics[group] = (zs, orc)
+    res = check_premises(a.backbone, a.manifest, emb, experts, repo.layout, repo.lora.scaling,
+                         {"groups": _list(a.unseen), "transfer": _list(a.transfer)}, families, metrics, spec, enforce,
+                         modality=_json(a.prior, "--prior").get("modality", "textual"))
+    write_json(a.out, res)
+    with atomic_path(a.markdown) as tmp:
+        tmp.write_text(render_premises(res))
+    print(render_premises(res))
 
 
 def cmd_evaluate(a):
@@ -258,12 +315,52 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", default=None, help="dataset of the tasks (for their embeddings)")
     s.add_argument("--repository")
     s.add_argument("--embeddings")
-    s.add_argument("--cvae", help="trained CVAE folder (sglora)")
+    s.add_argument("--cvae", nargs="*", default=[], help="trained CVAE folders (sglora): the runs of every variant; "
+                   "those matching the chosen settings are used")
     s.add_argument("--prior", help="JSON prior spec")
-    s.add_argument("--sampling", help="JSON: samples, seed (sglora)")
+    s.add_argument("--sampling", help="JSON: samples, seed, temperature, runs (sglora)")
+    s.add_argument("--selection", default=None, help="selection.json: the settings chosen on the validation tasks")
+    s.add_argument("--seen", action="store_true", help="the tasks are experts (seen tasks): build their condition as "
+                   "in the CVAE's training, and leave a task out of its own merge")
     s.add_argument("--adapters", help="also write each sample as a PEFT adapter folder here (sglora)")
     s.add_argument("--loras", nargs="*", default=[], help="trained LoRA folders (oracle)")
     s.add_argument("--out", required=True)
+
+    s = add("select", cmd_select, "Choose every method's settings on the validation tasks (writes selection.json).")
+    s.add_argument("--backbone", required=True)
+    s.add_argument("--manifest", required=True, help="task manifest of the validation tasks' dataset")
+    s.add_argument("--tasks", required=True, help="comma-separated validation task ids")
+    s.add_argument("--dataset", default=None, help="dataset of the validation tasks (for their embeddings)")
+    s.add_argument("--grid", required=True, help='JSON {"method": {"setting": [values, ...]}}')
+    s.add_argument("--repository", required=True)
+    s.add_argument("--embeddings", required=True)
+    s.add_argument("--cvae", nargs="*", default=[], help="trained CVAE folders (every variant and run)")
+    s.add_argument("--prior", help="JSON prior spec (defaults for settings a grid does not vary)")
+    s.add_argument("--sampling", help="JSON sampling spec")
+    s.add_argument("--lora", help="JSON LoRA spec (for the scaling alpha / rank)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--threads", type=int, default=None)
+
+    s = add("export-cvae", cmd_export_cvae, "Copy the CVAE of SG-LoRA's chosen settings (run 0) for 'sglora generate'.")
+    s.add_argument("--cvae", nargs="+", required=True, help="trained CVAE folders (every variant and run)")
+    s.add_argument("--selection", required=True, help="selection.json")
+    s.add_argument("--out", required=True)
+
+    s = add("premises", cmd_premises, "Check the benchmark's premises (description-nearest expert in family, "
+            "Oracle headroom, family transfer); on embedded worlds a failed premise is an error.")
+    s.add_argument("--backbone", required=True)
+    s.add_argument("--manifest", required=True, help="task manifest of the experts' dataset")
+    s.add_argument("--experts-dataset", required=True, help="the experts' dataset name")
+    s.add_argument("--repository", required=True)
+    s.add_argument("--embeddings", required=True)
+    s.add_argument("--embedded", default="", help="comma-separated embedded datasets (their classes have families)")
+    s.add_argument("--unseen", required=True, help="comma-separated unseen tasks (groups and validation)")
+    s.add_argument("--transfer", default="", help="comma-separated unseen tasks of the experts' dataset")
+    s.add_argument("--headroom", nargs="*", default=[], metavar="GROUP=ZERO_SHOT_DIR,ORACLE_DIR")
+    s.add_argument("--prior", help="JSON prior spec (modality)")
+    s.add_argument("--spec", help="JSON premises section")
+    s.add_argument("--out", required=True, help="premises.json")
+    s.add_argument("--markdown", required=True, help="premises.md")
 
     s = add("evaluate", cmd_evaluate, "Evaluate a method's LoRA(s) (merged into the weights) on each task's test split.")
     s.add_argument("--backbone", required=True)
@@ -282,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--samples", type=int, default=1)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--repository", default="results/embedded/repository")
-    s.add_argument("--cvae", default="results/embedded/cvae")
+    s.add_argument("--cvae", default="results/embedded/cvae/selected")
     s.add_argument("--backbone", default=None, help="defaults to the repository's backbone")
 
     s = add("tables", cmd_tables, "Write the metric tables (CSV, Markdown, LaTeX) from the metrics folders.")

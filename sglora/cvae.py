@@ -130,8 +130,8 @@ class CVAE(nn.Module):
     def sample(self, mu, var, n: int, generator: torch.Generator | None = None,
                temperature: float = 1.0) -> torch.Tensor:
         """``n`` LoRA vectors for one condition (mu*, var*): z ~ p(z | c), X = decode."""
-        mu = torch.as_tensor(mu, dtype=torch.float32, device=self.shift.device)[None]
-        var = torch.as_tensor(var, dtype=torch.float32, device=self.shift.device)[None]
+        mu = torch.tensor(np.asarray(mu), dtype=torch.float32, device=self.shift.device)[None]
+        var = torch.tensor(np.asarray(var), dtype=torch.float32, device=self.shift.device)[None]
         h, mu_n = self.cond(mu, var)
         pm, plv = self.prior_params(h)
         eps = torch.randn((n, pm.shape[-1]), generator=generator, device="cpu").to(pm.device)

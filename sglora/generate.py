@@ -14,7 +14,7 @@ import torch
 
 from .cvae import CVAE
 from .io import SGLoraError, from_section
-from .prior import Prior, semantic_prior
+from .prior import Prior, task_condition
 from .repository import ExpertTable
 
 
@@ -34,6 +34,23 @@ class PriorSpec:
         return spec
 
 
+@dataclass
+class SamplingSpec:
+    """How SG-LoRA draws its LoRAs for a task."""
+
+    samples: int = 10  #: N samples per task and run (Figure 10 shows 50)
+    seed: int = 0  #: base sampling seed (a task's seed derives from it and the task id)
+    temperature: float = 1.0  #: scale of the latent noise; 0 = the decoded mean of p(z | c)
+    runs: int = 1  #: independent CVAE trainings (seeds cvae.seed, cvae.seed + 1, ...), each sampled
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "SamplingSpec":
+        spec = from_section(cls, d, "sampling")
+        if spec.samples < 1 or spec.runs < 1 or spec.temperature < 0:
+            raise SGLoraError(f"sampling: need samples >= 1, runs >= 1, temperature >= 0; got {spec}")
+        return spec
+
+
 def task_seed(seed: int, task: str) -> int:
     """A per-task seed, stable across runs and independent of which other tasks run."""
     import hashlib
@@ -42,11 +59,22 @@ def task_seed(seed: int, task: str) -> int:
 
 
 def sample_loras(cvae: CVAE, experts: ExpertTable, query: np.ndarray, prior: PriorSpec, n: int,
-                 seed: int) -> tuple[np.ndarray, Prior]:
-    """``n`` LoRA vectors for the task whose embedding is ``query``, and its prior."""
-    p = semantic_prior(query, experts.embedding(prior.modality), experts.mu, experts.var, k=prior.k, tau=prior.tau)
+                 seed: int, seen_task: str | None = None, temperature: float = 1.0) -> tuple[np.ndarray, Prior]:
+    """``n`` LoRA vectors for the task whose embedding is ``query``, and its prior.
+
+    ``seen_task`` names the task when it is one of the repository's experts: its condition
+    is then built exactly as the CVAE built it in training (``cvae.spec.condition``), e.g.
+    without the task itself under ``loo``. ``temperature`` scales the latent noise
+    (0 = the decoded mean of p(z | c))."""
+    expert = None
+    if seen_task is not None:
+        if seen_task not in experts.tasks:
+            raise SGLoraError(f"sampling: seen task {seen_task!r} is not an expert of the repository")
+        expert = experts.tasks.index(seen_task)
+    mu, var, p = task_condition(query, experts.embedding(prior.modality), experts.mu, experts.var, prior.k, prior.tau,
+                                cvae.spec.condition, expert=expert)
     gen = torch.Generator().manual_seed(seed)
-    return cvae.sample(p.mu, p.var, n, generator=gen).numpy(), p
+    return cvae.sample(mu, var, n, generator=gen, temperature=temperature).numpy(), p
 
 
 def describe_prior(p: Prior, experts: ExpertTable) -> list[dict]:
@@ -74,7 +102,8 @@ def generate(description: str, repository: str | Path, cvae_dir: str | Path, out
     model, processor = load_clip(backbone)
     query = encode_texts(model, processor, [description]).numpy()[0]
     experts = repo.experts()
-    vectors, p = sample_loras(cvae, experts, query, prior, samples, seed)
+    temperature = float(cfg.get("sampling", {}).get("temperature", 1.0))
+    vectors, p = sample_loras(cvae, experts, query, prior, samples, seed, temperature=temperature)
     used = describe_prior(p, experts)
     out = Path(out)
     dirs = [out] if samples == 1 else [out / f"sample_{i:03d}" for i in range(samples)]

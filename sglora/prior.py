@@ -76,22 +76,36 @@ def semantic_prior(query: np.ndarray, keys: np.ndarray, mu: np.ndarray, var: np.
     return Prior(experts=idx, similarity=sim, alpha=alpha, mu=m, var=v)
 
 
-def training_conditions(keys: np.ndarray, mu: np.ndarray, var: np.ndarray, k: int, tau: float,
-                        mode: str = "loo") -> tuple[np.ndarray, np.ndarray]:
-    """The condition (mu*, var*) of each training expert, by ``mode``:
+CONDITION_MODES = ("loo", "all", "self")
+
+
+def task_condition(query: np.ndarray, keys: np.ndarray, mu: np.ndarray, var: np.ndarray, k: int, tau: float,
+                   mode: str = "loo", expert: int | None = None) -> tuple[np.ndarray, np.ndarray, Prior]:
+    """The CVAE condition (mu*, var*) of one task and the prior behind it.
+
+    ``expert`` is the task's index in the repository when the task is a *seen* task (an
+    expert), ``None`` for an unseen one. The CVAE was trained with conditions built by
+    ``mode``, and a seen task must get the same condition at sampling time as in training:
 
     - ``loo``: the aggregator on d_n over the *other* experts (what happens at test time,
       where the task is not in the repository) - our default;
     - ``all``: over all experts, the expert itself included (it gets the largest weight);
     - ``self``: the expert's own (mu_n, var_n).
+
+    For an unseen task every mode is the aggregator over all experts.
     """
-    if mode == "self":
-        return mu.astype(np.float32), var.astype(np.float32)
-    if mode not in ("loo", "all"):
-        raise SGLoraError(f"cvae.condition: {mode!r} is not one of 'loo', 'all', 'self'")
-    out_mu, out_var = [], []
-    for n in range(len(keys)):
-        p = semantic_prior(keys[n], keys, mu, var, k, tau, exclude=n if mode == "loo" else None)
-        out_mu.append(p.mu)
-        out_var.append(p.var)
-    return np.stack(out_mu), np.stack(out_var)
+    if mode not in CONDITION_MODES:
+        raise SGLoraError(f"cvae.condition: {mode!r} is not one of {CONDITION_MODES}")
+    p = semantic_prior(query, keys, mu, var, k, tau, exclude=expert if mode == "loo" else None)
+    if mode == "self" and expert is not None:
+        own = Prior(experts=np.array([expert]), similarity=np.ones(1), alpha=np.ones(1),
+                    mu=np.asarray(mu[expert], np.float32), var=np.asarray(var[expert], np.float32))
+        return own.mu, own.var, own
+    return p.mu, p.var, p
+
+
+def training_conditions(keys: np.ndarray, mu: np.ndarray, var: np.ndarray, k: int, tau: float,
+                        mode: str = "loo") -> tuple[np.ndarray, np.ndarray]:
+    """The condition (mu*, var*) of each training expert, by ``mode`` (see ``task_condition``)."""
+    conds = [task_condition(keys[n], keys, mu, var, k, tau, mode, expert=n)[:2] for n in range(len(keys))]
+    return np.stack([c[0] for c in conds]), np.stack([c[1] for c in conds])

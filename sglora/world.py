@@ -36,12 +36,12 @@ from .manifest import describe, make_manifest, write_manifest
 #: family word -> (shape drawn for the family, member prefixes). The full class name is
 #: "<prefix> <family word>".
 FAMILIES: dict[str, tuple[str, list[str]]] = {
-    "terrier": ("box", ["scottish", "boston", "yorkshire", "bull", "fox"]),
-    "lily": ("star", ["tiger", "water", "calla", "peace", "fire"]),
-    "shorthair": ("disc", ["british", "american", "exotic", "oriental", "colorpoint"]),
-    "sparrow": ("triangle", ["house", "song", "tree", "field", "swamp"]),
-    "beetle": ("cross", ["stag", "dung", "rhinoceros", "ground", "longhorn"]),
-    "oak": ("diamond", ["cork", "live", "pin", "bur", "post"]),
+    "terrier": ("box", ["scottish", "boston", "yorkshire", "bull", "fox", "cairn"]),
+    "lily": ("star", ["tiger", "water", "calla", "peace", "fire", "easter"]),
+    "shorthair": ("disc", ["british", "american", "exotic", "oriental", "colorpoint", "european"]),
+    "sparrow": ("triangle", ["house", "song", "tree", "field", "swamp", "savannah"]),
+    "beetle": ("cross", ["stag", "dung", "rhinoceros", "ground", "longhorn", "click"]),
+    "oak": ("diamond", ["cork", "live", "pin", "bur", "post", "black"]),
 }
 COLOURS = ["red", "orange", "yellow", "green", "blue", "purple", "pink", "brown"]
 PALETTE = [
@@ -78,21 +78,40 @@ class FamilyLook:
     background: tuple[int, ...]
 
 
+def spread_permutations(n: int, count: int, seed: int, salt: int = 0, restarts: int = 64) -> list[tuple[int, ...]]:
+    """``count`` permutations of ``range(n)``, the first the identity, that agree with each
+    other in as few positions as possible: pairwise derangements (rows of a Latin square)
+    while ``count <= n``; beyond that, at most one shared position per pair where one can
+    be found (transversals). Greedy over a seeded order of all ``n!`` permutations, the
+    best of ``restarts`` orders by (largest pairwise agreement, total agreement)."""
+    import itertools
+
+    perms = np.array(list(itertools.permutations(range(n))))
+    rng = np.random.default_rng([seed, salt, n, count])
+    best, best_key = None, None
+    for _ in range(1 if count <= n else restarts):  # a Latin rectangle always extends: one greedy pass suffices
+        order = perms[rng.permutation(len(perms))]
+        chosen = [np.arange(n)]
+        for _ in range(1, count):
+            agree = np.stack([(order == c).sum(1) for c in chosen], 1)
+            chosen.append(order[np.argmin(agree.max(1) * n * count + agree.sum(1))])
+        pair = [int((a == b).sum()) for i, a in enumerate(chosen) for b in chosen[:i]]
+        key = (max(pair, default=0), sum(pair))
+        if best_key is None or key < best_key:
+            best, best_key = chosen, key
+    return [tuple(int(x) for x in c) for c in best]
+
+
 def family_looks(seed: int) -> dict[str, FamilyLook]:
-    """One permutation per family and attribute, drawn from the world seed. The first
-    family keeps the canonical look; the others are derangements of it, so no two
-    families agree on what "red" looks like for most colours."""
-    rng = np.random.default_rng([seed, 7])
-    looks = {}
-    for i, fam in enumerate(FAMILIES):
-        perms = []
-        for n in (len(COLOURS), len(TEXTURES), len(BACKGROUNDS)):
-            perm = np.arange(n) if i == 0 else (np.arange(n) + 1 + rng.permutation(n - 1)[0]) % n
-            if i > 0:
-                perm = rng.permutation(perm)
-            perms.append(tuple(int(x) for x in perm))
-        looks[fam] = FamilyLook(*perms)
-    return looks
+    """How each family renders colour, texture and background, drawn from the world seed.
+    The first family keeps the canonical look; the others are chosen so that families
+    agree on as few attribute values as possible: no two families render any colour alike
+    (8 colours, 6 families), and two families share the look of at most one of the 4
+    textures and of at most one of the 4 backgrounds (``spread_permutations``)."""
+    fams = list(FAMILIES)
+    per_attr = [spread_permutations(n, len(fams), seed, salt=i)
+                for i, n in enumerate((len(COLOURS), len(TEXTURES), len(BACKGROUNDS)))]
+    return {fam: FamilyLook(per_attr[0][i], per_attr[1][i], per_attr[2][i]) for i, fam in enumerate(fams)}
 
 
 def _shape_points(kind: str, variant: int, cx: float, cy: float, r: float) -> list[tuple[float, float]]:

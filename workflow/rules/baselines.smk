@@ -20,6 +20,7 @@ rule candidates_merging:
     input:
         repository=f"{R}/repository",
         embeddings=f"{R}/tasks/embeddings.parquet",
+        selection=f"{R}/selection/selection.json",
     output:
         f"{R}/candidates/{{group}}/{{method}}.safetensors",
     wildcard_constraints:
@@ -27,15 +28,16 @@ rule candidates_merging:
     params:
         tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
         dataset=lambda w: GROUPS[w.group]["dataset"],
+        seen=lambda w: "" if GROUPS[w.group].get("unseen", True) else "--seen",
         prior=as_json(config["prior"]),
     conda:
         "../../envs/sglora.yaml"
     log:
         f"{R}/logs/candidates/{{group}}/{{method}}.log",
     shell:
-        "sglora candidates --method {wildcards.method} --tasks {params.tasks} --dataset {params.dataset} "
-        "--repository {input.repository} --embeddings {input.embeddings} --prior {params.prior:q} "
-        "--out {output} > {log} 2>&1"
+        "sglora candidates --method {wildcards.method} --tasks {params.tasks} --dataset {params.dataset} {params.seen} "
+        "--repository {input.repository:q} --embeddings {input.embeddings:q} --prior {params.prior:q} "
+        "--selection {input.selection:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule train_mole:

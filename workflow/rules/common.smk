@@ -1,4 +1,5 @@
 # Config validation and helpers shared by the rules.
+import itertools
 import json
 from pathlib import Path
 
@@ -32,6 +33,19 @@ def _check_config():
             raise ValueError(f"config: datasets.{name}.root is required for kind {d['kind']!r}")
     if len(set(config["experts"]["tasks"])) != len(config["experts"]["tasks"]):
         raise ValueError("config: experts.tasks lists a task twice")
+    val = config["validation"]
+    if val["dataset"] not in names:
+        raise ValueError(f"config: validation.dataset {val['dataset']!r} is not a key of datasets ({sorted(names)})")
+    if len(set(val["tasks"])) != len(val["tasks"]):
+        raise ValueError("config: validation.tasks lists a task twice")
+    taken = {(config["experts"]["dataset"], t): "experts.tasks" for t in config["experts"]["tasks"]}
+    for g, spec in config["groups"].items():
+        taken.update({(spec["dataset"], t): f"groups.{g}.tasks" for t in spec["tasks"]})
+    clash = [f"{t} (also in {taken[(val['dataset'], t)]})" for t in val["tasks"] if (val["dataset"], t) in taken]
+    if clash:
+        raise ValueError(
+            "config: validation.tasks must be disjoint from the experts and every evaluation group: " + ", ".join(clash)
+        )
 
 
 _check_config()
@@ -43,6 +57,40 @@ BACKBONE = PRETRAINED or f"{R}/backbone"
 EXPERTS = config["experts"]
 GROUPS = config["groups"]
 EMBEDDED = [n for n, d in config["datasets"].items() if d["kind"] == "embedded"]
+VALIDATION = config["validation"]
+SAMPLING = {"samples": 10, "seed": 0, "temperature": 1.0, "runs": 1, **config["sampling"]}
+
+
+def selection_grid():
+    """Every method's grid (config ``selection``); SG-LoRA's is completed with the defaults
+    (cvae.condition, prior.k, prior.tau, sampling.temperature) for the settings it does not vary."""
+    grid = {m: dict(axes) for m, axes in config.get("selection", {}).items()}
+    defaults = {
+        "condition": [config["cvae"].get("condition", "loo")],
+        "k": [config["prior"].get("k", 4)],
+        "tau": [config["prior"].get("tau", 0.05)],
+        "temperature": [SAMPLING["temperature"]],
+    }
+    grid["sglora"] = {key: grid.get("sglora", {}).get(key, default) for key, default in defaults.items()}
+    return grid
+
+
+def _variant_name(v):
+    return f"{v['condition']}-k{v['k']}-tau{v['tau']}"
+
+
+# The CVAE trainings SG-LoRA's grid needs: one per (condition, k, tau), each for every run.
+CVAE_VARIANTS = {
+    _variant_name(v): v
+    for v in (
+        dict(zip(("condition", "k", "tau"), combo))
+        for combo in itertools.product(*(selection_grid()["sglora"][key] for key in ("condition", "k", "tau")))
+    )
+}
+
+
+def cvae_dirs(wildcards=None):
+    return [f"{R}/cvae/{name}/run{r}" for name in CVAE_VARIANTS for r in range(SAMPLING["runs"])]
 
 
 def as_json(obj):
@@ -73,8 +121,24 @@ def group_methods(kind):
 
 
 def all_outputs():
-    out = [f"{R}/tables/done", f"{R}/figures/done"]
+    out = [f"{R}/tables/done", f"{R}/figures/done", f"{R}/premises/premises.json", f"{R}/cvae/selected"]
     return out
+
+
+def unseen_tasks():
+    tasks = [t for spec in GROUPS.values() if spec.get("unseen", True) for t in spec["tasks"]]
+    return list(dict.fromkeys(tasks + VALIDATION["tasks"]))
+
+
+def transfer_tasks():
+    return list(dict.fromkeys(
+        t for spec in GROUPS.values() if spec.get("unseen", True) and spec["dataset"] == EXPERTS["dataset"]
+        for t in spec["tasks"]
+    ))
+
+
+def headroom_groups():
+    return [g for g, spec in GROUPS.items() if spec.get("unseen", True) and {"zero_shot", "oracle"} <= set(spec["methods"])]
 
 
 def raw_manifest(w):
@@ -99,6 +163,7 @@ def wanted_tasks():
     wanted = {"experts.tasks": {EXPERTS["dataset"]: EXPERTS["tasks"]}}
     for g, spec in GROUPS.items():
         wanted[f"groups.{g}.tasks"] = {spec["dataset"]: spec["tasks"]}
+    wanted["validation.tasks"] = {VALIDATION["dataset"]: VALIDATION["tasks"]}
     return wanted
 
 

@@ -1,15 +1,21 @@
-# SG-LoRA itself: the CVAE on the repository, then samples for each group's tasks.
+# SG-LoRA itself: CVAEs on the repository (one per setting of the selection grid that needs
+# its own training, each for every run), the selection on validation tasks, then samples.
 
 
 rule train_cvae:
-    """Train the conditional VAE (Eq. 8) on every snapshot of the repository."""
+    """Train the conditional VAE (Eq. 8) on every snapshot of the repository, for one
+    variant (condition, k, tau) and one run (seed cvae.seed + run)."""
     input:
         f"{R}/repository",
     output:
-        directory(f"{R}/cvae"),
+        directory(f"{R}/cvae/{{variant}}/run{{run}}"),
+    wildcard_constraints:
+        run=r"\d+",
     params:
-        cvae=as_json(config["cvae"]),
-        prior=as_json(config["prior"]),
+        cvae=lambda w: as_json(
+            config["cvae"] | {"condition": CVAE_VARIANTS[w.variant]["condition"], "seed": config["cvae"].get("seed", 0) + int(w.run)}
+        ),
+        prior=lambda w: as_json(config["prior"] | {"k": CVAE_VARIANTS[w.variant]["k"], "tau": CVAE_VARIANTS[w.variant]["tau"]}),
     threads: THREADS
     resources:
         gpu=lambda w: res("train_cvae", "gpu", 1 if PRETRAINED else 0),
@@ -18,19 +24,56 @@ rule train_cvae:
     conda:
         "../../envs/sglora.yaml"
     log:
-        f"{R}/logs/train_cvae.log",
+        f"{R}/logs/train_cvae/{{variant}}/run{{run}}.log",
     benchmark:
-        f"{R}/benchmarks/train_cvae.tsv"
+        f"{R}/benchmarks/train_cvae/{{variant}}/run{{run}}.tsv"
     shell:
-        "sglora train-cvae --repository {input} --cvae {params.cvae:q} --prior {params.prior:q} "
-        "--out {output} --threads {threads} > {log} 2>&1"
+        "sglora train-cvae --repository {input:q} --cvae {params.cvae:q} --prior {params.prior:q} "
+        "--out {output:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule select:
+    """Choose every method's settings on the validation tasks (never on test tasks)."""
+    input:
+        manifest=manifest(VALIDATION["dataset"]),
+        repository=f"{R}/repository",
+        embeddings=f"{R}/tasks/embeddings.parquet",
+        cvae=cvae_dirs(),
+        backbone=backbone_input(),
+    output:
+        f"{R}/selection/selection.json",
+    params:
+        tasks=",".join(VALIDATION["tasks"]),
+        dataset=VALIDATION["dataset"],
+        grid=as_json(selection_grid()),
+        prior=as_json(config["prior"]),
+        sampling=as_json(SAMPLING),
+        lora=as_json(config["lora"]),
+        backbone=backbone_param,
+    threads: THREADS
+    resources:
+        gpu=lambda w: res("select", "gpu", 1 if PRETRAINED else 0),
+        mem_mb=lambda w: res("select", "mem_mb", 4000),
+        runtime=lambda w: res("select", "runtime", 60),
+    conda:
+        "../../envs/sglora.yaml"
+    log:
+        f"{R}/logs/select.log",
+    benchmark:
+        f"{R}/benchmarks/select.tsv"
+    shell:
+        "sglora select --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks} "
+        "--dataset {params.dataset} --grid {params.grid:q} --repository {input.repository:q} "
+        "--embeddings {input.embeddings:q} --cvae {input.cvae:q} --prior {params.prior:q} --sampling {params.sampling:q} "
+        "--lora {params.lora:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule sample_sglora:
-    """N LoRAs per task of a group from the trained CVAE (Eq. 9), as candidates and as
-    PEFT adapter folders (alpha of the experts used and the seed in their metadata)."""
+    """N LoRAs per task and run of a group from the CVAEs of the chosen variant (Eq. 9), as
+    candidates and as PEFT adapter folders (alpha of the experts used, run and seed in their metadata)."""
     input:
-        cvae=f"{R}/cvae",
+        cvae=cvae_dirs(),
+        selection=f"{R}/selection/selection.json",
         repository=f"{R}/repository",
         embeddings=f"{R}/tasks/embeddings.parquet",
     output:
@@ -39,14 +82,63 @@ rule sample_sglora:
     params:
         tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
         dataset=lambda w: GROUPS[w.group]["dataset"],
+        seen=lambda w: "" if GROUPS[w.group].get("unseen", True) else "--seen",
         prior=as_json(config["prior"]),
-        sampling=as_json(config["sampling"]),
+        sampling=as_json(SAMPLING),
     conda:
         "../../envs/sglora.yaml"
     log:
         f"{R}/logs/sample_sglora/{{group}}.log",
     shell:
-        "sglora candidates --method sglora --tasks {params.tasks} --dataset {params.dataset} "
-        "--repository {input.repository} --embeddings {input.embeddings} --cvae {input.cvae} "
-        "--prior {params.prior:q} --sampling {params.sampling:q} --adapters {output.adapters} "
-        "--out {output.candidates} > {log} 2>&1"
+        "sglora candidates --method sglora --tasks {params.tasks} --dataset {params.dataset} {params.seen} "
+        "--repository {input.repository:q} --embeddings {input.embeddings:q} --cvae {input.cvae:q} "
+        "--selection {input.selection:q} --prior {params.prior:q} --sampling {params.sampling:q} "
+        "--adapters {output.adapters:q} --out {output.candidates:q} > {log:q} 2>&1"
+
+
+rule export_cvae:
+    """The chosen SG-LoRA (run 0 of the chosen variant) with its sampling temperature: what
+    `sglora generate` uses by default."""
+    input:
+        cvae=cvae_dirs(),
+        selection=f"{R}/selection/selection.json",
+    output:
+        directory(f"{R}/cvae/selected"),
+    conda:
+        "../../envs/sglora.yaml"
+    log:
+        f"{R}/logs/export_cvae.log",
+    shell:
+        "sglora export-cvae --cvae {input.cvae:q} --selection {input.selection:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule premises:
+    """The benchmark's premises: description-nearest expert in the task's family, Oracle
+    headroom, family transfer. On embedded worlds a failed premise stops the run."""
+    input:
+        manifest=manifest(EXPERTS["dataset"]),
+        repository=f"{R}/repository",
+        embeddings=f"{R}/tasks/embeddings.parquet",
+        metrics=[f"{R}/metrics/{g}/{m}" for g in headroom_groups() for m in ("zero_shot", "oracle")],
+        backbone=backbone_input(),
+    output:
+        json=f"{R}/premises/premises.json",
+        md=report(f"{R}/premises/premises.md", caption="../report/premises.rst", category="Premises"),
+    params:
+        backbone=backbone_param,
+        embedded=",".join(EMBEDDED),
+        unseen=",".join(unseen_tasks()),
+        transfer=",".join(transfer_tasks()),
+        headroom=[f"{g}={R}/metrics/{g}/zero_shot,{R}/metrics/{g}/oracle" for g in headroom_groups()],
+        prior=as_json(config["prior"]),
+        spec=as_json(config.get("premises")),
+        experts=EXPERTS["dataset"],
+    conda:
+        "../../envs/sglora.yaml"
+    log:
+        f"{R}/logs/premises.log",
+    shell:
+        "sglora premises --backbone {params.backbone:q} --manifest {input.manifest:q} --experts-dataset {params.experts} "
+        "--repository {input.repository:q} --embeddings {input.embeddings:q} --embedded {params.embedded:q} "
+        "--unseen {params.unseen} --transfer {params.transfer:q} --headroom {params.headroom:q} --prior {params.prior:q} "
+        "--spec {params.spec:q} --out {output.json:q} --markdown {output.md:q} > {log:q} 2>&1"

@@ -1,0 +1,175 @@
+"""Choosing every method's settings on validation tasks, never on test tasks.
+
+A config's ``validation`` names unseen tasks that are disjoint from the experts and from
+every evaluation group; its ``selection`` lists, per method, a small grid of that method's
+own settings. ``select_settings`` scores every grid point on the validation tasks (the
+mean of I2T and T2I R@1, or accuracy, averaged over tasks and samples) and keeps the best
+(ties: the first in grid order). Each test group is then evaluated once, with the chosen
+settings, which every table footnotes. Nothing here reads a test task: the candidates and
+the metrics are computed for ``tasks`` (the validation tasks) only.
+
+Settings a method can vary:
+
+- ``sglora``: ``condition`` (the CVAE's training condition), ``k`` and ``tau`` (the
+  semantic prior; a CVAE is trained per combination of these three), ``temperature``
+  (sampling only);
+- ``topk_weighted``: ``k``, ``tau``; ``adaptersoup``: ``k``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from .io import SGLoraError
+
+#: method -> the settings a selection grid may vary
+SETTINGS = {
+    "sglora": ("condition", "k", "tau", "temperature"),
+    "topk_weighted": ("k", "tau"),
+    "adaptersoup": ("k",),
+}
+#: settings of SG-LoRA that need a CVAE of their own (the others act at sampling time)
+CVAE_SETTINGS = ("condition", "k", "tau")
+
+
+def check_grid(grid: dict[str, dict[str, list]], where: str = "selection") -> None:
+    """Refuse a method or a setting a grid cannot vary, naming the key."""
+    for method, axes in (grid or {}).items():
+        if method not in SETTINGS:
+            raise SGLoraError(f"{where}.{method}: no selectable settings; methods with settings: {sorted(SETTINGS)}")
+        for key, values in axes.items():
+            if key not in SETTINGS[method]:
+                raise SGLoraError(f"{where}.{method}.{key}: not a setting of {method}; known: {list(SETTINGS[method])}")
+            if not isinstance(values, list) or not values:
+                raise SGLoraError(f"{where}.{method}.{key}: expected a non-empty list of values")
+
+
+def grid_points(axes: dict[str, list]) -> list[dict]:
+    """The cartesian product of a method's grid, in config order (``{}`` for no grid)."""
+    keys = list(axes or {})
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(axes[k] for k in keys))]
+
+
+def cvae_variants(axes: dict[str, list], condition: str, k: int, tau: float) -> list[dict]:
+    """The CVAE trainings SG-LoRA's grid needs: one per combination of condition, k, tau
+    (defaults where the grid does not vary them)."""
+    base = {"condition": [condition], "k": [k], "tau": [tau]}
+    base.update({key: v for key, v in (axes or {}).items() if key in CVAE_SETTINGS})
+    return grid_points({key: base[key] for key in CVAE_SETTINGS})
+
+
+def apply_settings(settings: dict, prior, sampling):
+    """The prior and sampling specs with a method's chosen settings applied."""
+    prior = replace(prior, **{k: settings[k] for k in ("k", "tau") if k in settings})
+    if "temperature" in settings:
+        sampling = replace(sampling, temperature=float(settings["temperature"]))
+    return prior, sampling
+
+
+def pick_cvaes(cvaes: list[tuple], condition: str, prior, runs: int, where: str = "") -> list:
+    """The trained CVAEs (``(model, config)`` pairs) of one variant, ordered by training
+    seed; exactly ``runs`` of them must exist."""
+    found = sorted(
+        ((cfg["cvae"]["seed"], model) for model, cfg in cvaes
+         if cfg["cvae"]["condition"] == condition and cfg["prior"]["k"] == prior.k
+         and abs(cfg["prior"]["tau"] - prior.tau) < 1e-12 and cfg["prior"]["modality"] == prior.modality),
+        key=lambda x: x[0])
+    if len(found) != runs:
+        raise SGLoraError(f"{where}: {len(found)} trained CVAE(s) for condition={condition}, k={prior.k}, tau={prior.tau}, "
+                          f"modality={prior.modality}; sampling.runs needs {runs}")
+    return [m for _, m in found]
+
+
+def method_candidates(method: str, settings: dict, tasks: list[str], experts, embeddings: dict[str, dict], prior,
+                      sampling, cvaes: list[tuple] | None = None, seen: bool = False):
+    """Candidates of a merging method or SG-LoRA with ``settings`` applied."""
+    from .candidates import merging_candidates, sglora_candidates
+
+    prior, sampling = apply_settings(settings, prior, sampling)
+    if method == "sglora":
+        if cvaes is None:
+            raise SGLoraError("sglora candidates need trained CVAEs")
+        condition = settings.get("condition", cvaes[0][1]["cvae"]["condition"])
+        models = pick_cvaes(cvaes, condition, prior, sampling.runs, where="sglora")
+        return sglora_candidates(models, tasks, experts, embeddings, prior, sampling, seen=seen)
+    return merging_candidates(method, tasks, experts, embeddings, prior, seen=seen)
+
+
+def primary_score(metrics: dict[str, float]) -> float:
+    """The selection criterion of one evaluation: accuracy, or the mean of I2T and T2I R@1."""
+    if "accuracy" in metrics:
+        return metrics["accuracy"]
+    return 0.5 * (metrics["i2t_r1"] + metrics["t2i_r1"])
+
+
+def select_settings(backbone: str, manifest: str | Path, tasks: list[str], grid: dict[str, dict[str, list]],
+                    experts, embeddings: dict[str, dict], prior, sampling, scaling: float, layout,
+                    cvaes: list[tuple] | None = None, threads: int | None = None, progress: bool = True) -> dict:
+    """Score every grid point of every method on the validation ``tasks`` and choose.
+
+    Returns ``{"chosen": {method: settings}, "scores": {method: [{"settings", "score",
+    "per_task"}]}, "tasks": tasks, "criterion": ...}``."""
+    import torch
+    from tqdm import tqdm
+
+    from .backbone import load_clip
+    from .evaluate import evaluate_vectors, load_task
+
+    check_grid(grid)
+    if not tasks:
+        raise SGLoraError("selection: the validation task list is empty")
+    if threads:
+        torch.set_num_threads(threads)
+    model, processor = load_clip(backbone)
+    data = {t: load_task(manifest, t, processor) for t in tasks}
+    chosen, scores = {}, {}
+    for method, axes in sorted(grid.items()):
+        points = grid_points(axes)
+        rows = []
+        for settings in tqdm(points, desc=f"select[{method}]", disable=not progress):
+            vecs, _ = method_candidates(method, settings, tasks, experts, embeddings, prior, sampling, cvaes)
+            per_task = {}
+            for t in tasks:
+                per = evaluate_vectors(model, processor, data[t], vecs[t], layout, scaling)
+                per_task[t] = float(np.mean([primary_score(m) for m in per]))
+            rows.append({"settings": settings, "score": float(np.mean(list(per_task.values()))), "per_task": per_task})
+        best = max(range(len(rows)), key=lambda i: (rows[i]["score"], -i))
+        chosen[method] = rows[best]["settings"]
+        scores[method] = rows
+    return {"chosen": chosen, "scores": scores, "tasks": list(tasks),
+            "criterion": "mean over validation tasks and samples of accuracy, or of (I2T R@1 + T2I R@1) / 2"}
+
+
+def export_chosen(cvae_dirs: list[str | Path], selection: dict, out: str | Path) -> dict:
+    """Copy run 0 of SG-LoRA's chosen CVAE variant to ``out``, with the chosen sampling
+    temperature recorded in its ``config.json`` (``sampling.temperature``)."""
+    import json
+    import shutil
+
+    from .io import atomic_path
+
+    chosen = selection.get("chosen", {}).get("sglora", {})
+    if not chosen:
+        raise SGLoraError("selection: no settings chosen for sglora")
+    configs = []
+    for d in cvae_dirs:
+        cfg_path = Path(d) / "config.json"
+        if not cfg_path.exists():
+            raise SGLoraError(f"{d}: not a trained CVAE (no config.json)")
+        configs.append((Path(d), json.loads(cfg_path.read_text())))
+    match = sorted(
+        ((cfg["cvae"]["seed"], d, cfg) for d, cfg in configs
+         if cfg["cvae"]["condition"] == chosen["condition"] and cfg["prior"]["k"] == chosen["k"]
+         and abs(cfg["prior"]["tau"] - chosen["tau"]) < 1e-12), key=lambda x: x[0])
+    if not match:
+        raise SGLoraError(f"selection: no trained CVAE for the chosen settings {chosen}")
+    _, src, cfg = match[0]
+    with atomic_path(out, directory=True) as tmp:
+        shutil.copyfile(src / "model.safetensors", tmp / "model.safetensors")
+        cfg = cfg | {"sampling": {"temperature": float(chosen.get("temperature", 1.0))}, "selected": chosen}
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return {"source": str(src), "chosen": chosen}

@@ -1,0 +1,144 @@
+"""Seen-task conditions built as in training, and settings chosen on validation tasks only."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from sglora.cli import main
+
+CVAE = {"latent": 4, "hidden": 32, "cond_dim": 8, "epochs": 3, "batch_size": 4, "seed": 0, "device": "cpu"}
+PRIOR = {"k": 2, "tau": 0.1, "modality": "textual"}
+
+
+@pytest.fixture(scope="module")
+def cvaes(tmp_path_factory, tiny_repo):
+    """One tiny CVAE per training-condition mode, trained through the CLI."""
+    root = tmp_path_factory.mktemp("cvae")
+    out = {}
+    for mode in ("loo", "all", "self"):
+        assert main(["train-cvae", "--repository", str(tiny_repo), "--cvae", json.dumps(CVAE | {"condition": mode}),
+                     "--prior", json.dumps(PRIOR), "--out", str(root / mode), "--threads", "1"]) == 0
+        out[mode] = root / mode
+    return out
+
+
+@pytest.mark.parametrize("mode", ["loo", "all", "self"])
+def test_seen_task_is_sampled_with_its_training_condition(tmp_path, mode, cvaes, tiny_repo, tiny_embeddings):
+    """A seen task's samples come from exactly the condition its snapshots were trained with:
+    under ``loo`` the task is not among its own experts."""
+    from sglora.candidates import load_candidates
+    from sglora.cvae import load_cvae
+    from sglora.generate import task_seed
+    from sglora.prior import training_conditions
+    from sglora.repository import Repository
+
+    out = tmp_path / "seen.safetensors"
+    task = "scottish_terrier"
+    assert main(["candidates", "--method", "sglora", "--seen", "--tasks", task, "--repository", str(tiny_repo),
+                 "--embeddings", str(tiny_embeddings), "--cvae", str(cvaes[mode]), "--prior", json.dumps(PRIOR),
+                 "--sampling", json.dumps({"samples": 3, "seed": 5}), "--out", str(out)]) == 0
+    vecs, _, meta = load_candidates(out)
+    experts = Repository(tiny_repo).experts()
+    n = experts.tasks.index(task)
+    cm, cv = training_conditions(experts.text_embedding, experts.mu, experts.var, PRIOR["k"], PRIOR["tau"], mode)
+    model, _ = load_cvae(cvaes[mode])
+    expected = model.sample(cm[n], cv[n], 3, generator=torch.Generator().manual_seed(task_seed(5, task))).numpy()
+    np.testing.assert_array_equal(vecs[task], expected)
+    used = [e["task"] for e in meta["info"][task]["experts"]]
+    if mode == "loo":
+        assert task not in used
+    elif mode == "all":
+        assert used[0] == task
+    else:
+        assert used == [task]
+
+
+def test_unseen_task_condition_is_the_aggregator_over_all_experts(tmp_path, cvaes, tiny_repo, tiny_embeddings):
+    from sglora.candidates import load_candidates
+    from sglora.embed import read_embeddings
+    from sglora.prior import semantic_prior
+    from sglora.repository import Repository
+
+    out = tmp_path / "unseen.safetensors"
+    assert main(["candidates", "--method", "sglora", "--tasks", "calla_lily", "--repository", str(tiny_repo),
+                 "--embeddings", str(tiny_embeddings), "--cvae", str(cvaes["loo"]), "--prior", json.dumps(PRIOR),
+                 "--sampling", json.dumps({"samples": 2, "seed": 0, "temperature": 0.0}), "--out", str(out)]) == 0
+    vecs, _, meta = load_candidates(out)
+    experts = Repository(tiny_repo).experts()
+    p = semantic_prior(read_embeddings(tiny_embeddings)["calla_lily"]["text_embedding"], experts.text_embedding,
+                       experts.mu, experts.var, PRIOR["k"], PRIOR["tau"])
+    assert [e["task"] for e in meta["info"]["calla_lily"]["experts"]] == [experts.tasks[i] for i in p.experts]
+    # temperature 0: the decoded mean of p(z | c), the same for every sample
+    np.testing.assert_array_equal(vecs["calla_lily"][0], vecs["calla_lily"][1])
+
+
+def _select(tmp_path, tiny_clip, manifest, tiny_repo, tiny_embeddings, cvaes, name):
+    out = tmp_path / f"{name}.json"
+    grid = {"sglora": {"condition": ["loo", "all"], "k": [2], "tau": [0.1], "temperature": [0.0, 1.0]},
+            "topk_weighted": {"k": [1, 2], "tau": [0.1]}, "adaptersoup": {"k": [1, 2]}}
+    assert main(["select", "--backbone", tiny_clip, "--manifest", str(manifest), "--tasks", "yorkshire_terrier",
+                 "--grid", json.dumps(grid), "--repository", str(tiny_repo), "--embeddings", str(tiny_embeddings),
+                 "--cvae", str(cvaes["loo"]), str(cvaes["all"]), "--prior", json.dumps(PRIOR),
+                 "--sampling", json.dumps({"samples": 2, "seed": 0}), "--lora", "{}", "--out", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def _with_captions(src, dst, task, captions):
+    from sglora.manifest import make_manifest, write_manifest
+
+    rows = pq.read_table(src).to_pylist()
+    for r in rows:
+        if r["task"] == task:
+            r["captions"] = list(captions(r["captions"]))
+    write_manifest(dst, make_manifest(rows))
+    return dst
+
+
+def test_selection_does_not_look_at_test_tasks(tmp_path, tiny_world, tiny_clip, tiny_repo, tiny_embeddings, cvaes):
+    """Changing a test task's captions changes nothing in selection.json; changing the
+    validation task's captions changes its scores (so the check can fail)."""
+    manifest = tiny_world / "manifest.parquet"
+    base = _select(tmp_path, tiny_clip, manifest, tiny_repo, tiny_embeddings, cvaes, "base")
+    assert set(base["chosen"]) == {"sglora", "topk_weighted", "adaptersoup"}
+    assert len(base["scores"]["sglora"]) == 4 and base["tasks"] == ["yorkshire_terrier"]
+    for s in base["scores"]["sglora"]:
+        assert set(s["per_task"]) == {"yorkshire_terrier"}
+    test_changed = _with_captions(manifest, tmp_path / "test_changed.parquet", "calla_lily",
+                                  lambda caps: ["a completely different caption"] * len(caps))
+    assert _select(tmp_path, tiny_clip, test_changed, tiny_repo, tiny_embeddings, cvaes, "test_changed") == base
+    val_changed = _with_captions(manifest, tmp_path / "val_changed.parquet", "yorkshire_terrier",
+                                 lambda caps: [c.replace("yorkshire terrier", "stone") for c in reversed(caps)])
+    other = _select(tmp_path, tiny_clip, val_changed, tiny_repo, tiny_embeddings, cvaes, "val_changed")
+    assert [s["score"] for s in other["scores"]["topk_weighted"]] != [s["score"] for s in base["scores"]["topk_weighted"]]
+
+
+def test_selection_picks_the_best_validation_score_and_candidates_use_it(tmp_path, tiny_world, tiny_clip, tiny_repo,
+                                                                        tiny_embeddings, cvaes):
+    from sglora.candidates import load_candidates
+
+    sel = _select(tmp_path, tiny_clip, tiny_world / "manifest.parquet", tiny_repo, tiny_embeddings, cvaes, "sel")
+    for method, rows in sel["scores"].items():
+        best = max(rows, key=lambda r: r["score"])
+        assert sel["chosen"][method] == best["settings"] or rows[[r["settings"] for r in rows].index(sel["chosen"][method])]["score"] == best["score"]
+    out = tmp_path / "topk.safetensors"
+    assert main(["candidates", "--method", "topk_weighted", "--tasks", "calla_lily", "--repository", str(tiny_repo),
+                 "--embeddings", str(tiny_embeddings), "--prior", json.dumps(PRIOR), "--selection",
+                 str(tmp_path / "sel.json"), "--out", str(out)]) == 0
+    _, _, meta = load_candidates(out)
+    assert meta["info"]["calla_lily"]["settings"] == sel["chosen"]["topk_weighted"]
+    assert len(meta["info"]["calla_lily"]["experts"]) == sel["chosen"]["topk_weighted"]["k"]
+
+
+def test_grid_refuses_unknown_settings():
+    from sglora.io import SGLoraError
+    from sglora.selection import check_grid
+
+    with pytest.raises(SGLoraError, match="selection.topk_weighted.temperature"):
+        check_grid({"topk_weighted": {"temperature": [1.0]}})
+    with pytest.raises(SGLoraError, match="selection.mole"):
+        check_grid({"mole": {"k": [1]}})
