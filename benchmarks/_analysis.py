@@ -1,4 +1,4 @@
-"""Shared set-up of the analysis scripts (family_transfer.py, cvae_condition.py): the
+"""Shared set-up of the analysis scripts (family_transfer.py): the
 arguments that name a finished run and the pieces of it they all load."""
 
 from __future__ import annotations

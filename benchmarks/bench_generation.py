@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     group = cfg["groups"][args.group]
     dataset = group["dataset"]
     manifest = res / "data" / dataset / "manifest.parquet"
-    C.require([res / "backbone", res / "repository" / "experts.parquet", res / "cvae" / "model.safetensors",
+    C.require([res / "backbone", res / "repository" / "experts.parquet", res / "cvae" / "selected" / "model.safetensors",
                res / "tasks" / "embeddings.parquet", manifest], "bench_generation")
 
     import numpy as np
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
 
     backbone = str(res / "backbone")
     t_backbone, (model, processor) = C.timed(load_clip, backbone)
-    t_cvae, (cvae, cvae_cfg) = C.timed(load_cvae, res / "cvae")
+    t_cvae, (cvae, cvae_cfg) = C.timed(load_cvae, res / "cvae" / "selected")
     t_repo, repo = C.timed(Repository, res / "repository")
     t_experts, experts = C.timed(repo.experts)
     prior = PriorSpec.from_dict(cvae_cfg.get("prior") or cfg["prior"])

@@ -70,8 +70,10 @@ def pixel_values(processor, paths: list[str], batch: int = 256) -> torch.Tensor:
 
 
 def tokenize(processor, texts: list[str]) -> dict[str, torch.Tensor]:
+    """Token ids and attention mask, padded to the longest text of ``texts`` (not to the
+    context length: padded positions are masked and cost a forward pass for nothing)."""
     max_len = min(processor.tokenizer.model_max_length, 77)
-    enc = processor.tokenizer(texts, padding="max_length", truncation=True, max_length=max_len, return_tensors="pt")
+    enc = processor.tokenizer(texts, padding="longest", truncation=True, max_length=max_len, return_tensors="pt")
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 

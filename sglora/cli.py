@@ -182,6 +182,15 @@ def cmd_select(a):
     print(json.dumps(res["chosen"]))
 
 
+def cmd_selection_summary(a):
+    from .io import read_json, write_json
+    from .selection import merge_selections
+
+    res = merge_selections([read_json(f) for f in a.selections])
+    write_json(a.out, res)
+    print(json.dumps(res["chosen"]))
+
+
 def cmd_export_cvae(a):
     from .io import read_json
     from .selection import export_chosen
@@ -340,6 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lora", help="JSON LoRA spec (for the scaling alpha / rank)")
     s.add_argument("--out", required=True)
     s.add_argument("--threads", type=int, default=None)
+
+    s = add("selection-summary", cmd_selection_summary, "Merge the per-method selection files into selection.json.")
+    s.add_argument("--selections", nargs="+", required=True, help="per-method selection files")
+    s.add_argument("--out", required=True)
 
     s = add("export-cvae", cmd_export_cvae, "Copy the CVAE of SG-LoRA's chosen settings (run 0) for 'sglora generate'.")
     s.add_argument("--cvae", nargs="+", required=True, help="trained CVAE folders (every variant and run)")

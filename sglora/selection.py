@@ -173,3 +173,17 @@ def export_chosen(cvae_dirs: list[str | Path], selection: dict, out: str | Path)
         cfg = cfg | {"sampling": {"temperature": float(chosen.get("temperature", 1.0))}, "selected": chosen}
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     return {"source": str(src), "chosen": chosen}
+
+
+def merge_selections(parts: list[dict]) -> dict:
+    """One ``selection.json`` from the per-method files: chosen settings and scores of
+    every method (their validation tasks must agree)."""
+    out = {"chosen": {}, "scores": {}, "tasks": None, "criterion": None}
+    for part in parts:
+        if out["tasks"] is not None and part["tasks"] != out["tasks"]:
+            raise SGLoraError(f"selection: files were made on different validation tasks ({part['tasks']} vs {out['tasks']})")
+        out["tasks"], out["criterion"] = part["tasks"], part["criterion"]
+        out["dataset"] = part.get("dataset")
+        out["chosen"].update(part["chosen"])
+        out["scores"].update(part["scores"])
+    return out

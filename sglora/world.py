@@ -116,32 +116,33 @@ def family_looks(seed: int) -> dict[str, FamilyLook]:
 
 def _shape_points(kind: str, variant: int, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
     """Polygon of a family's shape; ``variant`` (the member index) changes its proportions
-    so members of a family are told apart by the backbone."""
+    a little, so members of a family are told apart by the backbone while the family's
+    shape stays what the members have in common (and what their descriptions share)."""
     if kind == "box":
-        w, h = r * (1.0 + 0.18 * variant), r * (1.0 - 0.12 * variant)
+        w, h = r * (1.0 + 0.06 * variant), r * (1.0 - 0.04 * variant)
         return [(cx - w, cy - h), (cx + w, cy - h), (cx + w, cy + h), (cx - w, cy + h)]
     if kind == "star":
-        points = 4 + variant
+        points, inner = 5, 0.42 + 0.04 * variant
         out = []
         for k in range(2 * points):
-            rad = r if k % 2 == 0 else r * 0.45
+            rad = r if k % 2 == 0 else r * inner
             a = np.pi * k / points - np.pi / 2
             out.append((cx + rad * np.cos(a), cy + rad * np.sin(a)))
         return out
     if kind == "disc":
-        sx, sy = 1.0 + 0.15 * variant, 1.0 - 0.1 * variant
+        sx, sy = 1.0 + 0.05 * variant, 1.0 - 0.03 * variant
         return [(cx + r * sx * np.cos(a), cy + r * sy * np.sin(a)) for a in np.linspace(0, 2 * np.pi, 24, endpoint=False)]
     if kind == "triangle":
-        tilt = 0.35 * variant
+        tilt = 0.12 * variant
         return [(cx + r * np.cos(a + tilt), cy + r * np.sin(a + tilt))
                 for a in (-np.pi / 2, np.pi / 6, 5 * np.pi / 6)]
     if kind == "cross":
-        t = r * (0.28 + 0.07 * variant)
+        t = r * (0.28 + 0.025 * variant)
         return [(cx - t, cy - r), (cx + t, cy - r), (cx + t, cy - t), (cx + r, cy - t), (cx + r, cy + t),
                 (cx + t, cy + t), (cx + t, cy + r), (cx - t, cy + r), (cx - t, cy + t), (cx - r, cy + t),
                 (cx - r, cy - t), (cx - t, cy - t)]
     if kind == "diamond":
-        w = r * (0.55 + 0.12 * variant)
+        w = r * (0.55 + 0.04 * variant)
         return [(cx, cy - r), (cx + w, cy), (cx, cy + r), (cx - w, cy)]
     raise ValueError(kind)
 

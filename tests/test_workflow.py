@@ -64,6 +64,13 @@ def test_dag_writes_tables_and_figures(tiny_run):
                   "SG-LoRA (mean of 3)", "SG-LoRA (best of 3, test-selected)"):
         assert label in md
     assert "P-diff (mean of 3)" in (tiny_run / "tables" / "seen.md").read_text()
+    # the run chose its settings on the validation task and checked its premises
+    import json
+
+    sel = json.loads((tiny_run / "selection" / "selection.json").read_text())
+    assert sel["tasks"] == ["cairn_terrier"] and set(sel["chosen"]) == {"sglora", "topk_weighted", "adaptersoup"}
+    prem = json.loads((tiny_run / "premises" / "premises.json").read_text())
+    assert prem["enforced"] is False and prem["verdicts"]
     tex = (tiny_run / "tables" / "in_dataset.tex").read_text()
     assert "\\toprule" in tex and "\\textbf{" in tex
     for name in ("experts_tsne", "samples_tsne", "r1_bars"):
@@ -71,11 +78,11 @@ def test_dag_writes_tables_and_figures(tiny_run):
         assert (tiny_run / "figures" / f"{name}.pdf").read_bytes()[:4] == b"%PDF"
     # every sample is a PEFT adapter folder with its metadata
     adapters = sorted((tiny_run / "samples" / "in_dataset").glob("*/sample_*"))
-    assert len(adapters) == 2 * 3
+    assert len(adapters) == 2 * 2 * 3  # tasks x runs x samples
     from sglora.lora import read_adapter
 
     _, meta = read_adapter(adapters[0])
-    assert {"seed", "experts", "task"} <= set(meta) and abs(sum(e["alpha"] for e in meta["experts"]) - 1) < 1e-6
+    assert {"seed", "run", "experts", "task"} <= set(meta) and abs(sum(e["alpha"] for e in meta["experts"]) - 1) < 1e-6
 
 
 def test_noop_rerun_does_nothing(tiny_run):
@@ -89,7 +96,10 @@ def test_changing_one_cvae_setting_reruns_only_its_dependents(tiny_run, tmp_path
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(cfg))
     rules = planned_rules(snakemake("-n", "--quiet", "rules", results=tiny_run, config=changed))
-    assert set(rules) == {"train_cvae", "sample_sglora", "evaluate", "tables", "figures", "all"}, rules
+    assert set(rules) == {"train_cvae", "select", "selection_summary", "export_cvae", "sample_sglora", "evaluate",
+                          "tables", "figures", "all"}, rules
+    assert rules["train_cvae"] == 4  # 2 condition modes of the selection grid x 2 runs
+    assert rules["select"] == 1  # SG-LoRA's selection only: the merging baselines keep theirs
     assert rules["evaluate"] == 3  # SG-LoRA in each of the three groups, no other method
     assert rules["sample_sglora"] == 3
 
@@ -112,7 +122,7 @@ def test_generate_writes_a_loadable_adapter_that_changes_outputs(tiny_run, tmp_p
 
     out = tmp_path / "zebra"
     cmd = [str(BIN / "sglora"), "generate", "a photo of a fox terrier", "--out", str(out), "--seed", "3",
-           "--repository", str(tiny_run / "repository"), "--cvae", str(tiny_run / "cvae")]
+           "--repository", str(tiny_run / "repository"), "--cvae", str(tiny_run / "cvae" / "selected")]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
     assert "alpha=" in proc.stdout and "wrote" in proc.stdout
     backbone = str(tiny_run / "backbone")

@@ -20,7 +20,7 @@ rule candidates_merging:
     input:
         repository=f"{R}/repository",
         embeddings=f"{R}/tasks/embeddings.parquet",
-        selection=f"{R}/selection/selection.json",
+        selection=lambda w: selection_input(w.method),
     output:
         f"{R}/candidates/{{group}}/{{method}}.safetensors",
     wildcard_constraints:
@@ -29,6 +29,7 @@ rule candidates_merging:
         tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
         dataset=lambda w: GROUPS[w.group]["dataset"],
         seen=lambda w: "" if GROUPS[w.group].get("unseen", True) else "--seen",
+        selection=lambda w, input: "--selection " + shlex.quote(input.selection[0]) if input.selection else "",
         prior=as_json(config["prior"]),
     conda:
         "../../envs/sglora.yaml"
@@ -37,7 +38,7 @@ rule candidates_merging:
     shell:
         "sglora candidates --method {wildcards.method} --tasks {params.tasks} --dataset {params.dataset} {params.seen} "
         "--repository {input.repository:q} --embeddings {input.embeddings:q} --prior {params.prior:q} "
-        "--selection {input.selection:q} --out {output:q} > {log:q} 2>&1"
+        "{params.selection} --out {output:q} > {log:q} 2>&1"
 
 
 rule train_mole:

@@ -1,6 +1,7 @@
 # Config validation and helpers shared by the rules.
 import itertools
 import json
+import shlex
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -75,6 +76,18 @@ def selection_grid():
     return grid
 
 
+SELECTABLE = ("sglora", "topk_weighted", "adaptersoup")
+
+
+def selection_file(method):
+    return f"{R}/selection/{method}.json"
+
+
+def selection_input(method):
+    """A method's selection file as a rule input ([] for a method without a grid)."""
+    return [selection_file(method)] if method in selection_grid() else []
+
+
 def _variant_name(v):
     return f"{v['condition']}-k{v['k']}-tau{v['tau']}"
 
@@ -121,7 +134,8 @@ def group_methods(kind):
 
 
 def all_outputs():
-    out = [f"{R}/tables/done", f"{R}/figures/done", f"{R}/premises/premises.json", f"{R}/cvae/selected"]
+    out = [f"{R}/tables/done", f"{R}/figures/done", f"{R}/premises/premises.json", f"{R}/cvae/selected",
+           f"{R}/selection/selection.json"]
     return out
 
 

@@ -33,19 +33,21 @@ rule train_cvae:
 
 
 rule select:
-    """Choose every method's settings on the validation tasks (never on test tasks)."""
+    """Choose one method's settings on the validation tasks (never on test tasks)."""
     input:
         manifest=manifest(VALIDATION["dataset"]),
         repository=f"{R}/repository",
         embeddings=f"{R}/tasks/embeddings.parquet",
-        cvae=cvae_dirs(),
+        cvae=lambda w: cvae_dirs() if w.method == "sglora" else [],
         backbone=backbone_input(),
     output:
-        f"{R}/selection/selection.json",
+        f"{R}/selection/{{method}}.json",
+    wildcard_constraints:
+        method="|".join(SELECTABLE),
     params:
         tasks=",".join(VALIDATION["tasks"]),
         dataset=VALIDATION["dataset"],
-        grid=as_json(selection_grid()),
+        grid=lambda w: as_json({w.method: selection_grid()[w.method]}),
         prior=as_json(config["prior"]),
         sampling=as_json(SAMPLING),
         lora=as_json(config["lora"]),
@@ -58,9 +60,9 @@ rule select:
     conda:
         "../../envs/sglora.yaml"
     log:
-        f"{R}/logs/select.log",
+        f"{R}/logs/select/{{method}}.log",
     benchmark:
-        f"{R}/benchmarks/select.tsv"
+        f"{R}/benchmarks/select/{{method}}.tsv"
     shell:
         "sglora select --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks} "
         "--dataset {params.dataset} --grid {params.grid:q} --repository {input.repository:q} "
@@ -68,12 +70,26 @@ rule select:
         "--lora {params.lora:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
+rule selection_summary:
+    """Every method's chosen settings and validation scores in one file (selection.json)."""
+    input:
+        [selection_file(m) for m in selection_grid()],
+    output:
+        f"{R}/selection/selection.json",
+    conda:
+        "../../envs/sglora.yaml"
+    log:
+        f"{R}/logs/selection_summary.log",
+    shell:
+        "sglora selection-summary --selections {input:q} --out {output:q} > {log:q} 2>&1"
+
+
 rule sample_sglora:
     """N LoRAs per task and run of a group from the CVAEs of the chosen variant (Eq. 9), as
     candidates and as PEFT adapter folders (alpha of the experts used, run and seed in their metadata)."""
     input:
         cvae=cvae_dirs(),
-        selection=f"{R}/selection/selection.json",
+        selection=selection_file("sglora"),
         repository=f"{R}/repository",
         embeddings=f"{R}/tasks/embeddings.parquet",
     output:
@@ -101,7 +117,7 @@ rule export_cvae:
     `sglora generate` uses by default."""
     input:
         cvae=cvae_dirs(),
-        selection=f"{R}/selection/selection.json",
+        selection=selection_file("sglora"),
     output:
         directory(f"{R}/cvae/selected"),
     conda:
