@@ -166,6 +166,7 @@ def test_every_task_is_in_its_real_dataset(path, miniatures, tmp_path):
     experts = cfg["experts"]
     wanted = {"experts.tasks": (experts["dataset"], experts["tasks"])}
     wanted |= {f"groups.{g}.tasks": (spec["dataset"], spec["tasks"]) for g, spec in cfg["groups"].items()}
+    wanted["validation.tasks"] = (cfg["validation"]["dataset"], cfg["validation"]["tasks"])
     for key, (dataset, names) in wanted.items():
         for split in ("train", "test"):
             missing = set(names) - tasks[dataset].get(split, set())
@@ -175,6 +176,20 @@ def test_every_task_is_in_its_real_dataset(path, miniatures, tmp_path):
             assert spec["dataset"] != experts["dataset"] or not set(spec["tasks"]) & set(experts["tasks"]), g
         else:
             assert set(spec["tasks"]) <= set(experts["tasks"]), f"groups.{g}: seen tasks must be experts"
+
+
+def test_presets_on_one_repository_choose_settings_on_the_same_validation_tasks():
+    """Validation tasks live on the experts' dataset (settings are chosen without a labelled
+    task of a cross-dataset target) and are the same for every preset whose repository is
+    the same Table 6 column (or CIFAR-100's 8 superclasses), as docs/datasets.md says."""
+    by_repository: dict[str, set] = {}
+    for path in PRESETS:
+        cfg = load(path)
+        val, experts = cfg["validation"], cfg["experts"]
+        assert val["dataset"] == experts["dataset"], path.stem
+        kind = cfg["datasets"][experts["dataset"]]["kind"]
+        by_repository.setdefault(kind, set()).add(tuple(val["tasks"]))
+    assert all(len(v) == 1 for v in by_repository.values()), by_repository
 
 
 def test_snakefile_declares_the_light_rules_local():
