@@ -32,7 +32,8 @@ TABLE6 = {
 }  # fmt: skip
 # Experts a preset adds to Table 6, and why (see the preset's header).
 EXTRA_EXPERTS = {"coco_seen": ["motorcycle", "sheep"], "ablation_dog_expert": ["dog"]}  # Table 13, Table 12
-HEAVY = {"train_lora", "train_cvae", "train_mole", "train_pdiff", "evaluate", "evaluate_zero_shot", "evaluate_mole"}
+HEAVY = {"train_lora", "train_cvae", "train_mole", "train_pdiff", "select", "evaluate", "evaluate_zero_shot",
+         "evaluate_mole"}  # fmt: skip
 LIGHT = {"world", "manifest", "embed", "assemble", "candidates_oracle", "candidates_merging", "candidates_pdiff",
          "sample_sglora", "tables", "figures", "all"}  # fmt: skip
 
@@ -166,6 +167,7 @@ def test_every_task_is_in_its_real_dataset(path, miniatures, tmp_path):
     experts = cfg["experts"]
     wanted = {"experts.tasks": (experts["dataset"], experts["tasks"])}
     wanted |= {f"groups.{g}.tasks": (spec["dataset"], spec["tasks"]) for g, spec in cfg["groups"].items()}
+    wanted["validation.tasks"] = (cfg["validation"]["dataset"], cfg["validation"]["tasks"])
     for key, (dataset, names) in wanted.items():
         for split in ("train", "test"):
             missing = set(names) - tasks[dataset].get(split, set())
@@ -175,6 +177,20 @@ def test_every_task_is_in_its_real_dataset(path, miniatures, tmp_path):
             assert spec["dataset"] != experts["dataset"] or not set(spec["tasks"]) & set(experts["tasks"]), g
         else:
             assert set(spec["tasks"]) <= set(experts["tasks"]), f"groups.{g}: seen tasks must be experts"
+
+
+def test_presets_on_one_repository_choose_settings_on_the_same_validation_tasks():
+    """Validation tasks live on the experts' dataset (settings are chosen without a labelled
+    task of a cross-dataset target) and are the same for every preset whose repository is
+    the same Table 6 column (or CIFAR-100's 8 superclasses), as docs/datasets.md says."""
+    by_repository: dict[str, set] = {}
+    for path in PRESETS:
+        cfg = load(path)
+        val, experts = cfg["validation"], cfg["experts"]
+        assert val["dataset"] == experts["dataset"], path.stem
+        kind = cfg["datasets"][experts["dataset"]]["kind"]
+        by_repository.setdefault(kind, set()).add(tuple(val["tasks"]))
+    assert all(len(v) == 1 for v in by_repository.values()), by_repository
 
 
 def test_snakefile_declares_the_light_rules_local():
