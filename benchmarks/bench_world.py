@@ -30,10 +30,9 @@ def main(argv=None) -> int:
     ap.set_defaults(threads=2)
     args = ap.parse_args(argv)
 
-    import pyarrow.parquet as pq
 
     from sglora.backbone import pretrain_clip
-    from sglora.world import generate_world
+    from sglora.world import generate_world, pretraining_pairs
 
     cfg = yaml.safe_load(Path(args.config).read_text())
     seed = cfg.get("seed", 0)
@@ -63,17 +62,11 @@ def main(argv=None) -> int:
             rep.add(f"world `{name}` ({opts.get('domain', 'studio')}): {out['classes']} classes, {out['images']} images",
                     dt, "s")
             print(f"world {name}: {out['images']} images in {dt:.1f} s", flush=True)
-        # the texts `sglora pretrain` collects (cli.cmd_pretrain)
-        images, texts, vocab = [], [], []
-        for w in worlds:
-            split = {r["image_path"]: r["split"] for r in pq.read_table(w / "manifest.raw.parquet").to_pylist()}
-            for r in pq.read_table(w / "captions.parquet").to_pylist():
-                vocab += list(r["captions"]) + [r["coarse_caption"]]
-                if split[r["image_path"]] == "train":
-                    images.append(r["image_path"])
-                    texts.append(r["coarse_caption"])
-        t_pre, res = C.timed(pretrain_clip, tmp / "backbone", images, texts, vocab, seed=seed, threads=args.threads,
-                             progress=False, **pre)
+        # the pairs `sglora pretrain` trains on (cli.cmd_pretrain)
+        pairs = pretraining_pairs(worlds)
+        texts = pairs.texts
+        t_pre, res = C.timed(pretrain_clip, tmp / "backbone", pairs.images, texts, pairs.vocab, seed=seed,
+                             threads=args.threads, progress=False, describes=pairs.describes, **pre)
         print(f"pretraining: {len(texts)} pairs x {pre.get('epochs')} epochs in {t_pre:.1f} s "
               f"(final loss {res['loss']:.3f})", flush=True)
     finally:

@@ -99,15 +99,18 @@ def encode_texts(model, processor, texts: list[str], batch: int = 256) -> torch.
     return F.normalize(torch.cat(feats).float(), dim=-1).cpu()
 
 
-def clip_loss(model, pixels, input_ids, attention_mask, targets: torch.Tensor | None = None) -> torch.Tensor:
+def clip_loss(model, pixels, input_ids, attention_mask, targets: torch.Tensor | None = None,
+              targets_t2i: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE loss. ``targets`` (B x B, rows summing to 1) handles several
-    positives per row (two images with the same caption); by default the diagonal."""
+    positives per row (two images with the same caption); by default the diagonal.
+    ``targets_t2i`` (captions x images) where the positives are not symmetric; by default
+    ``targets.T``."""
     img = F.normalize(_features(model.get_image_features(pixel_values=pixels)), dim=-1)
     txt = F.normalize(_features(model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)), dim=-1)
     logits = model.logit_scale.exp() * img @ txt.T
     if targets is None:
         targets = torch.eye(len(img), device=img.device)
-    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets.T))
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets.T if targets_t2i is None else targets_t2i))
 
 
 def optimizer_step(opt, loss: torch.Tensor, where: str, epoch: int, history: list) -> None:
@@ -131,6 +134,14 @@ def same_text_targets(texts: list[str]) -> torch.Tensor:
     return eq / eq.sum(1, keepdim=True)
 
 
+def positive_targets(positive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image -> text, text -> image) targets from a boolean images x captions matrix of
+    which caption truthfully describes which image: each row spreads its mass evenly over
+    its positives."""
+    pos = positive.float()
+    return pos / pos.sum(1, keepdim=True), pos.T / pos.T.sum(1, keepdim=True)
+
+
 def pretrain_clip(
     out_dir: str | Path,
     image_paths: list[str],
@@ -143,6 +154,7 @@ def pretrain_clip(
     sizes: dict | None = None,
     threads: int | None = None,
     progress: bool = True,
+    describes=None,
 ) -> dict:
     """Pretrain a small CLIP contrastively on (image, coarse caption) pairs and save it
     with ``save_pretrained`` (model, tokenizer, image processor) into ``out_dir``.
@@ -150,6 +162,10 @@ def pretrain_clip(
     ``vocab_texts`` trains the tokenizer: every text the pipeline will ever encode (the
     fine captions too), so fine-grained words exist as tokens even though the backbone
     never saw them paired with images.
+
+    ``describes(image_index, caption_index) -> bool tensor`` (batch indices into the pairs)
+    says which caption of a batch truthfully describes which image ("a photo of a sparrow"
+    describes every sparrow); those are the positives. Without it, equal texts are.
     """
     from tqdm import tqdm
 
@@ -176,8 +192,12 @@ def pretrain_clip(
         run = 0.0
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
-            loss = clip_loss(model, pixels[idx], enc["input_ids"][idx], enc["attention_mask"][idx],
-                             same_text_targets([texts[j] for j in idx]))
+            if describes is None:
+                loss = clip_loss(model, pixels[idx], enc["input_ids"][idx], enc["attention_mask"][idx],
+                                 same_text_targets([texts[j] for j in idx]))
+            else:
+                i2t, t2i = positive_targets(describes(idx, idx))
+                loss = clip_loss(model, pixels[idx], enc["input_ids"][idx], enc["attention_mask"][idx], i2t, t2i)
             opt.zero_grad()
             loss.backward()
             opt.step()

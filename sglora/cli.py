@@ -28,20 +28,13 @@ def cmd_world(a):
 
 
 def cmd_pretrain(a):
-    import pyarrow.parquet as pq
-
     from .backbone import pretrain_clip
+    from .world import pretraining_pairs
 
-    images, texts, vocab = [], [], []
-    for world in a.worlds:
-        man = {r["image_path"]: r["split"] for r in pq.read_table(Path(world) / "manifest.raw.parquet").to_pylist()}
-        for r in pq.read_table(Path(world) / "captions.parquet").to_pylist():
-            vocab += list(r["captions"]) + [r["coarse_caption"]]
-            if man[r["image_path"]] == "train":
-                images.append(r["image_path"])
-                texts.append(r["coarse_caption"])
-    opts = _json(a.options)
-    print(json.dumps(pretrain_clip(a.out, images, texts, vocab, seed=a.seed, threads=a.threads, **opts)))
+    pairs = pretraining_pairs(a.worlds)
+    opts = _json(a.options, "--options")
+    print(json.dumps(pretrain_clip(a.out, pairs.images, pairs.texts, pairs.vocab, seed=a.seed, threads=a.threads,
+                                   describes=pairs.describes, **opts)))
 
 
 def cmd_check_tasks(a):
@@ -114,10 +107,10 @@ def _chosen(path: str | None, method: str) -> dict:
     return read_json(path).get("chosen", {}).get(method, {})
 
 
-def _load_cvaes(dirs: list[str]) -> list[tuple]:
-    from .cvae import load_cvae
+def _load_cvaes(dirs: list[str]):
+    from .selection import TrainedCVAEs
 
-    return [load_cvae(d) for d in dirs]
+    return TrainedCVAEs(dirs)
 
 
 def cmd_candidates(a):

@@ -70,22 +70,43 @@ def apply_settings(settings: dict, prior, sampling):
     return prior, sampling
 
 
-def pick_cvaes(cvaes: list[tuple], condition: str, prior, runs: int, where: str = "") -> list:
-    """The trained CVAEs (``(model, config)`` pairs) of one variant, ordered by training
-    seed; exactly ``runs`` of them must exist."""
-    found = sorted(
-        ((cfg["cvae"]["seed"], model) for model, cfg in cvaes
-         if cfg["cvae"]["condition"] == condition and cfg["prior"]["k"] == prior.k
-         and abs(cfg["prior"]["tau"] - prior.tau) < 1e-12 and cfg["prior"]["modality"] == prior.modality),
-        key=lambda x: x[0])
-    if len(found) != runs:
-        raise SGLoraError(f"{where}: {len(found)} trained CVAE(s) for condition={condition}, k={prior.k}, tau={prior.tau}, "
-                          f"modality={prior.modality}; sampling.runs needs {runs}")
-    return [m for _, m in found]
+class TrainedCVAEs:
+    """The trained CVAE folders of a run (every variant and run), read lazily: configs
+    first, a model only when a chosen variant needs it (a paper-size CVAE is ~0.5 GB)."""
+
+    def __init__(self, dirs: list[str | Path]):
+        import json
+
+        self.configs = {}
+        for d in dirs:
+            cfg_path = Path(d) / "config.json"
+            if not cfg_path.exists():
+                raise SGLoraError(f"{d}: not a trained CVAE (no config.json)")
+            self.configs[str(d)] = json.loads(cfg_path.read_text())
+        self._models = {}
+
+    def default_condition(self) -> str:
+        return next(iter(self.configs.values()))["cvae"]["condition"]
+
+    def pick(self, condition: str, prior, runs: int, where: str = "") -> list:
+        """The models of one variant, ordered by training seed; exactly ``runs`` must exist."""
+        from .cvae import load_cvae
+
+        found = sorted(
+            (cfg["cvae"]["seed"], d) for d, cfg in self.configs.items()
+            if cfg["cvae"]["condition"] == condition and cfg["prior"]["k"] == prior.k
+            and abs(cfg["prior"]["tau"] - prior.tau) < 1e-12 and cfg["prior"]["modality"] == prior.modality)
+        if len(found) != runs:
+            raise SGLoraError(f"{where}: {len(found)} trained CVAE(s) for condition={condition}, k={prior.k}, "
+                              f"tau={prior.tau}, modality={prior.modality}; sampling.runs needs {runs}")
+        for _, d in found:
+            if d not in self._models:
+                self._models[d] = load_cvae(d)[0]
+        return [self._models[d] for _, d in found]
 
 
 def method_candidates(method: str, settings: dict, tasks: list[str], experts, embeddings: dict[str, dict], prior,
-                      sampling, cvaes: list[tuple] | None = None, seen: bool = False):
+                      sampling, cvaes: TrainedCVAEs | None = None, seen: bool = False):
     """Candidates of a merging method or SG-LoRA with ``settings`` applied."""
     from .candidates import merging_candidates, sglora_candidates
 
@@ -93,8 +114,8 @@ def method_candidates(method: str, settings: dict, tasks: list[str], experts, em
     if method == "sglora":
         if cvaes is None:
             raise SGLoraError("sglora candidates need trained CVAEs")
-        condition = settings.get("condition", cvaes[0][1]["cvae"]["condition"])
-        models = pick_cvaes(cvaes, condition, prior, sampling.runs, where="sglora")
+        condition = settings.get("condition", cvaes.default_condition())
+        models = cvaes.pick(condition, prior, sampling.runs, where="sglora")
         return sglora_candidates(models, tasks, experts, embeddings, prior, sampling, seen=seen)
     return merging_candidates(method, tasks, experts, embeddings, prior, seen=seen)
 
@@ -108,7 +129,7 @@ def primary_score(metrics: dict[str, float]) -> float:
 
 def select_settings(backbone: str, manifest: str | Path, tasks: list[str], grid: dict[str, dict[str, list]],
                     experts, embeddings: dict[str, dict], prior, sampling, scaling: float, layout,
-                    cvaes: list[tuple] | None = None, threads: int | None = None, progress: bool = True) -> dict:
+                    cvaes: TrainedCVAEs | None = None, threads: int | None = None, progress: bool = True) -> dict:
     """Score every grid point of every method on the validation ``tasks`` and choose.
 
     Returns ``{"chosen": {method: settings}, "scores": {method: [{"settings", "score",
@@ -155,22 +176,17 @@ def export_chosen(cvae_dirs: list[str | Path], selection: dict, out: str | Path)
     chosen = selection.get("chosen", {}).get("sglora", {})
     if not chosen:
         raise SGLoraError("selection: no settings chosen for sglora")
-    configs = []
-    for d in cvae_dirs:
-        cfg_path = Path(d) / "config.json"
-        if not cfg_path.exists():
-            raise SGLoraError(f"{d}: not a trained CVAE (no config.json)")
-        configs.append((Path(d), json.loads(cfg_path.read_text())))
-    match = sorted(
-        ((cfg["cvae"]["seed"], d, cfg) for d, cfg in configs
-         if cfg["cvae"]["condition"] == chosen["condition"] and cfg["prior"]["k"] == chosen["k"]
-         and abs(cfg["prior"]["tau"] - chosen["tau"]) < 1e-12), key=lambda x: x[0])
+    store = TrainedCVAEs(cvae_dirs)
+    match = sorted((cfg["cvae"]["seed"], d) for d, cfg in store.configs.items()
+                   if cfg["cvae"]["condition"] == chosen["condition"] and cfg["prior"]["k"] == chosen["k"]
+                   and abs(cfg["prior"]["tau"] - chosen["tau"]) < 1e-12)
     if not match:
         raise SGLoraError(f"selection: no trained CVAE for the chosen settings {chosen}")
-    _, src, cfg = match[0]
+    src = Path(match[0][1])
     with atomic_path(out, directory=True) as tmp:
         shutil.copyfile(src / "model.safetensors", tmp / "model.safetensors")
-        cfg = cfg | {"sampling": {"temperature": float(chosen.get("temperature", 1.0))}, "selected": chosen}
+        cfg = store.configs[str(src)] | {"sampling": {"temperature": float(chosen.get("temperature", 1.0))},
+                                         "selected": chosen}
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     return {"source": str(src), "chosen": chosen}
 

@@ -218,21 +218,84 @@ def captions_for(attrs: dict, name: str, rng: np.random.Generator, n: int = 4) -
     return [_TEMPLATES[i].format(name=name, count_word=count_word, **attrs) for i in picks]
 
 
-def coarse_caption(attrs: dict, name: str, rng: np.random.Generator) -> str:
+def coarse_caption(attrs: dict, name: str, rng: np.random.Generator) -> tuple[str, dict]:
     """The backbone's pretraining text: the class name (or, as web captions often do, just
     the family word: "a photo of a lily") and, sometimes, the attributes that look the same
     in every family (size, position, count). Never colour, texture or background: those
-    are the fine details a task's LoRA has to learn."""
+    are the fine details a task's LoRA has to learn.
+
+    Returns the text and what it mentions (``name``: class or family; ``count``, ``size``,
+    ``position``: the value or ``None``), so pretraining knows which images it describes."""
     lead = ["a photo of a", "an image of a", "a picture of a", "a photo of the"][rng.integers(4)]
-    if rng.random() < 0.3:
+    if rng.random() < FAMILY_CAPTION_SHARE:
         name = family_of(name)
-    extra = []
+    said = {"name": name, "count": None, "size": None, "position": None}
+    text = f"{lead} {name}"
     if rng.random() < 0.7:
-        extra.append(f"{attrs['count']} {attrs['size']}")
-    text = f"{lead} {name}" if not extra else f"{lead} {extra[0]} {name}"
+        said["count"], said["size"] = attrs["count"], attrs["size"]
+        text = f"{lead} {attrs['count']} {attrs['size']} {name}"
     if rng.random() < 0.7:
+        said["position"] = attrs["position"]
         text += f" on the {attrs['position']}"
-    return text
+    return text, said
+
+
+#: share of pretraining captions that name only the family ("a photo of a sparrow")
+FAMILY_CAPTION_SHARE = 0.4
+
+
+@dataclass
+class PretrainingPairs:
+    """The backbone's (image, coarse caption) training pairs of one or more worlds, with
+    what each caption says and each image is, so a caption can be a positive of every
+    image it truthfully describes (not only of its own)."""
+
+    images: list[str]
+    texts: list[str]
+    vocab: list[str]  #: every text the pipeline will encode (fine captions too): trains the tokenizer
+    said: np.ndarray  #: (N, 4) ids a caption mentions: name, count, size, position (-1 = not mentioned)
+    truth: np.ndarray  #: (N, 5) ids of what an image is: class, family, count, size, position
+
+    def describes(self, images, captions):
+        """Bool tensor images x captions: caption j names the image's class or family and
+        every attribute it mentions matches."""
+        import torch
+
+        t = torch.as_tensor(self.truth)[images]  # B x 5
+        c = torch.as_tensor(self.said)[captions]  # B x 4
+        name = (c[None, :, 0] == t[:, None, 0]) | (c[None, :, 0] == t[:, None, 1])
+        ok = name
+        for k in range(1, 4):
+            ok = ok & ((c[None, :, k] < 0) | (c[None, :, k] == t[:, None, k + 1]))
+        return ok
+
+
+def pretraining_pairs(worlds: list[str | Path]) -> PretrainingPairs:
+    """The training pairs of ``worlds`` (folders written by ``generate_world``): every train
+    image with its coarse caption."""
+    import pyarrow.parquet as pq
+
+    names = {n: i for i, n in enumerate(list(FAMILIES) + class_names())}
+    counts, sizes, positions = list(COUNTS), list(SIZES), list(POSITIONS)
+
+    def idx(values, v):
+        return -1 if v is None else values.index(v)
+
+    images, texts, vocab, said, truth = [], [], [], [], []
+    for world in worlds:
+        split = {r["image_path"]: r["split"] for r in pq.read_table(Path(world) / "manifest.raw.parquet").to_pylist()}
+        for r in pq.read_table(Path(world) / "captions.parquet").to_pylist():
+            vocab += list(r["captions"]) + [r["coarse_caption"]]
+            if split[r["image_path"]] != "train":
+                continue
+            images.append(r["image_path"])
+            texts.append(r["coarse_caption"])
+            said.append([names[r["coarse_name"]], idx(counts, r["coarse_count"]), idx(sizes, r["coarse_size"]),
+                         idx(positions, r["coarse_position"])])
+            truth.append([names[r["class_name"]], names[r["family"]], counts.index(r["count"]), sizes.index(r["size"]),
+                          positions.index(r["position"])])
+    return PretrainingPairs(images, texts, vocab, np.array(said, np.int64).reshape(-1, 4),
+                            np.array(truth, np.int64).reshape(-1, 5))
 
 
 def _class_seed(seed: int, domain: str, name: str) -> list[int]:
@@ -255,7 +318,9 @@ def generate_world(
 
     - ``images/<task>/<i>.png``
     - ``manifest.raw.parquet``: the task manifest, captions empty (the caption step fills them)
-    - ``captions.parquet``: ``image_path, captions, coarse_caption`` and the attributes;
+    - ``captions.parquet``: ``image_path, captions, coarse_caption`` (and what it mentions:
+      ``coarse_name``, ``coarse_count``, ``coarse_size``, ``coarse_position``), the class,
+      family and attributes;
       the synthetic captioning backend reads its captions from here.
 
     Each class's images depend only on (seed, domain, class name), so adding a class
@@ -297,9 +362,11 @@ def generate_world(
             rows.append(dict(dataset=f"embedded-{domain}", task=task, task_name=name, class_name=name,
                              description=describe(name, template), image_path=str(path),
                              captions=[], split=split))
+            coarse, said = coarse_caption(attrs, name, rng)
             caption_rows.append(dict(image_path=str(path), captions=captions_for(attrs, name, rng),
-                                     coarse_caption=coarse_caption(attrs, name, rng), family=fam,
-                                     domain=domain, **attrs))
+                                     coarse_caption=coarse, coarse_name=said["name"], coarse_count=said["count"],
+                                     coarse_size=said["size"], coarse_position=said["position"],
+                                     class_name=name, family=fam, domain=domain, **attrs))
     write_manifest(out_dir / "manifest.raw.parquet", make_manifest(rows))
     caption_rows.sort(key=lambda r: r["image_path"])
     write_table(out_dir / "captions.parquet", pa.Table.from_pylist(caption_rows))

@@ -111,10 +111,11 @@ def test_selection_does_not_look_at_test_tasks(tmp_path, tiny_world, tiny_clip, 
     test_changed = _with_captions(manifest, tmp_path / "test_changed.parquet", "calla_lily",
                                   lambda caps: ["a completely different caption"] * len(caps))
     assert _select(tmp_path, tiny_clip, test_changed, tiny_repo, tiny_embeddings, cvaes, "test_changed") == base
+    # the same caption for every validation image: every I2T query ties, and ties count against it
     val_changed = _with_captions(manifest, tmp_path / "val_changed.parquet", "yorkshire_terrier",
-                                 lambda caps: [c.replace("yorkshire terrier", "stone") for c in reversed(caps)])
+                                 lambda caps: ["a photo"] * len(caps))
     other = _select(tmp_path, tiny_clip, val_changed, tiny_repo, tiny_embeddings, cvaes, "val_changed")
-    assert [s["score"] for s in other["scores"]["topk_weighted"]] != [s["score"] for s in base["scores"]["topk_weighted"]]
+    assert other != base
 
 
 def test_selection_picks_the_best_validation_score_and_candidates_use_it(tmp_path, tiny_world, tiny_clip, tiny_repo,

@@ -63,3 +63,46 @@ def test_bad_class_and_split_are_errors(tmp_path):
         generate_world(tmp_path, ["zebra"], progress=False)
     with pytest.raises(SGLoraError, match="test_per_class"):
         generate_world(tmp_path, ["fox terrier"], images_per_class=4, test_per_class=4, progress=False)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_families_agree_on_as_few_looks_as_possible(seed):
+    """Colours: pairwise derangements (no family renders any colour like another); textures
+    and backgrounds (4 values, 6 families): two families share at most one value's look.
+    The old draw re-permuted after deranging, so two families could share whole maps."""
+    import itertools
+
+    looks = list(family_looks(seed).values())
+    assert looks[0].colour == tuple(range(len(COLOURS)))
+    for attr, most in (("colour", 0), ("texture", 1), ("background", 1)):
+        for a, b in itertools.combinations(looks, 2):
+            shared = sum(x == y for x, y in zip(getattr(a, attr), getattr(b, attr)))
+            assert shared <= most, (attr, a, b)
+
+
+def test_a_family_caption_is_a_positive_of_every_image_of_its_family(tmp_path):
+    """Pretraining positives: "a photo of a lily" describes every lily, a class caption only
+    its class, and a mentioned attribute must match."""
+    import numpy as np
+
+    from sglora.world import pretraining_pairs
+
+    generate_world(tmp_path, ["tiger lily", "water lily", "fox terrier"], images_per_class=30, test_per_class=5,
+                   image_size=32, progress=False)
+    pairs = pretraining_pairs([tmp_path])
+    caps = pq.read_table(tmp_path / "captions.parquet").to_pylist()
+    by_path = {r["image_path"]: r for r in caps}
+    idx = np.arange(len(pairs.images))
+    pos = pairs.describes(idx, idx).numpy()
+    assert pos.diagonal().all()  # every caption describes its own image
+    for j, text in enumerate(pairs.texts):
+        said = by_path[pairs.images[j]]
+        for i, path in enumerate(pairs.images):
+            img = by_path[path]
+            expect = said["coarse_name"] in (img["class_name"], img["family"])
+            for key in ("count", "size", "position"):
+                if said[f"coarse_{key}"] is not None:
+                    expect &= said[f"coarse_{key}"] == img[key]
+            assert pos[i, j] == expect, (text, path)
+    family_only = [j for j, r in enumerate(pairs.texts) if by_path[pairs.images[j]]["coarse_name"] == "lily"]
+    assert family_only, "some captions name only the family"
