@@ -57,15 +57,19 @@ def tiny_run(tmp_path_factory):
 
 def test_dag_writes_tables_and_figures(tiny_run):
     for group in ("in_dataset", "cross_dataset", "seen"):
-        for ext in ("csv", "md", "tex", "per_task.md"):
+        for ext in ("csv", "md", "tex", "per_task.md", "diagnostic.md", "paired.md", "paired.csv"):
             assert (tiny_run / "tables" / f"{group}.{ext}").stat().st_size > 0
     md = (tiny_run / "tables" / "in_dataset.md").read_text()
     for label in ("Zero-Shot CLIP", "Oracle", "Model Soups", "AdapterSoup", "Top-K LoRA Weighted", "MoLE",
-                  "SG-LoRA (mean of 3)", "SG-LoRA (best of 3, test-selected)"):
-        assert label in md
+                  "SG-LoRA (mean of 3)"):
+        assert f"| {label} | " in md
+    assert "test-selected" not in md and re.search(r"\| \d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\]", md)
+    diagnostic = (tiny_run / "tables" / "in_dataset.diagnostic.md").read_text()
+    assert "SG-LoRA (best of 3), test-selected (diagnostic only)" in diagnostic
     assert "P-diff (mean of 3)" in (tiny_run / "tables" / "seen.md").read_text()
+    assert "SG-LoRA − MoLE" in (tiny_run / "tables" / "in_dataset.paired.md").read_text()
     tex = (tiny_run / "tables" / "in_dataset.tex").read_text()
-    assert "\\toprule" in tex and "\\textbf{" in tex
+    assert "\\toprule" in tex and ("\\textbf{" in tex or "$^\\dagger$" in tex)
     for name in ("experts_tsne", "samples_tsne", "r1_bars"):
         assert (tiny_run / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert (tiny_run / "figures" / f"{name}.pdf").read_bytes()[:4] == b"%PDF"
