@@ -4,7 +4,8 @@
 
 
 rule tables:
-    """Metric tables per group (CSV, Markdown, LaTeX with best bold / second underlined)."""
+    """Metric tables per group (CSV, Markdown, LaTeX) with 95% bootstrap intervals; SG-LoRA minus
+    each method with paired intervals; the test-selected best-of-N rows in a diagnostic table."""
     input:
         metric_dirs(),
     output:
@@ -17,6 +18,15 @@ rule tables:
         tex=[f"{R}/tables/{g}.tex" for g in GROUPS],
         per_task=[
             report(f"{R}/tables/{g}.per_task.md", caption="../report/per_task.rst", category="Tables", labels={"group": g, "format": "per task"})
+            for g in GROUPS
+        ],
+        paired=[
+            report(f"{R}/tables/{g}.paired.md", caption="../report/paired.rst", category="Tables", labels={"group": g, "format": "paired"})
+            for g, spec in GROUPS.items() if "sglora" in spec["methods"]
+        ],
+        paired_csv=[f"{R}/tables/{g}.paired.csv" for g, spec in GROUPS.items() if "sglora" in spec["methods"]],
+        diagnostic=[
+            report(f"{R}/tables/{g}.diagnostic.md", caption="../report/diagnostic.rst", category="Tables", labels={"group": g, "format": "diagnostic"})
             for g in GROUPS
         ],
     params:
