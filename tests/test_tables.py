@@ -159,3 +159,31 @@ def test_tables_are_deterministic(metrics, tmp_path):
         write_tables(metrics, tmp_path / d, {"tie": GROUPS["tie"]}, n_boot=200)
     for name in ("tie.md", "tie.csv", "tie.tex", "tie.paired.md", "tie.paired.csv"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_r1_bars_show_the_intervals_and_titles_do_not_overlap(metrics):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sglora.figures import r1_bars_figure
+
+    long = {g: {**spec, "title": "Embedded benchmark, cross-dataset (studio experts -> unseen sketch classes)"}
+            for g, spec in GROUPS.items()}
+    fig = r1_bars_figure(metrics, long, n_boot=400)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes]
+    for left, right in zip(boxes, boxes[1:]):
+        assert left.x1 < right.x0, "neighbouring panel titles overlap"
+    # error bars: the I2T R@1 interval of each method of the first group
+    stats = group_stats(load_group(metrics, "clear", GROUPS["clear"]["methods"], TASKS), "i2t_r1", n_boot=400)
+    from matplotlib.container import BarContainer
+
+    i2t = next(c for c in fig.axes[0].containers if isinstance(c, BarContainer))  # first bars: I2T R@1
+    segments = i2t.errorbar.lines[2][0].get_segments()
+    for m, seg in zip(GROUPS["clear"]["methods"], segments):
+        iv = stats.interval(m)
+        assert (seg[0][1], seg[1][1]) == pytest.approx((iv.lo, iv.hi))
+    plt.close(fig)
