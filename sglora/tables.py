@@ -46,7 +46,11 @@ def load_group(metrics_root: Path, group: str, methods: list[str], tasks: list[s
             path = metrics_root / group / m / f"{t}.json"
             if not path.exists():
                 raise SGLoraError(f"{path}: metrics file missing (method {m!r}, task {t!r})")
-            out.setdefault(m, {})[t] = json.loads(path.read_text())
+            res = json.loads(path.read_text())
+            if "ranks" not in res and "correct" not in res:
+                raise SGLoraError(f"{path}: no per-query results (written by an older 'sglora evaluate'); rerun the "
+                                  "evaluations: snakemake --forcerun evaluate evaluate_zero_shot evaluate_mole")
+            out.setdefault(m, {})[t] = res
     return out
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from sglora.cli import main
 from sglora.evaluate import summarize
-from sglora.io import write_json
+from sglora.io import SGLoraError, write_json
 from sglora.stats import group_stats
 from sglora.tables import load_group, write_tables
 
@@ -152,6 +152,19 @@ def test_selection_file_without_chosen_is_named(metrics, tmp_path, capsys):
     assert main(["tables", "--metrics", str(metrics), "--groups", json.dumps({"nosg": GROUPS["nosg"]}),
                  "--out", str(tmp_path), "--selection", str(bad)]) == 2
     assert f"{bad}: expected a JSON object with key 'chosen'" in capsys.readouterr().err
+
+
+def test_metrics_without_per_query_results_are_named(metrics, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(metrics / "nosg", old / "nosg")
+    path = old / "nosg" / "zero_shot" / "t3.json"
+    res = json.loads(path.read_text())
+    del res["ranks"]
+    path.write_text(json.dumps(res))
+    with pytest.raises(SGLoraError, match=f"{path}: no per-query results .* --forcerun evaluate"):
+        write_tables(old, tmp_path / "out", {"nosg": GROUPS["nosg"]}, n_boot=50)
 
 
 def test_tables_are_deterministic(metrics, tmp_path):
