@@ -263,7 +263,7 @@ def render_paired(rows: list[dict], cols: list[str], stats: dict[str, GroupStats
     return {"csv": buf.getvalue(), "md": "\n".join(md) + "\n"}
 
 
-def render_diagnostic(rows: list[dict], best: list[dict], cols: list[str], title: str) -> str:
+def render_diagnostic(rows: list[dict], best: list[dict], cols: list[str], title: str, notes: list[str] = ()) -> str:
     """Every row of the main table, each generative method followed by its best of N."""
     md = [f"**{title}: diagnostic, with test-selected rows**", "",
           "| Method | " + " | ".join(COL_NAMES[c] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
@@ -275,6 +275,8 @@ def render_diagnostic(rows: list[dict], best: list[dict], cols: list[str], title
     md += ["", "Test-selected rows take, per task, the sample with the best test R@1 (or accuracy): they look at the "
            "test data and are not comparable to any other row." if best else
            "No method of this group draws several samples: nothing is test-selected."]
+    for line in notes:
+        md += ["", line] if line else []
     return "\n".join(md) + "\n"
 
 
@@ -318,5 +320,6 @@ def write_tables(metrics_root: str | Path, out_dir: str | Path, groups: dict, se
         if "sglora" in results:
             for ext, text in render_paired(rows, cols, stats, title, notes=notes[1:2]).items():
                 write(f"{group}.paired.{ext}", text)
-        write(f"{group}.diagnostic.md", render_diagnostic(rows, diagnostic_rows(results, cols), cols, title))
-        write(f"{group}.per_task.md", f"**{title}: per task**\n\n" + per_task_table(results, cols))
+        write(f"{group}.diagnostic.md", render_diagnostic(rows, diagnostic_rows(results, cols), cols, title, notes[1:2]))
+        write(f"{group}.per_task.md", f"**{title}: per task**\n\n" + per_task_table(results, cols)
+              + "".join(f"\n{n}\n" for n in notes[1:2] if n))

@@ -138,7 +138,8 @@ def test_selection_and_paper_footnotes(tables):
     assert ("Settings chosen on the validation tasks: Top-K LoRA Weighted: k=4, tau=0.05; "
             "SG-LoRA: condition=loo, temperature=0.5.") in clear
     assert "MoLE" not in clear  # only the group's own methods
-    assert "Settings chosen on the validation tasks" in (tables / "clear.paired.md").read_text()
+    for name in ("clear.paired.md", "clear.diagnostic.md", "clear.per_task.md"):
+        assert "Settings chosen on the validation tasks" in (tables / name).read_text(), name
     assert "Settings chosen on the validation tasks" in (tables / "clear.tex").read_text()
     assert "our run, not a reproduction: 6 tasks of dataset 'world' (t0, t1, t2, t3, t4, t5)" in clear
     tie = (tables / "tie.md").read_text()
