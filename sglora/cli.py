@@ -241,9 +241,10 @@ def cmd_generate(a):
 
 
 def cmd_tables(a):
-    from .tables import write_tables
+    from .tables import read_selection, write_tables
 
-    write_tables(a.metrics, a.out, _json(a.groups))
+    selection = read_selection(a.selection) if a.selection else None
+    write_tables(a.metrics, a.out, _json(a.groups), selection=selection, n_boot=a.bootstrap)
 
 
 def cmd_figures(a):
@@ -391,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("tables", cmd_tables, "Write the metric tables (CSV, Markdown, LaTeX) from the metrics folders.")
     s.add_argument("--metrics", required=True, help="metrics root folder")
     s.add_argument("--groups", required=True, help="JSON of the evaluation groups")
+    s.add_argument("--selection", default=None, help="selection.json: its 'chosen' settings are footnoted")
+    s.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates of the 95%% intervals")
     s.add_argument("--out", required=True)
 
     s = add("figures", cmd_figures, "Draw the figures (t-SNE of expert LoRAs, of samples, R@1 bars).")

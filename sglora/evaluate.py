@@ -3,7 +3,9 @@
 
 Retrieval tasks (one class per task) give I2T / T2I Recall@1/5/10 within the task's test
 pairs; classification tasks (several fine classes per task, CIFAR-100 superclasses) give
-accuracy with the prompts "a photo of a <class>" as the classifier.
+accuracy with the prompts "a photo of a <class>" as the classifier. Each ``<task>.json``
+also keeps the per-query results (ranks, or correct / wrong per image) of every sample and
+the run (e.g. CVAE seed) it came from, for the bootstrap intervals of ``sglora.stats``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from .backbone import encode_images, encode_texts, load_clip, pixel_values
 from .io import SGLoraError, write_json
 from .lora import Layout, merged
 from .manifest import read_manifest
-from .metrics import accuracy, retrieval_recall
+from .metrics import correct, recall_from_ranks, retrieval_ranks
 
 
 @dataclass
@@ -50,42 +52,70 @@ def load_task(manifest: str | Path, task: str, processor, split: str = "test",
     return TaskData(task, "retrieval", pixels, texts, np.array(owner))
 
 
-def score(model, processor, data: TaskData) -> dict[str, float]:
+def score_queries(model, processor, data: TaskData) -> dict[str, np.ndarray]:
+    """Per-query results: ``{"i2t": ranks, "t2i": ranks}`` (retrieval) or ``{"correct": 0/1}``."""
     img = encode_images(model, data.pixels)
     txt = encode_texts(model, processor, data.texts)
     sim = (img @ txt.T).numpy()
     if data.kind == "classification":
-        return {"accuracy": accuracy(sim, data.targets)}
-    return retrieval_recall(sim, data.targets)
+        return {"correct": correct(sim, data.targets).astype(np.int64)}
+    return retrieval_ranks(sim, data.targets)
+
+
+def metrics_of(queries: dict[str, np.ndarray]) -> dict[str, float]:
+    """The metrics of :func:`score_queries`'s per-query results."""
+    if "correct" in queries:
+        return {"accuracy": float(100.0 * np.mean(queries["correct"]))}
+    return recall_from_ranks(queries)
+
+
+def score(model, processor, data: TaskData) -> dict[str, float]:
+    return metrics_of(score_queries(model, processor, data))
+
+
+def evaluate_queries(model, processor, data: TaskData, vectors: np.ndarray | None, layout: Layout | None,
+                     scaling: float) -> list[dict[str, np.ndarray]]:
+    """Per-query results of each LoRA vector (rows of ``vectors``); ``None`` = the bare backbone."""
+    if vectors is None:
+        return [score_queries(model, processor, data)]
+    out = []
+    for v in vectors:
+        with merged(model, v, layout, scaling):
+            out.append(score_queries(model, processor, data))
+    return out
 
 
 def evaluate_vectors(model, processor, data: TaskData, vectors: np.ndarray | None, layout: Layout | None,
                      scaling: float) -> list[dict[str, float]]:
     """Metrics of each LoRA vector (rows of ``vectors``); ``None`` = the bare backbone."""
-    if vectors is None:
-        return [score(model, processor, data)]
-    out = []
-    for v in vectors:
-        with merged(model, v, layout, scaling):
-            out.append(score(model, processor, data))
-    return out
+    return [metrics_of(q) for q in evaluate_queries(model, processor, data, vectors, layout, scaling)]
 
 
-def summarize(per_sample: list[dict[str, float]]) -> dict:
-    """Mean and spread over samples, and the best of N (labelled: it peeks at test data)."""
-    keys = list(per_sample[0])
-    arr = np.array([[m[k] for k in keys] for m in per_sample])
-    primary = "accuracy" if "accuracy" in keys else None
-    if primary is None:
-        best_i = int(np.argmax(arr[:, keys.index("i2t_r1")] + arr[:, keys.index("t2i_r1")]))
+def summarize(per_sample: list[dict[str, np.ndarray]], runs: list[int] | None = None) -> dict:
+    """Metrics of each sample (from its per-query results), their mean and spread over samples,
+    the best of N (labelled: it peeks at test data), and the per-query results themselves:
+    ``ranks`` ``{"i2t": [[rank per image] per sample], "t2i": [...]}`` or ``correct``
+    ``[[0/1 per image] per sample]``, with ``runs`` (the run, e.g. CVAE seed, of each sample)."""
+    runs = [0] * len(per_sample) if runs is None else [int(r) for r in runs]
+    if len(runs) != len(per_sample):
+        raise ValueError(f"{len(runs)} run labels for {len(per_sample)} samples")
+    metrics = [metrics_of(q) for q in per_sample]
+    keys = list(metrics[0])
+    arr = np.array([[m[k] for k in keys] for m in metrics])
+    if "accuracy" in keys:
+        best_i = int(np.argmax(arr[:, keys.index("accuracy")]))
+        queries = {"correct": [np.asarray(q["correct"]).astype(int).tolist() for q in per_sample]}
     else:
-        best_i = int(np.argmax(arr[:, keys.index(primary)]))
+        best_i = int(np.argmax(arr[:, keys.index("i2t_r1")] + arr[:, keys.index("t2i_r1")]))
+        queries = {"ranks": {d: [np.asarray(q[d]).astype(int).tolist() for q in per_sample] for d in ("i2t", "t2i")}}
     return {
         "n": len(per_sample),
         "mean": dict(zip(keys, arr.mean(0).tolist())),
         "std": dict(zip(keys, arr.std(0).tolist())),
         "best_of_n": dict(zip(keys, arr[best_i].tolist())),
-        "per_sample": per_sample,
+        "per_sample": metrics,
+        "runs": runs,
+        **queries,
     }
 
 
@@ -108,9 +138,14 @@ def evaluate_method(backbone: str, manifest: str | Path, tasks: list[str], metho
         data = load_task(manifest, task, processor)
         if candidates is not None and task not in vectors:
             raise SGLoraError(f"{candidates}: no candidate LoRA for task {task!r}")
-        per = evaluate_vectors(model, processor, data, vectors.get(task) if candidates else None, layout, scaling or 1.0)
-        res = {"method": method, "group": group, "task": task, "kind": data.kind, **summarize(per),
-               "info": info["info"].get(task, {})}
-        write_json(Path(out_dir) / f"{task}.json", res)
+        per = evaluate_queries(model, processor, data, vectors.get(task) if candidates else None, layout, scaling or 1.0)
+        task_info = info["info"].get(task, {})
+        runs = task_info.get("runs")
+        if runs is not None and len(runs) != len(per):
+            raise SGLoraError(f"{candidates}: info[{task!r}]['runs'] has {len(runs)} run labels for {len(per)} "
+                              "samples; expected one per sample")
+        res = {"method": method, "group": group, "task": task, "kind": data.kind, **summarize(per, runs),
+               "info": task_info}
+        write_json(Path(out_dir) / f"{task}.json", res, flat_int_lists=True)
         results[task] = res["mean"]
     return results

@@ -4,7 +4,8 @@
   Oracle of the unseen tasks (circles); supplementary Figures 8-9;
 - ``samples_tsne``: t-SNE of SG-LoRA's samples, the Oracle's snapshots and the merging
   baselines for one unseen task; supplementary Figure 10;
-- ``r1_bars``: R@1 (or accuracy) by method, one panel per evaluation group.
+- ``r1_bars``: R@1 (or accuracy) by method, one panel per evaluation group, with the
+  tables' 95% bootstrap intervals as error bars.
 
 Each is written as PNG and PDF.
 """
@@ -12,11 +13,13 @@ Each is written as PNG and PDF.
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
 
 from .io import SGLoraError, atomic_path
+from .stats import N_BOOT
 
 
 def _save(fig, out_dir: Path, name: str) -> None:
@@ -96,12 +99,24 @@ def samples_tsne(out_dir: Path, candidates: Path, loras: Path, group: str, datas
     plt.close(fig)
 
 
-def r1_bars(out_dir: Path, metrics: Path, groups: dict) -> None:
+def r1_bars(out_dir: Path, metrics: Path, groups: dict, n_boot: int = N_BOOT) -> None:
     import matplotlib.pyplot as plt
 
+    fig = r1_bars_figure(metrics, groups, n_boot)
+    _save(fig, out_dir, "r1_bars")
+    plt.close(fig)
+
+
+def r1_bars_figure(metrics: Path, groups: dict, n_boot: int = N_BOOT):
+    """R@1 (or accuracy) by method, one panel per group; error bars: the tables' 95% intervals."""
+    import matplotlib.pyplot as plt
+
+    from .stats import group_stats
     from .tables import NAMES, load_group
 
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.5), squeeze=False)
+    names = {"i2t_r1": "I2T R@1", "t2i_r1": "T2I R@1", "accuracy": "accuracy"}
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 5.0), squeeze=False)
+    handles = {}
     for ax, (group, g) in zip(axes[0], groups.items()):
         res = load_group(metrics, group, g["methods"], g["tasks"])
         first = next(iter(next(iter(res.values())).values()))
@@ -110,18 +125,21 @@ def r1_bars(out_dir: Path, metrics: Path, groups: dict) -> None:
         x = np.arange(len(methods))
         width = 0.8 / len(keys)
         for j, k in enumerate(keys):
-            means = [np.mean([r["mean"][k] for r in res[m].values()]) for m in methods]
-            stds = [np.mean([r["std"][k] for r in res[m].values()]) for m in methods]
-            ax.bar(x + (j - (len(keys) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
-                   label={"i2t_r1": "I2T R@1", "t2i_r1": "T2I R@1", "accuracy": "accuracy"}[k])
+            stats = group_stats(res, k, n_boot)
+            ivs = [stats.interval(m) for m in methods]
+            err = [[iv.estimate - iv.lo for iv in ivs], [iv.hi - iv.estimate for iv in ivs]]
+            bars = ax.bar(x + (j - (len(keys) - 1) / 2) * width, [iv.estimate for iv in ivs], width, yerr=err,
+                          capsize=2, color=f"C{j}", label=names[k])
+            handles.setdefault(names[k], bars)
         ax.set_xticks(x)
         ax.set_xticklabels([NAMES.get(m, m) for m in methods], rotation=35, ha="right", fontsize=9)
-        ax.set_title(g.get("title", group), fontsize=10)
+        # long titles wrap inside their panel instead of running into the next one
+        ax.set_title("\n".join(textwrap.wrap(g.get("title", group), 48)), fontsize=10)
         ax.set_ylabel("percent")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, out_dir, "r1_bars")
-    plt.close(fig)
+    fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=len(handles) + 1, fontsize=9,
+               title="error bars: 95% bootstrap interval (tasks, test queries, runs)", title_fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.88))
+    return fig
 
 
 def write_figures(out: str | Path, repository, metrics, candidates, loras, groups: dict,

@@ -73,10 +73,18 @@ def _remove_stale(path: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented, key-sorted JSON, atomically (byte-stable across runs)."""
+# an indented list of ints: real newlines never occur inside a JSON string
+_INT_LIST = re.compile(r"\[\n\s*-?\d+(?:,\n\s*-?\d+)*\n\s*\]")
+
+
+def write_json(path: str | os.PathLike, obj: Any, flat_int_lists: bool = False) -> None:
+    """Write ``obj`` as indented, key-sorted JSON, atomically (byte-stable across runs).
+    ``flat_int_lists``: lists of ints on one line each (per-query ranks stay readable)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False)
+    if flat_int_lists:
+        text = _INT_LIST.sub(lambda m: "[" + ", ".join(re.findall(r"-?\d+", m.group(0))) + "]", text)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        tmp.write_text(text + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -1,14 +1,17 @@
-"""Retrieval and classification metrics.
+"""Retrieval and classification metrics, from per-query results.
 
 Retrieval inside a task's test pairs, several captions per image:
 
-- image-to-text (I2T) Recall@K: an image counts as retrieved if *any* of its captions
-  ranks in the top K captions;
-- text-to-image (T2I) Recall@K: a caption counts if its image ranks in the top K images.
+- image-to-text (I2T): an image's rank is the rank of its *best* caption among all
+  captions; Recall@K = share of images with rank <= K;
+- text-to-image (T2I): a caption's rank is the rank of its own image among all images;
+  Recall@K = share of captions with rank <= K.
 
-Ties are broken against the query (pessimistic): a candidate that scores *equal* to the
-best correct one ranks above it. So a constant similarity matrix scores 0, never 100,
-and the result does not depend on the order of the candidates.
+Ranks start at 1. Ties are broken against the query (pessimistic): a candidate that scores
+*equal* to the best correct one ranks above it. So a constant similarity matrix scores 0,
+never 100, and the result does not depend on the order of the candidates. The recalls are
+computed from the ranks, so per-query results (kept for the bootstrap intervals of
+``sglora.stats``) and the metrics never disagree.
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ import numpy as np
 KS = (1, 5, 10)
 
 
-def retrieval_recall(sim: np.ndarray, caption_image: np.ndarray, ks=KS) -> dict[str, float]:
+def retrieval_ranks(sim: np.ndarray, caption_image: np.ndarray) -> dict[str, np.ndarray]:
     """``sim``: images x captions similarity; ``caption_image[j]`` is caption j's image.
 
-    Returns ``{"i2t_r1": ..., "t2i_r1": ..., ...}`` in percent.
+    Returns ``{"i2t": rank per image, "t2i": rank per caption}`` (ints, 1 = first).
     """
     sim = np.asarray(sim, dtype=np.float64)
     caption_image = np.asarray(caption_image)
@@ -31,22 +34,36 @@ def retrieval_recall(sim: np.ndarray, caption_image: np.ndarray, ks=KS) -> dict[
     positive = caption_image[None, :] == np.arange(n_img)[:, None]  # images x captions
     # I2T: best positive score per image, then count negatives scoring >= it
     best = np.where(positive, sim, -np.inf).max(axis=1)
-    i2t_rank = np.where(~positive, sim >= best[:, None], False).sum(axis=1)
+    i2t = 1 + np.where(~positive, sim >= best[:, None], False).sum(axis=1)
     # T2I: the caption's own image score; count other images scoring >= it
     own = sim[caption_image, np.arange(n_cap)]
-    t2i_rank = np.where(~positive, sim >= own[None, :], False).sum(axis=0)
-    out = {}
-    for k in ks:
-        out[f"i2t_r{k}"] = float(100.0 * np.mean(i2t_rank < k))
-        out[f"t2i_r{k}"] = float(100.0 * np.mean(t2i_rank < k))
-    return out
+    t2i = 1 + np.where(~positive, sim >= own[None, :], False).sum(axis=0)
+    return {"i2t": i2t.astype(np.int64), "t2i": t2i.astype(np.int64)}
 
 
-def accuracy(sim: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 accuracy (percent) of images x classes scores; ties count as wrong."""
+def recall_from_ranks(ranks: dict[str, np.ndarray], ks=KS) -> dict[str, float]:
+    """``{"i2t_r1": ..., "t2i_r1": ..., ...}`` in percent from :func:`retrieval_ranks`."""
+    return {f"{d}_r{k}": float(100.0 * np.mean(np.asarray(ranks[d]) <= k)) for k in ks for d in ("i2t", "t2i")}
+
+
+def retrieval_recall(sim: np.ndarray, caption_image: np.ndarray, ks=KS) -> dict[str, float]:
+    """``sim``: images x captions similarity; ``caption_image[j]`` is caption j's image.
+
+    Returns ``{"i2t_r1": ..., "t2i_r1": ..., ...}`` in percent.
+    """
+    return recall_from_ranks(retrieval_ranks(sim, caption_image), ks)
+
+
+def correct(sim: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per image: is its own class scored strictly above every other class (ties count as wrong)?"""
     sim = np.asarray(sim, dtype=np.float64)
     labels = np.asarray(labels)
     own = sim[np.arange(len(labels)), labels]
     others = sim.copy()
     others[np.arange(len(labels)), labels] = -np.inf
-    return float(100.0 * np.mean(own > others.max(axis=1)))
+    return own > others.max(axis=1)
+
+
+def accuracy(sim: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy (percent) of images x classes scores; ties count as wrong."""
+    return float(100.0 * np.mean(correct(sim, labels)))

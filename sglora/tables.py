@@ -1,15 +1,18 @@
 """Metric tables from the per-(method, task) metric files: CSV, Markdown and LaTeX.
 
 One table per evaluation group (in-dataset, cross-dataset, seen tasks, ...), rows =
-methods, columns = I2T/T2I Recall@1/5/10 (or accuracy), averaged over the group's tasks;
+methods, columns = I2T/T2I Recall@1/5/10 (or accuracy), averaged over the group's tasks,
+each with its 95% bootstrap interval over tasks, test queries and runs (``sglora.stats``);
 plus a per-task table, since averages hide failures.
 
-Generative methods (SG-LoRA, P-diff, COND P-Diff) draw N samples per task: their main row
-is the mean over samples (with the spread over samples); the best of N is a separate
-row, labelled, because choosing it looks at test data. Bold / underline mark the best /
-second best among the methods that do not see the task's data (so not the Oracle and not
-best-of-N rows). Published numbers, where the paper has the table, follow as
-"(paper)" rows.
+Generative methods (SG-LoRA, P-diff, COND P-Diff) draw N samples per task, possibly from
+several runs (CVAE seeds): their row is the mean over samples. Bold marks the best of the
+methods that do not see the task's data (so not the Oracle) only where its paired interval
+against the runner-up excludes zero; otherwise the tied leaders get a dagger. A second
+table, ``<group>.paired``, gives "SG-LoRA minus each method" with paired intervals. The
+best of N (a sample chosen on test data) is only in ``<group>.diagnostic.md``, labelled.
+Published numbers, where the paper has the table, follow as "(paper)" rows, with a note on
+how our run differs from the paper's experiment.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import SGLoraError, atomic_path
+from .io import SGLoraError, atomic_path, read_json
 from .paper import PAPER_TABLES
+from .stats import N_BOOT, GroupStats, group_stats, n_runs
 
 NAMES = {
     "zero_shot": "Zero-Shot CLIP", "oracle": "Oracle", "model_soups": "Model Soups", "adaptersoup": "AdapterSoup",
@@ -42,44 +46,83 @@ def load_group(metrics_root: Path, group: str, methods: list[str], tasks: list[s
             path = metrics_root / group / m / f"{t}.json"
             if not path.exists():
                 raise SGLoraError(f"{path}: metrics file missing (method {m!r}, task {t!r})")
-            out.setdefault(m, {})[t] = json.loads(path.read_text())
+            res = json.loads(path.read_text())
+            if "ranks" not in res and "correct" not in res:
+                raise SGLoraError(f"{path}: no per-query results (written by an older 'sglora evaluate'); rerun the "
+                                  "evaluations: snakemake --forcerun evaluate evaluate_zero_shot evaluate_mole")
+            out.setdefault(m, {})[t] = res
     return out
 
 
-def summarize_group(results: dict[str, dict[str, dict]]) -> tuple[list[dict], list[str]]:
-    """Rows ``{method, label, kind, n, <metric>: value, <metric>_std: value}``."""
+def metric_cols(results: dict[str, dict[str, dict]]) -> list[str]:
     first = next(iter(next(iter(results.values())).values()))
-    cols = ["accuracy"] if first["kind"] == "classification" else RETRIEVAL_COLS
+    return ["accuracy"] if first["kind"] == "classification" else list(RETRIEVAL_COLS)
+
+
+def method_label(method: str, per_task: dict[str, dict]) -> str:
+    """"SG-LoRA (3 runs x 10 samples)", "SG-LoRA (mean of 10)" or "Top-K LoRA Weighted"."""
+    name, n, runs = NAMES.get(method, method), max(r["n"] for r in per_task.values()), n_runs(per_task)
+    if runs > 1:
+        return f"{name} ({runs} runs)" if n == runs else (
+            f"{name} ({runs} runs x {n // runs} samples)" if n % runs == 0 else f"{name} ({runs} runs, {n} samples)")
+    return f"{name} (mean of {n})" if n > 1 else name
+
+
+def summarize_group(results: dict[str, dict[str, dict]], n_boot: int = N_BOOT,
+                    seed: int = 0) -> tuple[list[dict], list[str], dict[str, GroupStats]]:
+    """Rows ``{method, label, kind, n, runs, <metric>, <metric>_lo, _hi, _se[, _std]}`` (the
+    mean over tasks, its interval and standard error, the spread over samples) and each
+    metric's :class:`~sglora.stats.GroupStats` (for paired differences)."""
+    cols = metric_cols(results)
+    stats = {c: group_stats(results, c, n_boot, seed) for c in cols}
     rows = []
     for m, per_task in results.items():
         n = max(r["n"] for r in per_task.values())
-        base = {"method": m, "label": NAMES.get(m, m), "kind": "mean" if n > 1 else "single", "n": n}
-        base.update({c: float(np.mean([r["mean"][c] for r in per_task.values()])) for c in cols})
-        if n > 1:
-            base["label"] += f" (mean of {n})"
-            base.update({f"{c}_std": float(np.mean([r["std"][c] for r in per_task.values()])) for c in cols})
-        rows.append(base)
-        if n > 1:
-            best = {"method": m, "label": NAMES.get(m, m) + f" (best of {n}, test-selected)", "kind": "best", "n": n}
-            best.update({c: float(np.mean([r["best_of_n"][c] for r in per_task.values()])) for c in cols})
-            rows.append(best)
-    return rows, cols
+        row = {"method": m, "label": method_label(m, per_task), "kind": "mean" if n > 1 else "single", "n": n,
+               "runs": n_runs(per_task)}
+        for c in cols:
+            iv = stats[c].interval(m)
+            row.update({c: iv.estimate, f"{c}_lo": iv.lo, f"{c}_hi": iv.hi, f"{c}_se": iv.se})
+            if n > 1:
+                row[f"{c}_std"] = float(np.mean([r["std"][c] for r in per_task.values()]))
+        rows.append(row)
+    return rows, cols, stats
 
 
-def _ranks(rows: list[dict], cols: list[str]) -> dict[tuple[int, str], int]:
-    """(row index, column) -> 1 for the best, 2 for the second, among ranked rows."""
-    out = {}
+def diagnostic_rows(results: dict[str, dict[str, dict]], cols: list[str]) -> list[dict]:
+    """The best of N of each generative method, per task (chosen on test data)."""
+    rows = []
+    for m, per_task in results.items():
+        n = max(r["n"] for r in per_task.values())
+        if n > 1:
+            row = {"method": m, "label": f"{NAMES.get(m, m)} (best of {n}), test-selected (diagnostic only)",
+                   "kind": "best", "n": n, "runs": n_runs(per_task)}
+            row.update({c: float(np.mean([r["best_of_n"][c] for r in per_task.values()])) for c in cols})
+            rows.append(row)
+    return rows
+
+
+def ranked(rows: list[dict]) -> list[str]:
+    """Methods that compete for best: not the Oracle (it trains on the task), not paper rows."""
+    return [r["method"] for r in rows if r["kind"] in ("mean", "single") and r["method"] not in EXCLUDED_FROM_RANKING]
+
+
+def best_marks(rows: list[dict], cols: list[str], stats: dict[str, GroupStats]) -> dict[tuple[str, str], str]:
+    """(method, column) -> "best" where the leader's paired interval against the runner-up
+    excludes zero; otherwise "tied" for the leader and every method whose difference to it
+    includes zero."""
+    methods, out = ranked(rows), {}
+    if len(methods) < 2:
+        return out
     for c in cols:
-        vals = sorted({round(r[c], 2) for r in rows if r["kind"] != "best" and r["method"] not in EXCLUDED_FROM_RANKING
-                       and r["kind"] != "paper"}, reverse=True)
-        for i, r in enumerate(rows):
-            if r["kind"] in ("best", "paper") or r["method"] in EXCLUDED_FROM_RANKING:
-                continue
-            v = round(r[c], 2)
-            if vals and v == vals[0]:
-                out[(i, c)] = 1
-            elif len(vals) > 1 and v == vals[1]:
-                out[(i, c)] = 2
+        order = sorted(methods, key=lambda m: -stats[c].estimates[m])
+        leader = order[0]
+        if stats[c].difference(leader, order[1]).excludes_zero():
+            out[(leader, c)] = "best"
+        else:
+            for m in order:
+                if m == leader or not stats[c].difference(leader, m).excludes_zero():
+                    out[(m, c)] = "tied"
     return out
 
 
@@ -95,31 +138,91 @@ def paper_rows(key: str | None, cols: list[str]) -> list[dict]:
     return rows
 
 
-def _fmt(v: float, std: float | None = None) -> str:
+def paper_note(group: dict) -> str:
+    """How our run differs from the paper's experiment: the group's ``paper_note`` if set,
+    else what the tables know (the tasks evaluated here)."""
+    key = group.get("paper")
+    if not key:
+        return ""
+    tasks = group["tasks"]
+    default = (f"Paper rows: copied from {PAPER_TABLES[key]['title']}. Ours: our run, not a reproduction: "
+               f"{len(tasks)} task{'s' * (len(tasks) > 1)} of dataset {group['dataset']!r} "
+               f"({', '.join(tasks)}), with this run's backbone, training epochs and captions, which may differ "
+               "from the paper's; compare our rows with each other, the paper's only as context.")
+    return f"{default} {group['paper_note'].strip()}" if group.get("paper_note") else default
+
+
+def read_selection(path: str | Path) -> dict:
+    """The ``chosen`` settings (method -> settings) of a ``selection.json``."""
+    doc = read_json(path)
+    if not isinstance(doc, dict) or not isinstance(doc.get("chosen"), dict):
+        raise SGLoraError(f"{path}: expected a JSON object with key 'chosen' (method -> chosen settings)")
+    return doc["chosen"]
+
+
+def selection_note(selection: dict | None, methods: list[str]) -> str:
+    """"Settings chosen on the validation tasks: SG-LoRA: condition=loo, temperature=0.5; ..."""
+    chosen = [(m, selection[m]) for m in methods if selection and selection.get(m)]
+    if not chosen:
+        return ""
+    parts = [f"{NAMES.get(m, m)}: " + ", ".join(f"{k}={v if not isinstance(v, (dict, list)) else json.dumps(v)}"
+                                                for k, v in settings.items()) for m, settings in chosen]
+    return "Settings chosen on the validation tasks: " + "; ".join(parts) + "."
+
+
+def _fmt(v: float | None) -> str:
     if v is None or (isinstance(v, float) and np.isnan(v)):
         return "-"
-    return f"{v:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+    return f"{v:.2f}"
 
 
-def render(rows: list[dict], cols: list[str], title: str) -> dict[str, str]:
-    ranks = _ranks(rows, cols)
-    # CSV
+def _cell(r: dict, c: str) -> str:
+    """``19.17 [17.20, 21.10]``: the mean and its 95% interval (paper rows: the value)."""
+    return _fmt(r[c]) + (f" [{r[c + '_lo']:.2f}, {r[c + '_hi']:.2f}]" if c + "_lo" in r else "")
+
+
+def _se_note(rows: list[dict], cols: list[str]) -> str:
+    """Issue: the standard error of a group's mean R@1 (bootstrap SD), measured and printed."""
+    primary = ["accuracy"] if cols == ["accuracy"] else ["i2t_r1", "t2i_r1"]
+    have = [r for r in rows if primary[0] + "_se" in r]
+    if not have:
+        return ""
+    parts = [f"{r['label']} " + " / ".join(f"{r[c + '_se']:.2f}" for c in primary) for r in have]
+    largest = max(r[c + "_se"] for r in have for c in primary)
+    return (f"Standard error of the mean {' / '.join(COL_NAMES[c] for c in primary)} (bootstrap SD): "
+            + "; ".join(parts) + f" (largest {largest:.2f}).")
+
+
+def render(rows: list[dict], cols: list[str], title: str, marks: dict[tuple[str, str], str] | None = None,
+           notes: list[str] = ()) -> dict[str, str]:
+    """CSV (value, lo, hi, se, std columns), Markdown and LaTeX; ``marks`` from :func:`best_marks`,
+    ``notes`` printed under the table."""
+    marks = marks or {}
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method", "label", "kind", "n"] + cols + [f"{c}_std" for c in cols])
+    extra = [f"{c}_{x}" for x in ("lo", "hi", "se", "std") for c in cols]
+    w.writerow(["method", "label", "kind", "n", "runs"] + cols + extra)
     for r in rows:
-        w.writerow([r["method"], r["label"], r["kind"], r["n"]] + [f"{r[c]:.4f}" for c in cols]
-                   + [f"{r[c + '_std']:.4f}" if c + "_std" in r else "" for c in cols])
-    # Markdown
+        w.writerow([r["method"], r["label"], r["kind"], r["n"], r.get("runs", "")] + [f"{r[c]:.4f}" for c in cols]
+                   + [f"{r[k]:.4f}" if k in r else "" for k in extra])
+    tied = any(v == "tied" for v in marks.values())
+    legend = [n for n in notes if n]
+    if marks:
+        legend.insert(0, "**Bold**: best, its paired 95% interval against the runner-up excludes 0"
+                      + ("; †: tied for best: interval of the difference includes 0" if tied else "")
+                      + ". The Oracle (trained on the task's own data) and paper rows are not ranked.")
     md = [f"**{title}**", "", "| Method | " + " | ".join(COL_NAMES[c] for c in cols) + " |",
           "|---|" + "---:|" * len(cols)]
-    for i, r in enumerate(rows):
+    for r in rows:
         cells = []
         for c in cols:
-            s = _fmt(r[c], r.get(c + "_std"))
-            cells.append({1: f"**{s}**", 2: f"<u>{s}</u>"}.get(ranks.get((i, c)), s))
+            s, mark = _cell(r, c), marks.get((r["method"], c)) if r["kind"] != "paper" else None
+            cells.append({"best": f"**{s}**", "tied": f"{s}†"}.get(mark, s))
         md.append(f"| {r['label']} | " + " | ".join(cells) + " |")
-    # LaTeX (booktabs)
+    footer = ["Cells: mean over the group's tasks [95% bootstrap interval over tasks, test queries and runs]."]
+    footer += legend
+    for line in footer:
+        md += ["", line]
     tex = ["\\begin{table}[t]", "\\centering", f"\\caption{{{_tex_escape(title)}}}",
            "\\begin{tabular}{l" + "r" * len(cols) + "}", "\\toprule",
            "Method & " + " & ".join(COL_NAMES[c] for c in cols) + " \\\\", "\\midrule"]
@@ -128,11 +231,53 @@ def render(rows: list[dict], cols: list[str], title: str) -> dict[str, str]:
             tex.append("\\midrule")
         cells = []
         for c in cols:
-            s = _fmt(r[c], r.get(c + "_std")).replace("±", "$\\pm$")
-            cells.append({1: f"\\textbf{{{s}}}", 2: f"\\underline{{{s}}}"}.get(ranks.get((i, c)), s))
+            s, mark = _cell(r, c), marks.get((r["method"], c)) if r["kind"] != "paper" else None
+            cells.append({"best": f"\\textbf{{{s}}}", "tied": f"{s}$^\\dagger$"}.get(mark, s))
         tex.append(_tex_escape(r["label"]) + " & " + " & ".join(cells) + " \\\\")
-    tex += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    tex += ["\\bottomrule", "\\end{tabular}"]
+    tex += ["\\par\\smallskip\\footnotesize " + _tex_escape(n.replace("**", "")).replace("†", "$^\\dagger$")
+            for n in footer]
+    tex += ["\\end{table}"]
     return {"csv": buf.getvalue(), "md": "\n".join(md) + "\n", "tex": "\n".join(tex) + "\n"}
+
+
+def render_paired(rows: list[dict], cols: list[str], stats: dict[str, GroupStats], title: str,
+                  method: str = "sglora", notes: list[str] = ()) -> dict[str, str]:
+    """``method`` minus each other method of the group, per metric, with the paired interval."""
+    name = NAMES.get(method, method)
+    others = [r for r in rows if r["method"] != method and r["kind"] in ("mean", "single")]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["method", "label"] + [f"{c}{x}" for c in cols for x in ("", "_lo", "_hi")])
+    md = [f"**{title}: {name} minus each method**", "",
+          "| Method | " + " | ".join(COL_NAMES[c] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for r in others:
+        diffs = [stats[c].difference(method, r["method"]) for c in cols]
+        w.writerow([r["method"], r["label"]] + [f"{v:.4f}" for d in diffs for v in (d.estimate, d.lo, d.hi)])
+        md.append(f"| {name} − {r['label']} | " + " | ".join(
+            f"{d.estimate:+.2f} [{d.lo:+.2f}, {d.hi:+.2f}]" + ("*" if d.excludes_zero() else "") for d in diffs) + " |")
+    md += ["", "Cells: difference of the means [paired 95% bootstrap interval: the same task and test-query draws "
+           "for both methods, each method's runs drawn on their own]. *: the interval excludes 0."]
+    for line in notes:
+        md += ["", line] if line else []
+    return {"csv": buf.getvalue(), "md": "\n".join(md) + "\n"}
+
+
+def render_diagnostic(rows: list[dict], best: list[dict], cols: list[str], title: str, notes: list[str] = ()) -> str:
+    """Every row of the main table, each generative method followed by its best of N."""
+    md = [f"**{title}: diagnostic, with test-selected rows**", "",
+          "| Method | " + " | ".join(COL_NAMES[c] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for r in rows:
+        md.append(f"| {r['label']} | " + " | ".join(_cell(r, c) for c in cols) + " |")
+        for b in best:
+            if b["method"] == r["method"] and r["kind"] != "paper":
+                md.append(f"| {b['label']} | " + " | ".join(_fmt(b[c]) for c in cols) + " |")
+    md += ["", "Test-selected rows take, per task, the sample with the best test R@1 (or accuracy): they look at the "
+           "test data and are not comparable to any other row." if best else
+           "No method of this group draws several samples: nothing is test-selected."]
+    for line in notes:
+        md += ["", line] if line else []
+    return "\n".join(md) + "\n"
 
 
 def _tex_escape(s: str) -> str:
@@ -151,17 +296,30 @@ def per_task_table(results: dict[str, dict[str, dict]], cols: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tables(metrics_root: str | Path, out_dir: str | Path, groups: dict) -> None:
-    """For each group: ``<group>.csv``, ``<group>.md``, ``<group>.tex``, ``<group>.per_task.md``;
-    a group's ``paper`` key (``sglora.paper.PAPER_TABLES``) adds the published rows."""
+def write_tables(metrics_root: str | Path, out_dir: str | Path, groups: dict, selection: dict | None = None,
+                 n_boot: int = N_BOOT, seed: int = 0) -> None:
+    """For each group: ``<group>.{csv,md,tex}``, ``<group>.per_task.md``, ``<group>.diagnostic.md``
+    and, where the group has SG-LoRA, ``<group>.paired.{csv,md}``. A group's ``paper`` key
+    (``sglora.paper.PAPER_TABLES``) adds the published rows and a note on how our run differs
+    (``paper_note`` adds to it). ``selection``: method -> settings chosen on the validation
+    tasks, footnoted under every table. ``n_boot``, ``seed``: the bootstrap's replicates and draws."""
     metrics_root, out_dir = Path(metrics_root), Path(out_dir)
+
+    def write(name: str, text: str) -> None:
+        with atomic_path(out_dir / name) as tmp:
+            tmp.write_text(text)
+
     for group, g in groups.items():
         results = load_group(metrics_root, group, g["methods"], g["tasks"])
-        rows, cols = summarize_group(results)
-        rows += paper_rows(g.get("paper") or None, cols)
+        rows, cols, stats = summarize_group(results, n_boot, seed)
+        marks = best_marks(rows, cols, stats)
+        notes = [_se_note(rows, cols), selection_note(selection, g["methods"]), paper_note(g)]
         title = g.get("title", group)
-        for ext, text in render(rows, cols, title).items():
-            with atomic_path(out_dir / f"{group}.{ext}") as tmp:
-                tmp.write_text(text)
-        with atomic_path(out_dir / f"{group}.per_task.md") as tmp:
-            tmp.write_text(f"**{title}: per task**\n\n" + per_task_table(results, cols))
+        for ext, text in render(rows + paper_rows(g.get("paper") or None, cols), cols, title, marks, notes).items():
+            write(f"{group}.{ext}", text)
+        if "sglora" in results:
+            for ext, text in render_paired(rows, cols, stats, title, notes=notes[1:2]).items():
+                write(f"{group}.paired.{ext}", text)
+        write(f"{group}.diagnostic.md", render_diagnostic(rows, diagnostic_rows(results, cols), cols, title, notes[1:2]))
+        write(f"{group}.per_task.md", f"**{title}: per task**\n\n" + per_task_table(results, cols)
+              + "".join(f"\n{n}\n" for n in notes[1:2] if n))

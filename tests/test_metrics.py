@@ -4,7 +4,7 @@ vectorisation), on random similarity matrices with several captions per image an
 import numpy as np
 import pytest
 
-from sglora.metrics import accuracy, retrieval_recall
+from sglora.metrics import accuracy, correct, retrieval_ranks, retrieval_recall
 
 
 def reference(sim, caption_image, k):
@@ -55,3 +55,27 @@ def test_recall_continuous_scores_and_perfect_case():
 def test_accuracy():
     sim = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]])
     assert accuracy(sim, np.array([0, 1, 0])) == pytest.approx(200 / 3)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ranks_match_reference_and_give_the_recalls(seed):
+    """Per-query ranks: 1 + wrong candidates scoring >= the best right one (pessimistic ties);
+    the recalls are the share of ranks <= K, so the two never disagree."""
+    rng = np.random.default_rng(seed)
+    caption_image = np.repeat(np.arange(6), rng.integers(1, 4, 6))
+    sim = rng.integers(0, 3, (6, len(caption_image))).astype(float)
+    ranks = retrieval_ranks(sim, caption_image)
+    for i in range(6):
+        best = max(sim[i, j] for j in range(len(caption_image)) if caption_image[j] == i)
+        assert ranks["i2t"][i] == 1 + sum(sim[i, j] >= best for j in range(len(caption_image)) if caption_image[j] != i)
+    for j, own_image in enumerate(caption_image):
+        assert ranks["t2i"][j] == 1 + sum(sim[i, j] >= sim[own_image, j] for i in range(6) if i != own_image)
+    got = retrieval_recall(sim, caption_image)
+    for k in (1, 5, 10):
+        assert got[f"i2t_r{k}"] == pytest.approx(100 * np.mean(ranks["i2t"] <= k))
+        assert got[f"t2i_r{k}"] == pytest.approx(100 * np.mean(ranks["t2i"] <= k))
+
+
+def test_correct_per_image():
+    sim = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]])
+    assert correct(sim, np.array([0, 0, 0])).tolist() == [True, False, False]

@@ -59,6 +59,14 @@ def pointed_at(cfg: dict, roots: dict[str, Path], results: Path) -> dict:
     return cfg
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        assert not dup, f"line {node.start_mark.line + 1}: repeated keys {dup}"
+        return super().construct_mapping(node, deep)
+
+
 def test_there_is_a_preset_per_reported_experiment():
     names = set(PRESET_IDS)
     assert {"coco_in_dataset", "pets_in_dataset", "coco_to_pets", "pets_to_coco", "coco_to_flowers", "flickr30k",
@@ -97,6 +105,8 @@ def test_preset_follows_the_paper_and_validates(path):
     for g, spec in cfg["groups"].items():
         if "paper" in spec:
             assert spec["paper"] in PAPER_TABLES, f"groups.{g}.paper"
+            assert len(spec.get("paper_note", "")) > 40, f"groups.{g}: say how this run differs from the paper's"
+    yaml.load(text, Loader=UniqueKeyLoader)  # a repeated key silently drops all but the last
     # every resource override names a rule that reads it, with a GPU where the rule is heavy
     for rule, res in cfg.get("resources", {}).items():
         assert rule in HEAVY | {"caption"}, rule

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 def snakemake(*args, results: Path, config: Path | None = None, check=True) -> subprocess.CompletedProcess:
     cmd = [str(BIN / "snakemake"), "--cores", "2", "--configfile", str(config or ROOT / "config/tiny.yaml"),
            "--config", f"results={results}", *args]
-    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(results.parent)}
+    # PYTHONPATH: the rules' `sglora` runs this checkout's code, not the one the venv was installed from
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(results.parent), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     if check and proc.returncode:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
@@ -57,12 +58,15 @@ def tiny_run(tmp_path_factory):
 
 def test_dag_writes_tables_and_figures(tiny_run):
     for group in ("in_dataset", "cross_dataset", "seen"):
-        for ext in ("csv", "md", "tex", "per_task.md"):
+        for ext in ("csv", "md", "tex", "per_task.md", "diagnostic.md", "paired.md", "paired.csv"):
             assert (tiny_run / "tables" / f"{group}.{ext}").stat().st_size > 0
     md = (tiny_run / "tables" / "in_dataset.md").read_text()
     for label in ("Zero-Shot CLIP", "Oracle", "Model Soups", "AdapterSoup", "Top-K LoRA Weighted", "MoLE",
-                  "SG-LoRA (mean of 3)", "SG-LoRA (best of 3, test-selected)"):
-        assert label in md
+                  "SG-LoRA (mean of 3)"):
+        assert f"| {label} | " in md
+    assert "test-selected" not in md and re.search(r"\| \d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\]", md)
+    diagnostic = (tiny_run / "tables" / "in_dataset.diagnostic.md").read_text()
+    assert "SG-LoRA (best of 3), test-selected (diagnostic only)" in diagnostic
     assert "P-diff (mean of 3)" in (tiny_run / "tables" / "seen.md").read_text()
     # the run chose its settings on the validation task and checked its premises
     import json
@@ -71,8 +75,9 @@ def test_dag_writes_tables_and_figures(tiny_run):
     assert sel["tasks"] == ["cairn_terrier"] and set(sel["chosen"]) == {"sglora", "topk_weighted", "adaptersoup"}
     prem = json.loads((tiny_run / "premises" / "premises.json").read_text())
     assert prem["enforced"] is False and prem["verdicts"]
+    assert "SG-LoRA − MoLE" in (tiny_run / "tables" / "in_dataset.paired.md").read_text()
     tex = (tiny_run / "tables" / "in_dataset.tex").read_text()
-    assert "\\toprule" in tex and "\\textbf{" in tex
+    assert "\\toprule" in tex and ("\\textbf{" in tex or "$^\\dagger$" in tex)
     for name in ("experts_tsne", "samples_tsne", "r1_bars"):
         assert (tiny_run / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert (tiny_run / "figures" / f"{name}.pdf").read_bytes()[:4] == b"%PDF"

@@ -395,7 +395,7 @@ def evaluate_mole(backbone: str, manifest: str | Path, tasks: list[str], mole_di
     ``info`` holds the experts and the mean gate of each over the task's image tokens."""
     from tqdm import tqdm
 
-    from ..evaluate import load_task, score, summarize
+    from ..evaluate import load_task, score_queries, summarize
 
     if threads:
         torch.set_num_threads(threads)
@@ -407,7 +407,7 @@ def evaluate_mole(backbone: str, manifest: str | Path, tasks: list[str], mole_di
         for m in vision:
             m.record, m.gate_sum, m.gate_count = True, torch.zeros(m.n, dtype=torch.float64), 0.0
         try:
-            metrics = score(model, processor, data)
+            queries = score_queries(model, processor, data)
         finally:
             for m in vision:
                 m.record = False
@@ -415,8 +415,8 @@ def evaluate_mole(backbone: str, manifest: str | Path, tasks: list[str], mole_di
         if vision:
             gate = sum(m.gate_sum for m in vision) / max(sum(m.gate_count for m in vision), 1.0)
             info["mean_gate_image"] = dict(zip(cfg["experts"], [round(float(x), 6) for x in gate]))
-        res = {"method": "mole", "group": group, "task": task, "kind": data.kind, **summarize([metrics]), "info": info}
-        write_json(Path(out_dir) / f"{task}.json", res)
+        res = {"method": "mole", "group": group, "task": task, "kind": data.kind, **summarize([queries]), "info": info}
+        write_json(Path(out_dir) / f"{task}.json", res, flat_int_lists=True)
         results[task] = res["mean"]
     return results
 

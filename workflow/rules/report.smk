@@ -4,9 +4,12 @@
 
 
 rule tables:
-    """Metric tables per group (CSV, Markdown, LaTeX with best bold / second underlined)."""
+    """Metric tables per group (CSV, Markdown, LaTeX) with 95% bootstrap intervals; SG-LoRA minus
+    each method with paired intervals; the test-selected best-of-N rows in a diagnostic table;
+    every table footnotes the settings chosen on the validation tasks."""
     input:
-        metric_dirs(),
+        metrics=metric_dirs(),
+        selection=f"{R}/selection/selection.json",
     output:
         done=touch(f"{R}/tables/done"),
         csv=[
@@ -19,16 +22,26 @@ rule tables:
             report(f"{R}/tables/{g}.per_task.md", caption="../report/per_task.rst", category="Tables", labels={"group": g, "format": "per task"})
             for g in GROUPS
         ],
+        paired=[
+            report(f"{R}/tables/{g}.paired.md", caption="../report/paired.rst", category="Tables", labels={"group": g, "format": "paired"})
+            for g, spec in GROUPS.items() if "sglora" in spec["methods"]
+        ],
+        paired_csv=[f"{R}/tables/{g}.paired.csv" for g, spec in GROUPS.items() if "sglora" in spec["methods"]],
+        diagnostic=[
+            report(f"{R}/tables/{g}.diagnostic.md", caption="../report/diagnostic.rst", category="Tables", labels={"group": g, "format": "diagnostic"})
+            for g in GROUPS
+        ],
     params:
         groups=as_json(GROUPS),
-        metrics=lambda w, input: parent(input[0], 2),
+        metrics=lambda w, input: parent(input.metrics[0], 2),
         out=lambda w, output: parent(output.done),
     conda:
         "../../envs/sglora.yaml"
     log:
         f"{R}/logs/tables.log",
     shell:
-        "sglora tables --metrics {params.metrics} --groups {params.groups:q} --out {params.out} > {log} 2>&1"
+        "sglora tables --metrics {params.metrics:q} --groups {params.groups:q} --selection {input.selection:q} "
+        "--out {params.out:q} > {log:q} 2>&1"
 
 
 rule figures:

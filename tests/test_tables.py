@@ -1,0 +1,203 @@
+"""Tables from metric files in the real format (written by sglora.evaluate.summarize):
+intervals in every cell, bold only where the paired interval against the runner-up excludes
+zero, the paired and diagnostic tables, the selection and paper footnotes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sglora.cli import main
+from sglora.evaluate import summarize
+from sglora.io import SGLoraError, write_json
+from sglora.stats import group_stats
+from sglora.tables import load_group, write_tables
+
+TASKS = ["t0", "t1", "t2", "t3", "t4", "t5"]
+N_IMG, N_CAP = 30, 2
+
+
+def ranks(rng, skill: float, n: int) -> np.ndarray:
+    """Rank 1 with probability ``skill``, else 2..20."""
+    return np.where(rng.random(n) < skill, 1, rng.integers(2, 21, n))
+
+
+def write_method(root: Path, group: str, method: str, skill, n_samples: int = 1, runs=None, seed: int = 0):
+    """One metrics folder; ``skill``: float, or a callable (task index, sample) -> float."""
+    rng = np.random.default_rng(seed)
+    for i, t in enumerate(TASKS):
+        per = []
+        for s in range(n_samples):
+            p = skill(i, s) if callable(skill) else skill
+            per.append({"i2t": ranks(rng, p, N_IMG), "t2i": ranks(rng, p, N_IMG * N_CAP)})
+        res = {"method": method, "group": group, "task": t, "kind": "retrieval", **summarize(per, runs), "info": {}}
+        write_json(root / group / method / f"{t}.json", res, flat_int_lists=True)
+
+
+@pytest.fixture(scope="module")
+def metrics(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("metrics")
+    # clear: Top-K far ahead of everything but the Oracle
+    write_method(root, "clear", "zero_shot", 0.2, seed=1)
+    write_method(root, "clear", "oracle", 0.95, seed=2)
+    write_method(root, "clear", "topk_weighted", 0.8, seed=3)
+    write_method(root, "clear", "sglora", lambda i, s: 0.3 + 0.02 * s, n_samples=6, runs=[0, 0, 1, 1, 2, 2], seed=4)
+    # tie: Model Soups and AdapterSoup have the very same ranks (same seed); SG-LoRA far behind
+    write_method(root, "tie", "model_soups", 0.6, seed=5)
+    write_method(root, "tie", "adaptersoup", 0.6, seed=5)
+    write_method(root, "tie", "sglora", 0.2, n_samples=2, seed=6)
+    write_method(root, "nosg", "zero_shot", 0.3, seed=7)
+    write_method(root, "nosg", "pdiff", 0.4, n_samples=3, seed=8)
+    return root
+
+
+GROUPS = {
+    "clear": {"title": "Clear winner", "dataset": "world", "tasks": TASKS,
+              "methods": ["zero_shot", "oracle", "topk_weighted", "sglora"], "paper": "coco_in_dataset"},
+    "tie": {"title": "Tie", "dataset": "world", "tasks": TASKS, "methods": ["model_soups", "adaptersoup", "sglora"],
+            "paper": "coco_to_pets", "paper_note": "The paper trains 120 epochs; we train 3."},
+    "nosg": {"title": "No SG-LoRA", "dataset": "world", "tasks": TASKS, "methods": ["zero_shot", "pdiff"]},
+}
+SELECTION = {"sglora": {"condition": "loo", "temperature": 0.5}, "topk_weighted": {"k": 4, "tau": 0.05},
+             "mole": {"epochs": 3}}
+CELL = r"-?\d+\.\d\d \[-?\d+\.\d\d, -?\d+\.\d\d\]"
+
+
+@pytest.fixture(scope="module")
+def tables(metrics, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tables")
+    sel = out / "selection.json"
+    sel.write_text(json.dumps({"chosen": SELECTION, "scores": {}}))
+    assert main(["tables", "--metrics", str(metrics), "--groups", json.dumps(GROUPS), "--out", str(out),
+                 "--selection", str(sel), "--bootstrap", "400"]) == 0
+    return out
+
+
+def md_row(md: str, label: str) -> list[str]:
+    line = next(ln for ln in md.splitlines() if ln.startswith(f"| {label} |"))
+    return [c.strip() for c in line.strip("|").split("|")[1:]]
+
+
+def test_every_mean_has_its_interval_in_markdown_and_csv(tables):
+    md = (tables / "clear.md").read_text()
+    for label in ("Zero-Shot CLIP", "Oracle", "Top-K LoRA Weighted", "SG-LoRA (3 runs x 2 samples)"):
+        cells = md_row(md, label)
+        assert len(cells) == 6 and all(re.search(CELL, c) for c in cells), cells
+    rows = list(csv.DictReader(open(tables / "clear.csv")))
+    for r in rows:
+        if r["kind"] != "paper":
+            for c in ("i2t_r1", "t2i_r10"):
+                assert float(r[f"{c}_lo"]) <= float(r[c]) <= float(r[f"{c}_hi"]) and float(r[f"{c}_se"]) > 0
+    sg = next(r for r in rows if r["method"] == "sglora")
+    assert sg["runs"] == "3" and sg["n"] == "6" and sg["i2t_r1_std"] != ""
+    assert "Standard error of the mean I2T R@1 / T2I R@1 (bootstrap SD)" in md
+
+
+def test_bold_only_where_the_lead_is_resolved_else_tie_marked(tables, metrics):
+    md = (tables / "clear.md").read_text()
+    assert all(c.startswith("**") for c in md_row(md, "Top-K LoRA Weighted"))  # far ahead: resolved
+    assert not any("**" in c or "†" in c for c in md_row(md, "Oracle"))  # better still, but not ranked
+    assert "†" not in md
+    tie = (tables / "tie.md").read_text()
+    for label in ("Model Soups", "AdapterSoup"):
+        assert all(c.endswith("†") and "**" not in c for c in md_row(tie, label))
+    assert not any("†" in c for c in md_row(tie, "SG-LoRA (mean of 2)"))
+    assert "†: tied for best: interval of the difference includes 0" in tie
+    assert "\\dagger" in (tables / "tie.tex").read_text() and "\\textbf{" in (tables / "clear.tex").read_text()
+
+
+def test_paired_table_is_sglora_minus_each_method(tables, metrics):
+    md = (tables / "clear.paired.md").read_text()
+    stats = group_stats(load_group(metrics, "clear", GROUPS["clear"]["methods"], TASKS), "i2t_r1", n_boot=400)
+    d = stats.difference("sglora", "topk_weighted")
+    cell = md_row(md, "SG-LoRA − Top-K LoRA Weighted")[0]
+    assert cell == f"{d.estimate:+.2f} [{d.lo:+.2f}, {d.hi:+.2f}]*" and d.hi < 0
+    assert len([ln for ln in md.splitlines() if ln.startswith("| SG-LoRA −")]) == 3  # Oracle included
+    rows = list(csv.DictReader(open(tables / "clear.paired.csv")))
+    assert [r["method"] for r in rows] == ["zero_shot", "oracle", "topk_weighted"]
+    assert float(rows[2]["i2t_r1"]) == pytest.approx(d.estimate, abs=1e-4)
+    assert not (tables / "nosg.paired.md").exists()
+
+
+def test_test_selected_rows_only_in_the_diagnostic_table(tables):
+    for group in ("clear", "tie", "nosg"):
+        assert "best of" not in (tables / f"{group}.md").read_text()
+        assert "best of" not in (tables / f"{group}.csv").read_text()
+    diag = (tables / "clear.diagnostic.md").read_text()
+    assert "| SG-LoRA (best of 6), test-selected (diagnostic only) |" in diag
+    assert "P-diff (best of 3), test-selected (diagnostic only)" in (tables / "nosg.diagnostic.md").read_text()
+
+
+def test_selection_and_paper_footnotes(tables):
+    clear = (tables / "clear.md").read_text()
+    assert ("Settings chosen on the validation tasks: Top-K LoRA Weighted: k=4, tau=0.05; "
+            "SG-LoRA: condition=loo, temperature=0.5.") in clear
+    assert "MoLE" not in clear  # only the group's own methods
+    for name in ("clear.paired.md", "clear.diagnostic.md", "clear.per_task.md"):
+        assert "Settings chosen on the validation tasks" in (tables / name).read_text(), name
+    assert "Settings chosen on the validation tasks" in (tables / "clear.tex").read_text()
+    assert "our run, not a reproduction: 6 tasks of dataset 'world' (t0, t1, t2, t3, t4, t5)" in clear
+    tie = (tables / "tie.md").read_text()
+    assert "not a reproduction" in tie and "The paper trains 120 epochs; we train 3." in tie
+    assert "reproduction" not in (tables / "nosg.md").read_text()  # no paper rows, no note
+
+
+def test_selection_file_without_chosen_is_named(metrics, tmp_path, capsys):
+    bad = tmp_path / "selection.json"
+    bad.write_text(json.dumps({"scores": {}}))
+    assert main(["tables", "--metrics", str(metrics), "--groups", json.dumps({"nosg": GROUPS["nosg"]}),
+                 "--out", str(tmp_path), "--selection", str(bad)]) == 2
+    assert f"{bad}: expected a JSON object with key 'chosen'" in capsys.readouterr().err
+
+
+def test_metrics_without_per_query_results_are_named(metrics, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(metrics / "nosg", old / "nosg")
+    path = old / "nosg" / "zero_shot" / "t3.json"
+    res = json.loads(path.read_text())
+    del res["ranks"]
+    path.write_text(json.dumps(res))
+    with pytest.raises(SGLoraError, match=f"{path}: no per-query results .* --forcerun evaluate"):
+        write_tables(old, tmp_path / "out", {"nosg": GROUPS["nosg"]}, n_boot=50)
+
+
+def test_tables_are_deterministic(metrics, tmp_path):
+    for d in ("a", "b"):
+        write_tables(metrics, tmp_path / d, {"tie": GROUPS["tie"]}, n_boot=200)
+    for name in ("tie.md", "tie.csv", "tie.tex", "tie.paired.md", "tie.paired.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_r1_bars_show_the_intervals_and_titles_do_not_overlap(metrics):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sglora.figures import r1_bars_figure
+
+    long = {g: {**spec, "title": "Embedded benchmark, cross-dataset (studio experts -> unseen sketch classes)"}
+            for g, spec in GROUPS.items()}
+    fig = r1_bars_figure(metrics, long, n_boot=400)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes]
+    for left, right in zip(boxes, boxes[1:]):
+        assert left.x1 < right.x0, "neighbouring panel titles overlap"
+    # error bars: the I2T R@1 interval of each method of the first group
+    stats = group_stats(load_group(metrics, "clear", GROUPS["clear"]["methods"], TASKS), "i2t_r1", n_boot=400)
+    from matplotlib.container import BarContainer
+
+    i2t = next(c for c in fig.axes[0].containers if isinstance(c, BarContainer))  # first bars: I2T R@1
+    segments = i2t.errorbar.lines[2][0].get_segments()
+    for m, seg in zip(GROUPS["clear"]["methods"], segments):
+        iv = stats.interval(m)
+        assert (seg[0][1], seg[1][1]) == pytest.approx((iv.lo, iv.hi))
+    plt.close(fig)
