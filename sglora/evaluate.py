@@ -78,11 +78,14 @@ def evaluate_queries(model, processor, data: TaskData, vectors: np.ndarray | Non
     """Per-query results of each LoRA vector (rows of ``vectors``); ``None`` = the bare backbone."""
     if vectors is None:
         return [score_queries(model, processor, data)]
+    # identical rows (e.g. samples at temperature 0) are evaluated once
+    unique, inverse = np.unique(np.ascontiguousarray(vectors), axis=0, return_inverse=True)
+    first = [int(np.flatnonzero(inverse.reshape(-1) == u)[0]) for u in range(len(unique))]
     out = []
-    for v in vectors:
-        with merged(model, v, layout, scaling):
+    for i in first:
+        with merged(model, vectors[i], layout, scaling):
             out.append(score_queries(model, processor, data))
-    return out
+    return [out[u] for u in inverse.reshape(-1)]
 
 
 def evaluate_vectors(model, processor, data: TaskData, vectors: np.ndarray | None, layout: Layout | None,

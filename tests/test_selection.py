@@ -143,3 +143,26 @@ def test_grid_refuses_unknown_settings():
         check_grid({"topk_weighted": {"temperature": [1.0]}})
     with pytest.raises(SGLoraError, match="selection.mole"):
         check_grid({"mole": {"k": [1]}})
+
+
+def test_identical_candidates_are_evaluated_once_with_the_same_results(tiny_world, tiny_clip, tiny_repo, monkeypatch):
+    """Temperature-0 samples are identical rows: each distinct LoRA is evaluated once and
+    every row still gets its own (identical) per-query results."""
+    import sglora.evaluate as ev
+    from sglora.backbone import load_clip
+    from sglora.repository import Repository
+
+    repo = Repository(tiny_repo)
+    model, processor = load_clip(tiny_clip)
+    data = ev.load_task(tiny_world / "manifest.parquet", "calla_lily", processor)
+    mu = repo.experts().mu
+    rows = np.stack([mu[1], mu[0], mu[1], mu[1], mu[2]])
+    calls = []
+    real = ev.score_queries
+    monkeypatch.setattr(ev, "score_queries", lambda *a: calls.append(1) or real(*a))
+    got = ev.evaluate_queries(model, processor, data, rows, repo.layout, repo.lora.scaling)
+    assert len(calls) == 3 and len(got) == 5
+    one = [ev.evaluate_queries(model, processor, data, r[None], repo.layout, repo.lora.scaling)[0] for r in rows]
+    for a, b in zip(got, one):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
