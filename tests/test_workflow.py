@@ -62,11 +62,12 @@ def test_dag_writes_tables_and_figures(tiny_run):
             assert (tiny_run / "tables" / f"{group}.{ext}").stat().st_size > 0
     md = (tiny_run / "tables" / "in_dataset.md").read_text()
     for label in ("Zero-Shot CLIP", "Oracle", "Model Soups", "AdapterSoup", "Top-K LoRA Weighted", "MoLE",
-                  "SG-LoRA (mean of 3)"):
+                  "SG-LoRA (2 runs x 3 samples)"):
         assert f"| {label} | " in md
     assert "test-selected" not in md and re.search(r"\| \d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\]", md)
     diagnostic = (tiny_run / "tables" / "in_dataset.diagnostic.md").read_text()
-    assert "SG-LoRA (best of 3), test-selected (diagnostic only)" in diagnostic
+    assert "SG-LoRA (best of 6), test-selected (diagnostic only)" in diagnostic
+    assert "Settings chosen on the validation tasks" in md
     assert "P-diff (mean of 3)" in (tiny_run / "tables" / "seen.md").read_text()
     # the run chose its settings on the validation task and checked its premises
     import json

@@ -1,0 +1,82 @@
+"""The benchmark's premises: the measures against hand-computed cases, and a failed premise
+stopping an embedded run with the numbers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sglora.io import SGLoraError
+from sglora.premises import PremiseSpec, check_premises, headroom, nearest_in_family, render_premises, task_family
+
+
+def test_task_family_is_the_family_word():
+    assert task_family("fox terrier") == "terrier" and task_family("calla lily") == "lily"
+    assert task_family("zebra") is None
+
+
+def test_nearest_in_family_against_a_hand_made_case():
+    keys = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    tasks, fams = ["a1", "a2", "b1"], ["a", "a", "b"]
+    queries = {"q_a": np.array([0.2, 1.0]), "q_b": np.array([0.0, 1.0]), "q_none": np.array([1.0, 0.0])}
+    res = nearest_in_family(queries, {"q_a": "a", "q_b": "b", "q_none": None}, keys, tasks, fams)
+    assert res["tasks"]["q_a"]["nearest"] == "b1" and not res["tasks"]["q_a"]["in_family"]
+    assert res["tasks"]["q_b"]["in_family"] and "q_none" not in res["tasks"]
+    assert res["share"] == 0.5
+    # leave-one-out: an expert is never its own nearest
+    loo = nearest_in_family(dict(zip(tasks, keys)), dict(zip(tasks, fams)), keys, tasks, fams)
+    assert loo["tasks"]["a1"]["nearest"] == "a2" and loo["tasks"]["b1"]["nearest"] != "b1"
+
+
+def test_headroom_is_oracle_minus_zero_shot():
+    zs = {"t1": {"i2t_r1": 10.0, "t2i_r1": 20.0}, "t2": {"i2t_r1": 0.0, "t2i_r1": 10.0}}
+    orc = {"t1": {"i2t_r1": 30.0, "t2i_r1": 30.0}, "t2": {"i2t_r1": 10.0, "t2i_r1": 10.0}}
+    h = headroom(zs, orc)
+    assert h["gain"] == pytest.approx((15.0 + 5.0) / 2) and h["i2t_r1"] == pytest.approx(15.0)
+
+
+def _metrics(root, group, method, values):
+    d = root / group / method
+    d.mkdir(parents=True)
+    for t, v in values.items():
+        (d / f"{t}.json").write_text(json.dumps({"mean": {"i2t_r1": v, "t2i_r1": v}}))
+    return d
+
+
+@pytest.mark.parametrize("gain,enforce", [(20.0, True), (20.0, False), (2.0, False), (2.0, True)])
+def test_check_premises_reports_and_enforces(tmp_path, tiny_world, tiny_clip, tiny_repo, tiny_embeddings, gain, enforce):
+    from sglora.embed import read_embeddings
+    from sglora.repository import Repository
+
+    repo = Repository(tiny_repo)
+    emb = read_embeddings(tiny_embeddings)
+    families = {t: task_family(r["task_name"]) for t, r in emb.items()}
+    tasks = ["yorkshire_terrier", "calla_lily"]
+    zs = _metrics(tmp_path, "in_dataset", "zero_shot", {t: 10.0 for t in tasks})
+    orc = _metrics(tmp_path, "in_dataset", "oracle", {t: 10.0 + gain for t in tasks})
+    spec = PremiseSpec(nearest_in_family=0.0, oracle_gain=10.0)
+
+    def run():
+        return check_premises(tiny_clip, tiny_world / "manifest.parquet", emb, repo.experts(), repo.layout,
+                              repo.lora.scaling, {"groups": tasks, "transfer": tasks}, families,
+                              {"in_dataset": (zs, orc)}, spec, enforce)
+
+    if gain < 10 and enforce:
+        with pytest.raises(SGLoraError, match=r"premises do not hold.*Oracle minus Zero-Shot R@1 \(in_dataset\): 2.00 < 10.00"):
+            run()
+        return
+    if enforce:  # the headroom holds; a toy world may still fail family transfer, never the headroom
+        try:
+            run()
+        except SGLoraError as err:
+            assert "Oracle minus" not in str(err).split("\n")[0] and "same-family" in str(err)
+        return
+    res = run()
+    head = [v for v in res["verdicts"] if v["premise"].startswith("Oracle")][0]
+    assert head["value"] == pytest.approx(gain) and head["passed"] is (gain >= 10)
+    ft = res["family_transfer"]
+    assert ft["tasks"] == 2 and set(ft["per_task"]) == set(tasks)
+    md = render_premises(res)
+    assert "Oracle minus Zero-Shot" in md and ("**no**" in md) is (gain < 10 or ft["wins"] < 2)
