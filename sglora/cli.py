@@ -172,7 +172,8 @@ def cmd_evaluate(a):
 def cmd_generate(a):
     from .generate import generate
 
-    res = generate(a.description, a.repository, a.cvae, a.out, samples=a.samples, seed=a.seed, backbone=a.backbone)
+    res = generate(a.description, a.repository, a.cvae, a.out, samples=a.samples, seed=a.seed, backbone=a.backbone,
+                   overwrite=a.overwrite)
     print(f"description: {res['description']}")
     print("experts used (top-K, alpha):")
     for e in res["experts"]:
@@ -279,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("generate", cmd_generate, "Generate LoRA adapter(s) for any text description with the trained SG-LoRA.")
     s.add_argument("description", help='e.g. "a photo of a zebra"')
     s.add_argument("--out", required=True, help="adapter folder (or parent of sample_NNN folders)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="write into an existing non-empty --out, replacing only the adapter files written here")
     s.add_argument("--samples", type=int, default=1)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--repository", default="results/embedded/repository")
