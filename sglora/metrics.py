@@ -15,7 +15,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from .io import SGLoraError
+
 KS = (1, 5, 10)
+
+
+def _finite(sim: np.ndarray, what: str) -> np.ndarray:
+    """A NaN compares false with everything, so it would rank first; refuse it."""
+    sim = np.asarray(sim, dtype=np.float64)
+    bad = int(sim.size - np.isfinite(sim).sum())
+    if bad:
+        raise SGLoraError(f"{what}: the similarity matrix has {bad} non-finite (NaN/inf) value(s) of {sim.size}")
+    return sim
 
 
 def retrieval_recall(sim: np.ndarray, caption_image: np.ndarray, ks=KS) -> dict[str, float]:
@@ -23,7 +34,7 @@ def retrieval_recall(sim: np.ndarray, caption_image: np.ndarray, ks=KS) -> dict[
 
     Returns ``{"i2t_r1": ..., "t2i_r1": ..., ...}`` in percent.
     """
-    sim = np.asarray(sim, dtype=np.float64)
+    sim = _finite(sim, "retrieval_recall")
     caption_image = np.asarray(caption_image)
     n_img, n_cap = sim.shape
     if caption_image.shape != (n_cap,):
@@ -44,7 +55,7 @@ def retrieval_recall(sim: np.ndarray, caption_image: np.ndarray, ks=KS) -> dict[
 
 def accuracy(sim: np.ndarray, labels: np.ndarray) -> float:
     """Top-1 accuracy (percent) of images x classes scores; ties count as wrong."""
-    sim = np.asarray(sim, dtype=np.float64)
+    sim = _finite(sim, "accuracy")
     labels = np.asarray(labels)
     own = sim[np.arange(len(labels)), labels]
     others = sim.copy()
