@@ -308,3 +308,70 @@ def test_outputs_respect_the_umask(tmp_path):
     assert mode(tmp_path / "b.safetensors") == 0o644
     assert mode(tmp_path / "folder") == 0o755
     assert mode(tmp_path / "private.json") == 0o600
+
+
+# --- 6 and 9. real-world dataset copies ------------------------------------------------------------
+
+def test_pets_list_that_is_not_utf8_is_named(tmp_path):
+    from test_datasets import write_pets
+
+    from sglora.datasets import build_manifest
+
+    root = write_pets(tmp_path / "pets")
+    path = root / "annotations" / "list.txt"
+    path.write_bytes(path.read_bytes() + b"Caf\xe9_1 2 1 2\n")
+    with pytest.raises(SGLoraError, match=r"list.txt: line \d+ is not UTF-8 text"):
+        build_manifest("pets", root)
+
+
+def test_coco_copy_with_only_val2017(tmp_path, caplog):
+    from test_datasets import write_coco
+
+    from sglora.datasets import build_manifest
+
+    root = write_coco(tmp_path / "coco")
+    for name in ("captions_train2017.json", "instances_train2017.json"):
+        (root / "annotations" / name).unlink()
+    table = build_manifest("coco", root)
+    assert set(table.column("split").to_pylist()) == {"test"}
+    assert sorted(set(table.column("task").to_pylist())) == ["cat", "dog"]
+    assert any("train2017" in r.getMessage() and "not found" in r.getMessage() for r in caplog.records)
+    (root / "annotations" / "captions_val2017.json").unlink()
+    (root / "annotations" / "instances_val2017.json").unlink()
+    with pytest.raises(SGLoraError, match="captions_train2017.json: file not found"):
+        build_manifest("coco", root)
+
+
+def test_cifar_pickles_rewritten_by_python3(tmp_path):
+    import pickle
+
+    from test_datasets import write_cifar
+
+    from sglora.datasets import build_manifest
+
+    root = write_cifar(tmp_path / "cifar")
+    for name in ("meta", "train", "test"):
+        path = root / "cifar-100-python" / name
+        data = pickle.loads(path.read_bytes())
+        path.write_bytes(pickle.dumps(data, protocol=2))  # bytes become _codecs.encode(str, "latin1")
+    assert b"_codecs" in (root / "cifar-100-python" / "meta").read_bytes()
+    table = build_manifest("cifar100", root, image_dir=str(tmp_path / "png"))
+    assert table.num_rows == 16
+    # any other codec stays refused
+    evil = pickle.dumps({b"x": b"y"}, protocol=2).replace(b"latin1", b"utf_16")
+    (root / "cifar-100-python" / "meta").write_bytes(evil)
+    with pytest.raises(SGLoraError, match="not a readable CIFAR pickle"):
+        build_manifest("cifar100", root, image_dir=str(tmp_path / "png2"))
+
+
+def test_cifar_read_that_fails_leaves_no_png(tmp_path):
+    from test_datasets import write_cifar
+
+    from sglora.datasets import build_manifest
+
+    root = write_cifar(tmp_path / "cifar")
+    test = root / "cifar-100-python" / "test"
+    test.write_bytes(test.read_bytes()[:200])  # train reads fine, test is truncated
+    with pytest.raises(SGLoraError, match="test: not a readable CIFAR pickle"):
+        build_manifest("cifar100", root, image_dir=str(tmp_path / "png"))
+    assert not list((tmp_path / "png").rglob("*.png"))
