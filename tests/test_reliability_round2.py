@@ -8,16 +8,18 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from sglora.cli import main
 from sglora.io import SGLoraError
 
-from conftest import TINY_TRAIN
+from conftest import ROOT
 
 CVAE_SPEC = {"latent": 2, "hidden": 8, "cond_dim": 4, "epochs": 2, "batch_size": 4, "device": "cpu"}
 
@@ -375,3 +377,19 @@ def test_cifar_read_that_fails_leaves_no_png(tmp_path):
     with pytest.raises(SGLoraError, match="test: not a readable CIFAR pickle"):
         build_manifest("cifar100", root, image_dir=str(tmp_path / "png"))
     assert not list((tmp_path / "png").rglob("*.png"))
+
+
+# --- 11. leftovers ----------------------------------------------------------------------------------
+
+def test_presets_data_placeholder_is_git_ignored():
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    roots = set()
+    for preset in (ROOT / "config").glob("*.yaml"):
+        for d in (yaml.safe_load(preset.read_text()).get("datasets") or {}).values():
+            if "root" in d and not os.path.isabs(d["root"]):
+                roots.add(d["root"])
+    assert roots, "the presets name no relative dataset root"
+    for root in sorted(roots):
+        proc = subprocess.run(["git", "check-ignore", "-q", f"{root}/annotations/list.txt"], cwd=ROOT)
+        assert proc.returncode == 0, f"{root} is not git-ignored"
