@@ -12,7 +12,7 @@ rule candidates_oracle:
     log:
         f"{R}/logs/candidates/{{group}}/oracle.log",
     shell:
-        "sglora candidates --method oracle --loras {input} --out {output} > {log} 2>&1"
+        "sglora candidates --method oracle --loras {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule candidates_merging:
@@ -33,9 +33,9 @@ rule candidates_merging:
     log:
         f"{R}/logs/candidates/{{group}}/{{method}}.log",
     shell:
-        "sglora candidates --method {wildcards.method} --tasks {params.tasks} --dataset {params.dataset} "
-        "--repository {input.repository} --embeddings {input.embeddings} --prior {params.prior:q} "
-        "--out {output} > {log} 2>&1"
+        "sglora candidates --method {wildcards.method:q} --tasks {params.tasks:q} --dataset {params.dataset:q} "
+        "--repository {input.repository:q} --embeddings {input.embeddings:q} --prior {params.prior:q} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 rule train_mole:
@@ -62,8 +62,8 @@ rule train_mole:
     benchmark:
         f"{R}/benchmarks/train_mole.tsv"
     shell:
-        "sglora train-mole --backbone {params.backbone} --manifest {input.manifest} --tasks {params.tasks} "
-        "--repository {input.repository} --spec {params.spec:q} --out {output} --threads {threads} > {log} 2>&1"
+        "sglora train-mole --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
+        "--repository {input.repository:q} --spec {params.spec:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 
@@ -93,8 +93,8 @@ rule train_pdiff:
     benchmark:
         f"{R}/benchmarks/train_{{variant}}.tsv"
     shell:
-        "sglora train-pdiff --repository {input.repository} --embeddings {input.embeddings} "
-        "--tasks {params.tasks} {params.flag} --spec {params.spec:q} --out {output} > {log} 2>&1"
+        "sglora train-pdiff --repository {input.repository:q} --embeddings {input.embeddings:q} "
+        "--tasks {params.tasks:q} {params.flag} --spec {params.spec:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule candidates_pdiff:
@@ -113,5 +113,5 @@ rule candidates_pdiff:
     log:
         f"{R}/logs/candidates/{{group}}/{{variant}}.log",
     shell:
-        "sglora sample-pdiff --model {input.model} --repository {input.repository} "
-        "--embeddings {input.embeddings} --tasks {params.tasks} --out {output} > {log} 2>&1"
+        "sglora sample-pdiff --model {input.model:q} --repository {input.repository:q} "
+        "--embeddings {input.embeddings:q} --tasks {params.tasks:q} --out {output:q} > {log:q} 2>&1"

@@ -22,8 +22,8 @@ rule train_cvae:
     benchmark:
         f"{R}/benchmarks/train_cvae.tsv"
     shell:
-        "sglora train-cvae --repository {input} --cvae {params.cvae:q} --prior {params.prior:q} "
-        "--out {output} --threads {threads} > {log} 2>&1"
+        "sglora train-cvae --repository {input:q} --cvae {params.cvae:q} --prior {params.prior:q} "
+        "--out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule sample_sglora:
@@ -46,7 +46,7 @@ rule sample_sglora:
     log:
         f"{R}/logs/sample_sglora/{{group}}.log",
     shell:
-        "sglora candidates --method sglora --tasks {params.tasks} --dataset {params.dataset} "
-        "--repository {input.repository} --embeddings {input.embeddings} --cvae {input.cvae} "
-        "--prior {params.prior:q} --sampling {params.sampling:q} --adapters {output.adapters} "
-        "--out {output.candidates} > {log} 2>&1"
+        "sglora candidates --method sglora --tasks {params.tasks:q} --dataset {params.dataset:q} "
+        "--repository {input.repository:q} --embeddings {input.embeddings:q} --cvae {input.cvae:q} "
+        "--prior {params.prior:q} --sampling {params.sampling:q} --adapters {output.adapters:q} "
+        "--out {output.candidates:q} > {log:q} 2>&1"
