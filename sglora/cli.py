@@ -49,8 +49,14 @@ def cmd_check_tasks(a):
     from .manifest import check_tasks
 
     manifests = dict(m.split("=", 1) for m in a.manifest)
-    counts = check_tasks(manifests, _json(a.wanted))
-    write_json(a.out, counts)
+    wanted = _json(a.wanted)
+    counts = check_tasks(manifests, wanted)
+    # only the checked tasks: the file of one task's check does not change with the others
+    checked: dict[str, set] = {}
+    for by in wanted.values():
+        for d, tasks in by.items():
+            checked.setdefault(d, set()).update(tasks)
+    write_json(a.out, {d: {t: n for t, n in per.items() if t in checked.get(d, ())} for d, per in counts.items()})
     print(json.dumps({d: len(t) for d, t in counts.items()}))
 
 
