@@ -100,8 +100,10 @@ def reading(path: str | os.PathLike, what: str) -> Iterator[None]:
     safetensors, json, torch) into one :class:`SGLoraError` naming the file."""
     try:
         yield
-    except SGLoraError:
-        raise
+    except SGLoraError as err:
+        if str(path) in str(err):
+            raise
+        raise SGLoraError(f"{path}: {err}") from err
     except Exception as err:  # noqa: BLE001 - every reader error becomes one line naming the file
         raise SGLoraError(f"{path}: not a readable {what} ({type(err).__name__}: {one_line(err)})") from err
 

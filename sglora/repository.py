@@ -74,7 +74,8 @@ def assemble(
                                         ("snapshot", pa.int32()), ("vector", vec_type)], metadata=_meta(layout, lora, backbone))
                     writer = pq.ParquetWriter(tmp / "snapshots.parquet", schema, compression="zstd")
                 elif lay.keys != layout.keys or lay.shapes != layout.shapes:
-                    raise SGLoraError(f"{e['lora_dir']}: LoRA layout differs from the first expert's ({lay.dim} vs {layout.dim} values)")
+                    raise SGLoraError(f"{Path(e['lora_dir']) / 'snapshots.safetensors'}: LoRA layout (module keys and "
+                                      f"shapes, {lay.dim} values) differs from the first expert's ({layout.dim} values)")
                 emb = embeddings[task]
                 m = len(snaps)
                 flat = pa.FixedSizeListArray.from_arrays(pa.array(snaps.reshape(-1), pa.float32()), layout.dim)
