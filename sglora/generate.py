@@ -81,14 +81,15 @@ def _install(staging: Path, out: Path) -> None:
     """Move each entry of ``staging`` into ``out``, replacing only entries of the same name."""
     for entry in sorted(staging.iterdir()):
         target = out / entry.name
+        if target.exists() and entry.is_dir() != target.is_dir():
+            kind = "folder" if target.is_dir() else "file"
+            raise SGLoraError(f"--out {out}: {entry.name} exists there as a {kind}; not replacing it")
         if entry.is_dir() and target.is_dir():
             old = out / f".{entry.name}.old"
             shutil.rmtree(old, ignore_errors=True)
             target.rename(old)
             entry.rename(target)
             shutil.rmtree(old, ignore_errors=True)
-        elif target.is_dir():
-            raise SGLoraError(f"--out {out}: {entry.name} is a folder; not replacing it with a file")
         else:
             os.replace(entry, target)
 
