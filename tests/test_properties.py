@@ -70,7 +70,7 @@ def _embeddings(tasks) -> dict:
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
     """One folder holding a sample of every file kind."""
-    from test_datasets import write_coco, write_pets
+    from test_datasets import write_cifar, write_coco, write_flickr, write_flowers, write_pets
 
     from sglora.candidates import save_candidates
     from sglora.cvae import CVAE, CVAESpec, save_cvae
@@ -100,6 +100,9 @@ def pristine(tmp_path_factory) -> Path:
           "visual_embedding": emb["visual_embedding"].astype(np.float32).tolist()}]))
     write_pets(root / "pets")
     write_coco(root / "coco")
+    write_flickr(root / "flickr")
+    write_flowers(root / "flowers")
+    write_cifar(root / "cifar", n=4)
     return root
 
 
@@ -169,6 +172,24 @@ def _coco(root: Path):
     build_manifest("coco", root / "coco")
 
 
+def _flickr(root: Path):
+    from sglora.datasets import build_manifest
+
+    build_manifest("flickr30k", root / "flickr")
+
+
+def _flowers(root: Path):
+    from sglora.datasets import build_manifest
+
+    build_manifest("flowers", root / "flowers")
+
+
+def _cifar(root: Path):
+    from sglora.datasets import build_manifest
+
+    build_manifest("cifar100", root / "cifar", image_dir=str(root / "cifar" / "png"))
+
+
 CASES = {
     "experts.parquet": ("repository/experts.parquet", _read_repository, None),
     "snapshots.parquet": ("repository/snapshots.parquet", _read_repository, None),
@@ -185,6 +206,9 @@ CASES = {
     "pets trainval.txt": ("pets/annotations/trainval.txt", _pets, None),
     "coco captions json": ("coco/annotations/captions_val2017.json", _coco, None),
     "coco instances json": ("coco/annotations/instances_train2017.json", _coco, None),
+    "flickr karpathy json": ("flickr/dataset_flickr30k.json", _flickr, None),
+    "flowers setid.mat": ("flowers/setid.mat", _flowers, None),
+    "cifar test pickle": ("cifar/cifar-100-python/test", _cifar, "cifar/png"),
 }
 
 
@@ -208,7 +232,7 @@ def test_damaged_file_gives_one_error_naming_it(pristine, case, damage):
         except SGLoraError as err:
             message = str(err)
             assert "\n" not in message, message
-            named = str(root) if case.startswith(("pets", "coco")) else str(path)
+            named = str(root) if case.startswith(("pets", "coco", "flickr", "flowers", "cifar")) else str(path)
             if case.startswith(("cvae", "adapter")) and str(path) not in message:
                 named = str(path.parent)  # a folder's check names the folder
             assert named in message, message
