@@ -78,12 +78,16 @@ def check_out(out: str | Path, overwrite: bool = False) -> Path:
 
 
 def _install(staging: Path, out: Path) -> None:
-    """Move each entry of ``staging`` into ``out``, replacing only entries of the same name."""
-    for entry in sorted(staging.iterdir()):
+    """Move each entry of ``staging`` into ``out``, replacing only entries of the same name
+    and kind (a conflict is found before anything moves)."""
+    entries = sorted(staging.iterdir())
+    for entry in entries:
         target = out / entry.name
         if target.exists() and entry.is_dir() != target.is_dir():
             kind = "folder" if target.is_dir() else "file"
             raise SGLoraError(f"--out {out}: {entry.name} exists there as a {kind}; not replacing it")
+    for entry in entries:
+        target = out / entry.name
         if entry.is_dir() and target.is_dir():
             old = out / f".{entry.name}.old"
             shutil.rmtree(old, ignore_errors=True)

@@ -77,6 +77,17 @@ def test_generate_overwrite_keeps_what_it_did_not_write(capsys, tiny_repo, tiny_
     assert rc == 0 and (out / "thesis.tex").exists() and (out / "sample_001" / "adapter_config.json").exists()
 
 
+def test_generate_overwrite_never_replaces_a_file_by_a_folder(capsys, tiny_repo, tiny_cvae, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "sample_001").write_text("not an adapter")
+    rc, _, err = generate(capsys, tiny_repo, tiny_cvae, "a dog", "--out", out, "--overwrite", "--samples", 2)
+    assert rc == 2
+    one_error_line(err, "sample_001", "exists there as a file")
+    assert sorted(p.name for p in out.iterdir()) == ["sample_001"]  # nothing written, nothing hidden
+    assert (out / "sample_001").read_text() == "not an adapter"
+
+
 def test_generate_out_dot_refuses_the_working_folder(capsys, tiny_repo, tiny_cvae, tmp_path, monkeypatch):
     work = tmp_path / "work"
     work.mkdir()
