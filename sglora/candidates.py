@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import SGLoraError, save_safetensors
+from .io import SGLoraError, reading, save_safetensors
 from .lora import Layout
 
 
@@ -32,10 +32,15 @@ def load_candidates(path: str | Path) -> tuple[dict[str, np.ndarray], Layout, di
     path = Path(path)
     if not path.exists():
         raise SGLoraError(f"{path}: candidates not found")
-    with safe_open(str(path), "np") as f:
-        meta = f.metadata()
-        vectors = {k: f.get_tensor(k) for k in f.keys()}
-    return vectors, Layout.from_json(meta["layout"]), {"method": meta["method"], "info": json.loads(meta["info"])}
+    with reading(path, "candidates file (safetensors written by 'sglora candidates')"):
+        with safe_open(str(path), "np") as f:
+            meta = f.metadata()
+            vectors = {k: f.get_tensor(k) for k in f.keys()}
+        layout, info = Layout.from_json(meta["layout"]), {"method": meta["method"], "info": json.loads(meta["info"])}
+        for t, v in vectors.items():
+            if v.ndim != 2 or v.shape[1] != layout.dim:
+                raise ValueError(f"tensor {t!r} has shape {v.shape}; the layout expects n x {layout.dim}")
+    return vectors, layout, info
 
 
 def merging_candidates(method: str, tasks: list[str], experts, embeddings: dict[str, dict], prior,

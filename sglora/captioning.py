@@ -213,10 +213,15 @@ _CONTINUATION = re.compile(
 )
 
 
+# control characters other than whitespace, and the replacement character of broken bytes
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd]")
+
+
 def clean_caption(text: str) -> str:
     """Strip what is not the caption: a prompt echo before the last "Output:", a leading
-    role or "Output:" label, a hallucinated next "Input:"/"Image:" turn, quotes and
-    runs of whitespace."""
+    role or "Output:" label, a hallucinated next "Input:"/"Image:" turn, control
+    characters and U+FFFD (undecodable bytes), quotes and runs of whitespace."""
+    text = _UNPRINTABLE.sub("", text)
     parts = re.split(r"(?i)\boutput\s*:", text)
     text = parts[-1]
     while True:
@@ -542,11 +547,20 @@ def caption_manifest(
             for row in rows:
                 results[(row["image_path"], row["class_name"])] = row
             bar.update(len(shard))
-    out = _merge(table, results)
-    write_manifest(manifest_out, out)
     wanted = opts.captions_per_image if backend == "qwen2vl" else 1  # synthetic: any caption will do
     incomplete = sorted({r["image_path"] for r in results.values() if len(r["captions"]) < wanted})
     rejected = sum(r["rejected"] for r in results.values())
+    empty = sum(1 for r in results.values() if not r["captions"])
+    if results and empty == len(results):
+        raise SGLoraError(
+            f"captioning {manifest_in}: the caption filter rejected every caption ({rejected} generations rejected "
+            f"with min_words={opts.min_words}, max_repeat_fraction={opts.max_repeat_fraction}, "
+            f"after {opts.max_retries} retries); {empty} of {len(results)} images have no caption. Loosen "
+            "min_words / max_repeat_fraction, or check the captioning model"
+        )
+    out = _merge(table, results)
+    write_manifest(manifest_out, out)
+    _remove_other_settings(Path(shard_dir), folder)
     if incomplete:
         log.warning(
             "%d image(s) have fewer than %d valid captions after %d retries: %s",
@@ -558,6 +572,17 @@ def caption_manifest(
     )  # fmt: skip
     log.info("captioning summary: %s", {k: v for k, v in summary.items() if k != "incomplete"})
     return summary
+
+
+def _remove_other_settings(shard_dir: Path, keep: Path) -> None:
+    """After a complete run, drop the shard folders of earlier caption settings (each
+    change of settings makes a new ``<hash>/`` folder); only folders this module wrote
+    (with a ``settings.json``) are removed."""
+    import shutil
+
+    for folder in shard_dir.iterdir():
+        if folder.is_dir() and folder != keep and (folder / "settings.json").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _merge(table: pa.Table, results: dict[tuple[str, str], dict]) -> pa.Table:

@@ -42,8 +42,14 @@ def cmd_check_tasks(a):
     from .manifest import check_tasks
 
     manifests = dict(m.split("=", 1) for m in a.manifest)
-    counts = check_tasks(manifests, _json(a.wanted))
-    write_json(a.out, counts)
+    wanted = _json(a.wanted)
+    counts = check_tasks(manifests, wanted)
+    # only the checked tasks: the file of one task's check does not change with the others
+    checked: dict[str, set] = {}
+    for by in wanted.values():
+        for d, tasks in by.items():
+            checked.setdefault(d, set()).update(tasks)
+    write_json(a.out, {d: {t: n for t, n in per.items() if t in checked.get(d, ())} for d, per in counts.items()})
     print(json.dumps({d: len(t) for d, t in counts.items()}))
 
 
@@ -231,7 +237,8 @@ def cmd_evaluate(a):
 def cmd_generate(a):
     from .generate import generate
 
-    res = generate(a.description, a.repository, a.cvae, a.out, samples=a.samples, seed=a.seed, backbone=a.backbone)
+    res = generate(a.description, a.repository, a.cvae, a.out, samples=a.samples, seed=a.seed, backbone=a.backbone,
+                   overwrite=a.overwrite)
     print(f"description: {res['description']}")
     print("experts used (top-K, alpha):")
     for e in res["experts"]:
@@ -383,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("generate", cmd_generate, "Generate LoRA adapter(s) for any text description with the trained SG-LoRA.")
     s.add_argument("description", help='e.g. "a photo of a zebra"')
     s.add_argument("--out", required=True, help="adapter folder (or parent of sample_NNN folders)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="write into an existing non-empty --out, replacing only the adapter files written here")
     s.add_argument("--samples", type=int, default=1)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--repository", default="results/embedded/repository")

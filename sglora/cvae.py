@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .io import SGLoraError, atomic_path, from_section, save_safetensors, write_json
+from .io import SGLoraError, atomic_path, from_section, reading, save_safetensors, write_json
 
 
 @dataclass
@@ -191,9 +191,11 @@ def load_cvae(model_dir: str | Path) -> tuple[CVAE, dict]:
     cfg_path, weights = model_dir / "config.json", model_dir / "model.safetensors"
     if not cfg_path.exists() or not weights.exists():
         raise SGLoraError(f"{model_dir}: not a trained CVAE (needs config.json and model.safetensors)")
-    cfg = json.loads(cfg_path.read_text())
-    model = CVAE(cfg["dim"], CVAESpec.from_dict(cfg["cvae"]))
-    model.load_state_dict(load_file(str(weights)))
+    with reading(cfg_path, "CVAE config (JSON with 'dim' and 'cvae')"):
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        model = CVAE(int(cfg["dim"]), CVAESpec.from_dict(cfg["cvae"]))
+    with reading(weights, "CVAE weights file (safetensors matching config.json)"):
+        model.load_state_dict(load_file(str(weights)))
     return model.eval(), cfg
 
 

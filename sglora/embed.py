@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from .backbone import encode_images, encode_texts, load_clip, pixel_values
-from .io import SGLoraError, write_table
+from .io import SGLoraError, reading, write_table
 from .manifest import describe, read_manifest
 
 
@@ -69,9 +69,10 @@ def read_embeddings(path: str | Path, dataset: str | None = None) -> dict[str, d
     if not path.exists():
         raise SGLoraError(f"{path}: task embeddings not found")
     out = {}
-    for r in pq.read_table(path).to_pylist():
-        if dataset is None or r["dataset"] == dataset:
-            r["text_embedding"] = np.asarray(r["text_embedding"], np.float32)
-            r["visual_embedding"] = np.asarray(r["visual_embedding"], np.float32)
-            out[r["task"]] = r
+    with reading(path, "task embedding table (Parquet written by 'sglora embed')"):
+        for r in pq.read_table(path).to_pylist():
+            if dataset is None or r["dataset"] == dataset:
+                r["text_embedding"] = np.asarray(r["text_embedding"], np.float32)
+                r["visual_embedding"] = np.asarray(r["visual_embedding"], np.float32)
+                out[r["task"]] = r
     return out

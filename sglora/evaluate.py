@@ -141,7 +141,13 @@ def evaluate_method(backbone: str, manifest: str | Path, tasks: list[str], metho
         data = load_task(manifest, task, processor)
         if candidates is not None and task not in vectors:
             raise SGLoraError(f"{candidates}: no candidate LoRA for task {task!r}")
-        per = evaluate_queries(model, processor, data, vectors.get(task) if candidates else None, layout, scaling or 1.0)
+        if candidates is not None and not np.isfinite(vectors[task]).all():
+            raise SGLoraError(f"{candidates}: the candidate LoRA(s) of method {method!r} for task {task!r} hold "
+                              f"{int(vectors[task].size - np.isfinite(vectors[task]).sum())} non-finite (NaN/inf) value(s)")
+        try:
+            per = evaluate_queries(model, processor, data, vectors.get(task) if candidates else None, layout, scaling or 1.0)
+        except SGLoraError as err:
+            raise SGLoraError(f"evaluate method {method!r}, task {task!r}: {err}") from err
         task_info = info["info"].get(task, {})
         runs = task_info.get("runs")
         if runs is not None and len(runs) != len(per):

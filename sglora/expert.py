@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .backbone import clip_loss, load_clip, optimizer_step, pick_device, pixel_values, same_text_targets, seed_everything, tokenize
-from .io import SGLoraError, atomic_path, from_section, save_safetensors, write_json
+from .io import SGLoraError, atomic_path, from_section, reading, save_safetensors, write_json
 from .lora import Layout, LoraSpec, add_lora, save_adapter
 from .manifest import read_manifest
 
@@ -129,5 +129,9 @@ def read_snapshots(lora_dir: str | Path) -> tuple[np.ndarray, Layout]:
     path = Path(lora_dir) / "snapshots.safetensors"
     if not path.exists():
         raise SGLoraError(f"{path}: snapshots not found")
-    with safe_open(str(path), "np") as f:
-        return f.get_tensor("snapshots"), Layout.from_json(f.metadata()["layout"])
+    with reading(path, "snapshots file (safetensors with tensor 'snapshots' and a 'layout' in its metadata)"):
+        with safe_open(str(path), "np") as f:
+            snaps, layout = f.get_tensor("snapshots"), Layout.from_json(f.metadata()["layout"])
+        if snaps.ndim != 2 or snaps.shape[1] != layout.dim:
+            raise ValueError(f"tensor 'snapshots' has shape {snaps.shape}; the layout expects M x {layout.dim}")
+    return snaps, layout

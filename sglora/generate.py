@@ -6,6 +6,10 @@ any text description.
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,9 +17,11 @@ import numpy as np
 import torch
 
 from .cvae import CVAE
-from .io import SGLoraError, from_section
+from .io import SGLoraError, from_section, umask
 from .prior import Prior, task_condition
 from .repository import ExpertTable
+
+log = logging.getLogger("sglora")
 
 
 @dataclass
@@ -66,6 +72,11 @@ def sample_loras(cvae: CVAE, experts: ExpertTable, query: np.ndarray, prior: Pri
     is then built exactly as the CVAE built it in training (``cvae.spec.condition``), e.g.
     without the task itself under ``loo``. ``temperature`` scales the latent noise
     (0 = the decoded mean of p(z | c))."""
+    if cvae.dim != experts.mu.shape[1]:
+        raise SGLoraError(f"the CVAE generates LoRAs of {cvae.dim} values, the repository's experts have "
+                          f"{experts.mu.shape[1]}: the CVAE was trained for another repository")
+    if prior.k > len(experts.tasks):
+        log.warning(f"warning: prior.k={prior.k} but the repository has {len(experts.tasks)} experts; using all of them")
     expert = None
     if seen_task is not None:
         if seen_task not in experts.tasks:
@@ -82,32 +93,96 @@ def describe_prior(p: Prior, experts: ExpertTable) -> list[dict]:
             for i, s, a in zip(p.experts, p.similarity, p.alpha)]
 
 
+def check_out(out: str | Path, overwrite: bool = False) -> Path:
+    """Refuse an ``--out`` that would lose data: an existing file, or a non-empty folder
+    unless ``overwrite`` (then only the entries ``generate`` writes are replaced)."""
+    out = Path(out).resolve()
+    if out.exists() and not out.is_dir():
+        raise SGLoraError(f"--out {out}: is an existing file; give a new or empty folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise SGLoraError(f"--out {out}: folder exists and is not empty; give a new or empty folder, or --overwrite "
+                          "to replace only the adapter files this command writes")
+    return out
+
+
+def _install(staging: Path, out: Path) -> None:
+    """Move each entry of ``staging`` into ``out``, replacing only entries of the same name
+    and kind (a conflict is found before anything moves)."""
+    entries = sorted(staging.iterdir())
+    for entry in entries:
+        target = out / entry.name
+        if target.exists() and entry.is_dir() != target.is_dir():
+            kind = "folder" if target.is_dir() else "file"
+            raise SGLoraError(f"--out {out}: {entry.name} exists there as a {kind}; not replacing it")
+    for entry in entries:
+        target = out / entry.name
+        if entry.is_dir() and target.is_dir():
+            old = out / f".{entry.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
+            entry.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(entry, target)
+
+
 def generate(description: str, repository: str | Path, cvae_dir: str | Path, out: str | Path, samples: int = 1,
-             seed: int = 0, backbone: str | None = None, prior: PriorSpec | None = None) -> dict:
+             seed: int = 0, backbone: str | None = None, prior: PriorSpec | None = None,
+             overwrite: bool = False) -> dict:
     """Write ``samples`` adapter folders for a free-text task description.
 
     With one sample the adapter is ``out`` itself; with more, ``out/sample_000`` ... .
+    An existing non-empty ``out`` is refused unless ``overwrite``; nothing the command
+    did not write is ever removed.
     """
     from .backbone import encode_texts, load_clip
     from .cvae import load_cvae
     from .lora import save_adapter
     from .repository import Repository
 
+    if not description.strip():
+        raise SGLoraError("description is empty; describe the task, e.g. 'a photo of a zebra'")
+    if samples < 1:
+        raise SGLoraError(f"--samples must be >= 1, got {samples}")
+    out = check_out(out, overwrite)
     repo = Repository(repository)
     cvae, cfg = load_cvae(cvae_dir)
+    if cvae.dim != repo.layout.dim:
+        raise SGLoraError(f"{cvae_dir}: the CVAE generates LoRAs of {cvae.dim} values, but the repository "
+                          f"{repository} holds LoRAs of {repo.layout.dim}; it was trained for another repository")
     prior = prior or PriorSpec.from_dict(cfg.get("prior"))
     if prior.modality != "textual":
         raise SGLoraError("sglora generate needs the textual prior (a description has no images)")
     backbone = backbone or repo.backbone
     model, processor = load_clip(backbone)
+    context = min(processor.tokenizer.model_max_length, 77)
+    tokens = len(processor.tokenizer(description)["input_ids"])
+    if tokens > context:
+        log.warning(f"warning: the description has {tokens} tokens; the text encoder reads only the first {context}")
     query = encode_texts(model, processor, [description]).numpy()[0]
     experts = repo.experts()
     temperature = float(cfg.get("sampling", {}).get("temperature", 1.0))
     vectors, p = sample_loras(cvae, experts, query, prior, samples, seed, temperature=temperature)
     used = describe_prior(p, experts)
-    out = Path(out)
-    dirs = [out] if samples == 1 else [out / f"sample_{i:03d}" for i in range(samples)]
-    for i, (d, v) in enumerate(zip(dirs, vectors)):
-        save_adapter(d, v, repo.layout, repo.lora, backbone,
-                     {"description": description, "seed": seed, "sample": i, "experts": used, "kind": "sglora"})
+    names = ["adapter"] if samples == 1 else [f"sample_{i:03d}" for i in range(samples)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fresh = not out.exists()
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if fresh else out))
+    try:
+        for i, (name, v) in enumerate(zip(names, vectors)):
+            save_adapter(staging / name, v, repo.layout, repo.lora, backbone,
+                         {"description": description, "seed": seed, "sample": i, "experts": used, "kind": "sglora"})
+        if samples == 1:  # the adapter files go straight into out
+            inner = staging / "adapter"
+            for entry in list(inner.iterdir()):
+                entry.rename(staging / entry.name)
+            inner.rmdir()
+        if fresh:
+            os.chmod(staging, 0o777 & ~umask())
+            staging.rename(out)
+        else:
+            _install(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    dirs = [out] if samples == 1 else [out / n for n in names]
     return {"description": description, "experts": used, "adapters": [str(d) for d in dirs], "seed": seed}

@@ -41,6 +41,7 @@ def atomic_path(path: str | os.PathLike, directory: bool = False) -> Iterator[Pa
         tmp = Path(name)
     try:
         yield tmp
+        _share(tmp, directory)
         if directory:
             if path.exists():
                 old = path.with_name(f".{path.name}.old")
@@ -60,6 +61,20 @@ def atomic_path(path: str | os.PathLike, directory: bool = False) -> Iterator[Pa
         raise
 
 
+def _share(tmp: Path, directory: bool) -> None:
+    """Give a finished temporary the mode a plain ``open``/``mkdir`` would: ``mkstemp`` and
+    ``mkdtemp`` create 0600/0700, which colleagues on a shared file system cannot read."""
+    if tmp.exists():
+        os.chmod(tmp, (0o777 if directory else 0o666) & ~umask())
+
+
+def umask() -> int:
+    """The process's file-creation mask (read without changing it for good)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _remove_stale(path: Path) -> None:
     """Remove temporaries a killed earlier write of ``path`` left behind. Safe: one output
     has one writer at a time (Snakemake runs one job per output)."""
@@ -71,6 +86,26 @@ def _remove_stale(path: Path) -> None:
     old = path.with_name(f".{path.name}.old")
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (readers' messages can span several)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Turn any low-level error of a reader (truncated, random or malformed bytes: pyarrow,
+    safetensors, json, torch) into one :class:`SGLoraError` naming the file."""
+    try:
+        yield
+    except SGLoraError as err:
+        if str(path) in str(err):
+            raise
+        raise SGLoraError(f"{path}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - every reader error becomes one line naming the file
+        raise SGLoraError(f"{path}: not a readable {what} ({type(err).__name__}: {one_line(err)})") from err
 
 
 # an indented list of ints: real newlines never occur inside a JSON string
@@ -92,9 +127,9 @@ def read_json(path: str | os.PathLike) -> Any:
     if not path.exists():
         raise SGLoraError(f"{path}: file not found")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise SGLoraError(f"{path}: not valid JSON ({err})") from err
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SGLoraError(f"{path}: not valid JSON ({one_line(err)})") from err
 
 
 def write_table(path: str | os.PathLike, table) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import SGLoraError, atomic_path, from_section, save_safetensors
+from .io import SGLoraError, atomic_path, from_section, reading, save_safetensors
 
 TOWER_PREFIX = {"vision": "vision_model", "text": "text_model"}
 
@@ -154,10 +154,11 @@ def read_adapter(adapter_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict
     path = Path(adapter_dir) / "adapter_model.safetensors"
     if not path.exists():
         raise SGLoraError(f"{path}: adapter weights not found (only safetensors adapters are read)")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    return state, json.loads(meta.get("sglora", "{}"))
+    with reading(path, "adapter weights file (safetensors)"):
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        return state, json.loads(meta.get("sglora", "{}"))
 
 
 def _module(model, name: str):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .io import SGLoraError, write_table
+from .io import SGLoraError, reading, write_table
 
 SCHEMA = pa.schema(
     [
@@ -88,7 +88,8 @@ def read_manifest(path: str | Path, tasks: list[str] | None = None) -> pa.Table:
     if not path.exists():
         raise SGLoraError(f"{path}: manifest not found")
     filters = [("task", "in", list(tasks))] if tasks else None
-    table = pq.read_table(path, filters=filters)
+    with reading(path, "task manifest (Parquet)"):
+        table = pq.read_table(path, filters=filters)
     if tasks:
         found = set(table.column("task").to_pylist())
         missing = [t for t in tasks if t not in found]

@@ -18,7 +18,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from .io import SGLoraError
+
 KS = (1, 5, 10)
+
+
+def _finite(sim: np.ndarray, what: str) -> np.ndarray:
+    """A NaN compares false with everything, so it would rank first; refuse it."""
+    sim = np.asarray(sim, dtype=np.float64)
+    bad = int(sim.size - np.isfinite(sim).sum())
+    if bad:
+        raise SGLoraError(f"{what}: the similarity matrix has {bad} non-finite (NaN/inf) value(s) of {sim.size}")
+    return sim
 
 
 def retrieval_ranks(sim: np.ndarray, caption_image: np.ndarray) -> dict[str, np.ndarray]:
@@ -26,7 +37,7 @@ def retrieval_ranks(sim: np.ndarray, caption_image: np.ndarray) -> dict[str, np.
 
     Returns ``{"i2t": rank per image, "t2i": rank per caption}`` (ints, 1 = first).
     """
-    sim = np.asarray(sim, dtype=np.float64)
+    sim = _finite(sim, "retrieval")
     caption_image = np.asarray(caption_image)
     n_img, n_cap = sim.shape
     if caption_image.shape != (n_cap,):
@@ -56,7 +67,7 @@ def retrieval_recall(sim: np.ndarray, caption_image: np.ndarray, ks=KS) -> dict[
 
 def correct(sim: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Per image: is its own class scored strictly above every other class (ties count as wrong)?"""
-    sim = np.asarray(sim, dtype=np.float64)
+    sim = _finite(sim, "accuracy")
     labels = np.asarray(labels)
     own = sim[np.arange(len(labels)), labels]
     others = sim.copy()

@@ -17,6 +17,7 @@ DuckDB and pandas read them as they are.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +25,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .io import SGLoraError, atomic_path
+from .io import SGLoraError, atomic_path, read_json, reading
 from .lora import Layout, LoraSpec
+
+
+EXPERTS_TABLE = "expert table (Parquet written by 'sglora assemble')"
+SNAPSHOTS_TABLE = "snapshot table (Parquet written by 'sglora assemble')"
 
 
 def _meta(layout: Layout, lora: dict, backbone: str) -> dict[bytes, bytes]:
@@ -61,15 +66,16 @@ def assemble(
                 if task not in embeddings:
                     raise SGLoraError(f"assemble: no task embedding for expert {task!r}")
                 snaps, lay = read_snapshots(e["lora_dir"])
-                info = json.loads((Path(e["lora_dir"]) / "training.json").read_text())
+                info = _check_expert(Path(e["lora_dir"]), task, snaps)
                 if layout is None:
-                    layout, lora, backbone = lay, info["lora"], info["backbone"]
+                    layout, lora, backbone = lay, info["lora"], _provenance(info["backbone"], out_dir)
                     vec_type = pa.list_(pa.float32(), layout.dim)
                     schema = pa.schema([("task", pa.string()), ("task_name", pa.string()), ("description", pa.string()),
                                         ("snapshot", pa.int32()), ("vector", vec_type)], metadata=_meta(layout, lora, backbone))
                     writer = pq.ParquetWriter(tmp / "snapshots.parquet", schema, compression="zstd")
                 elif lay.keys != layout.keys or lay.shapes != layout.shapes:
-                    raise SGLoraError(f"{e['lora_dir']}: LoRA layout differs from the first expert's ({lay.dim} vs {layout.dim} values)")
+                    raise SGLoraError(f"{Path(e['lora_dir']) / 'snapshots.safetensors'}: LoRA layout (module keys and "
+                                      f"shapes, {lay.dim} values) differs from the first expert's ({layout.dim} values)")
                 emb = embeddings[task]
                 m = len(snaps)
                 flat = pa.FixedSizeListArray.from_arrays(pa.array(snaps.reshape(-1), pa.float32()), layout.dim)
@@ -99,6 +105,45 @@ def assemble(
     return {"experts": len(expert_rows), "dim": layout.dim, "snapshots": sum(r["snapshots"] for r in expert_rows)}
 
 
+def _check_expert(lora_dir: Path, task: str, snaps: np.ndarray) -> dict:
+    """Refuse a trained LoRA folder that is incomplete or holds non-finite values, naming
+    it, before it enters the repository (the CVAE would fail later without a name)."""
+    adapter = lora_dir / "adapter" / "adapter_config.json"
+    if not adapter.is_file():
+        raise SGLoraError(f"{adapter}: not found; {lora_dir} is not a complete trained LoRA folder "
+                          "(snapshots.safetensors, adapter/, training.json)")
+    bad = int(np.size(snaps) - np.isfinite(snaps).sum())
+    if bad:
+        raise SGLoraError(f"{lora_dir / 'snapshots.safetensors'}: expert {task!r} has {bad} non-finite (NaN/inf) "
+                          "value(s) in its snapshots")
+    path = lora_dir / "training.json"
+    info = read_json(path)
+    if not isinstance(info, dict) or not {"lora", "backbone"} <= set(info):
+        raise SGLoraError(f"{path}: expected a JSON object with the keys 'lora' and 'backbone'")
+    return info
+
+
+def _provenance(backbone: str, repository: Path) -> str:
+    """The backbone as the repository records it: a local folder relative to the
+    repository (so the repository works from any folder and moves with its results), a
+    model id as it is."""
+    local = Path(backbone)
+    if not local.is_dir():
+        return backbone
+    return os.path.relpath(local.resolve(), Path(repository).resolve())
+
+
+def resolve_backbone(recorded: str, repository: Path) -> str:
+    """Undo :func:`_provenance`: a recorded local folder, relative to the repository,
+    becomes an absolute path; a model id stays as it is."""
+    if Path(recorded).is_absolute():
+        return recorded
+    here = (Path(repository) / recorded).resolve()
+    if recorded.startswith(".") or here.is_dir():
+        return str(here)
+    return recorded  # a model id, or an old repository's path relative to the working folder
+
+
 @dataclass
 class Repository:
     """Read access to a repository folder without loading all snapshots."""
@@ -110,30 +155,38 @@ class Repository:
         for name in ("snapshots.parquet", "experts.parquet"):
             if not (self.path / name).exists():
                 raise SGLoraError(f"{self.path / name}: repository table not found")
-        meta = pq.read_schema(self.path / "experts.parquet").metadata or {}
-        try:
+        with reading(self.path / "experts.parquet", EXPERTS_TABLE):
+            meta = pq.read_schema(self.path / "experts.parquet").metadata or {}
+            for key in (b"sglora.layout", b"sglora.lora", b"sglora.backbone"):
+                if key not in meta:
+                    raise SGLoraError(f"{self.path / 'experts.parquet'}: schema metadata lacks {key.decode()!r}")
             self.layout = Layout.from_json(meta[b"sglora.layout"])
             self.lora = LoraSpec.from_dict(json.loads(meta[b"sglora.lora"]))
-            self.backbone = meta[b"sglora.backbone"].decode()
-        except KeyError as err:
-            raise SGLoraError(f"{self.path / 'experts.parquet'}: schema metadata lacks {err}") from err
+            self.backbone = resolve_backbone(meta[b"sglora.backbone"].decode(), self.path)
 
     def experts(self) -> "ExpertTable":
         """The per-expert table (μ, σ², embeddings) as numpy arrays."""
-        t = pq.read_table(self.path / "experts.parquet")
-        dim = self.layout.dim
-        mu = _matrix(t.column("mu"), dim)
-        if mu.shape[1] != dim:
-            raise SGLoraError(f"{self.path / 'experts.parquet'}: vectors have {mu.shape[1]} values; the layout expects {dim}")
-        return ExpertTable(
-            tasks=t.column("task").to_pylist(), names=t.column("task_name").to_pylist(),
-            descriptions=t.column("description").to_pylist(),
-            text_embedding=_matrix(t.column("text_embedding")), visual_embedding=_matrix(t.column("visual_embedding")),
-            mu=mu, var=_matrix(t.column("var"), dim))
+        path = self.path / "experts.parquet"
+        with reading(path, EXPERTS_TABLE):
+            t = pq.read_table(path)
+            dim = self.layout.dim
+            mu = _matrix(t.column("mu"), dim)
+            if mu.shape[1] != dim:
+                raise SGLoraError(f"{path}: vectors have {mu.shape[1]} values; the layout expects {dim}")
+            table = ExpertTable(
+                tasks=t.column("task").to_pylist(), names=t.column("task_name").to_pylist(),
+                descriptions=t.column("description").to_pylist(),
+                text_embedding=_matrix(t.column("text_embedding")), visual_embedding=_matrix(t.column("visual_embedding")),
+                mu=mu, var=_matrix(t.column("var"), dim))
+        for name in ("mu", "var", "text_embedding", "visual_embedding"):
+            if not np.isfinite(getattr(table, name)).all():
+                raise SGLoraError(f"{path}: column {name!r} holds non-finite (NaN/inf) values")
+        return table
 
     def expert(self, task: str) -> np.ndarray:
         """One expert's snapshots (M x D), reading only its rows."""
-        t = pq.read_table(self.path / "snapshots.parquet", filters=[("task", "=", task)], columns=["snapshot", "vector"])
+        with reading(self.path / "snapshots.parquet", SNAPSHOTS_TABLE):
+            t = pq.read_table(self.path / "snapshots.parquet", filters=[("task", "=", task)], columns=["snapshot", "vector"])
         if t.num_rows == 0:
             raise SGLoraError(f"{self.path}: no expert {task!r}")
         order = np.argsort(t.column("snapshot").to_numpy())
@@ -141,9 +194,17 @@ class Repository:
 
     def iter_snapshots(self, batch_rows: int = 1024):
         """Yield ``(tasks, vectors)`` batches over every snapshot (streamed)."""
-        f = pq.ParquetFile(self.path / "snapshots.parquet")
-        for batch in f.iter_batches(batch_size=batch_rows, columns=["task", "vector"]):
-            yield batch.column(0).to_pylist(), _matrix(batch.column(1), self.layout.dim)
+        path = self.path / "snapshots.parquet"
+        with reading(path, SNAPSHOTS_TABLE):
+            f = pq.ParquetFile(path)
+            batches = f.iter_batches(batch_size=batch_rows, columns=["task", "vector"])
+        while True:
+            with reading(path, SNAPSHOTS_TABLE):
+                batch = next(batches, None)
+                if batch is None:
+                    return
+                out = batch.column(0).to_pylist(), _matrix(batch.column(1), self.layout.dim)
+            yield out
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 
 import numpy as np
@@ -152,6 +151,8 @@ def test_clean_caption():
     assert clean_caption("assistant\nA   red\n flower") == "A red flower"
     assert clean_caption("Input: A photo of pug.") == ""
     assert clean_caption("A close-up image: a dog on grass.") == "A close-up image: a dog on grass."
+    assert clean_caption("A dog\x00 on\x1b grass\ufffd.\x7f") == "A dog on grass."
+    assert clean_caption("A\tdog\r\non grass.") == "A dog on grass."
 
 
 def test_degenerate_filter():
@@ -193,11 +194,13 @@ def test_caption_end_to_end_and_resume(tiny_qwen, workdir):
     assert files[0].stat().st_mtime_ns == mtimes[files[0]] and files[2].stat().st_mtime_ns == mtimes[files[2]]
     assert read_manifest(tmp / "out3.parquet").column("captions").to_pylist() == table.column("captions").to_pylist()
 
-    # other sampling settings: a new shard folder, nothing reused
+    # other sampling settings: a new shard folder, nothing reused; the old settings' folder is cleaned up
+    (shards / "mine").mkdir()  # not a shard folder: left alone
     other = caption_manifest(tmp / "manifest.parquet", tmp / "out4.parquet", "qwen2vl", shards,
                              **dict(kwargs, temperature=1.3))  # fmt: skip
     assert other["shards_done"] == 3
-    assert len({f.parent for f in shards.rglob("shard-*.parquet")}) == 2
+    assert not files[0].parent.exists() and (shards / "mine").is_dir()
+    assert len({f.parent for f in shards.rglob("shard-*.parquet")}) == 1
 
 
 def test_caption_only_some_splits(tiny_qwen, workdir):
@@ -213,17 +216,18 @@ def test_caption_only_some_splits(tiny_qwen, workdir):
             assert row["captions"] == [] and row["caption_model"] is None and row["caption_seed"] is None
 
 
-def test_rejected_captions_are_retried_then_reported(tiny_qwen, workdir, caplog):
+def test_rejected_captions_are_retried_then_stop_the_step(tiny_qwen, workdir):
     tmp, demos = workdir
     strict = dict(RELAXED, min_words=1000)  # nothing can pass
-    with caplog.at_level(logging.WARNING, logger="sglora.captioning"):
-        summary = caption_manifest(tmp / "manifest.parquet", tmp / "out.parquet", "qwen2vl", tmp / "shards",
-                                   model=tiny_qwen, demonstrations=demos, captions_per_image=2, max_retries=1,
-                                   **strict)  # fmt: skip
-    assert summary["rejected"] == 5 * 2 * 2  # images x captions x (1 + retries)
-    assert len(summary["incomplete"]) == 5
-    assert "fewer than 2 valid captions after 1 retries" in caplog.text
-    assert str(tmp / "img0.png") in caplog.text
+    with pytest.raises(SGLoraError) as err:
+        caption_manifest(tmp / "manifest.parquet", tmp / "out.parquet", "qwen2vl", tmp / "shards",
+                         model=tiny_qwen, demonstrations=demos, captions_per_image=2, max_retries=1,
+                         **strict)  # fmt: skip
+    message = str(err.value)
+    assert "rejected every caption" in message and "min_words=1000" in message
+    assert "20 generations rejected" in message  # images x captions x (1 + retries)
+    assert "5 of 5 images have no caption" in message
+    assert not (tmp / "out.parquet").exists()
     assert pq.read_table(next((tmp / "shards").rglob("shard-*.parquet"))).column("rejected").to_pylist()[0] == 4
 
 

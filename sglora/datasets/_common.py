@@ -35,6 +35,17 @@ def require_file(path: Path, what: str) -> Path:
     return path
 
 
+def read_text(path: Path, what: str) -> str:
+    """A text file's content as UTF-8; other bytes are an error naming the file and line."""
+    require_file(path, what)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise SGLoraError(f"{path}: line {line} is not UTF-8 text (byte {err.start}); expected {what}") from err
+
+
 def load_json(path: Path, what: str) -> Any:
     require_file(path, what)
     try:

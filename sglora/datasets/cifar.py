@@ -37,8 +37,18 @@ _ALLOWED = {
 }
 
 
+def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles written by Python 3 use it for bytes
+    (``encode(text, "latin1")``); only that encoding is allowed."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not allowed in a CIFAR pickle")
+    return text.encode("latin1", errors)
+
+
 class _SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
         if (module, name) not in _ALLOWED:
             raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in a CIFAR pickle")
         return super().find_class(module, name)
@@ -73,17 +83,31 @@ def _labels(data: dict, key: bytes, n: int, size: int, path: Path) -> np.ndarray
     return labels
 
 
-def _write_png(pixels: np.ndarray, path: Path) -> None:
-    """Write one 32x32 RGB image unless an identical-size file is already there."""
+def _write_pngs(images: list[tuple[np.ndarray, Path]]) -> None:
+    """Write the PNGs of one read as a set: a failure removes the files this call wrote."""
+    written: list[Path] = []
+    try:
+        for pixels, path in images:
+            if _write_png(pixels, path):
+                written.append(path)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _write_png(pixels: np.ndarray, path: Path) -> bool:
+    """Write one 32x32 RGB image unless an identical-size file is already there; True if written."""
     from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(pixels.reshape(3, 32, 32).transpose(1, 2, 0)).save(buf, format="PNG")
     data = buf.getvalue()
     if path.is_file() and path.stat().st_size == len(data):
-        return
+        return False
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+    return True
 
 
 def build(
@@ -115,7 +139,7 @@ def build(
     slugs = unique_slugs(wanted, str(meta_path))
     unique_slugs(fine_names, str(meta_path))  # fine names become folder names
     members: dict[str, list[str]] = {}
-    rows = []
+    rows, images = [], []
     for split, file in SPLITS.items():
         path = base / file
         data = _load(path, [b"data", b"fine_labels", b"coarse_labels", b"filenames"])
@@ -141,7 +165,7 @@ def build(
             taken[fine[i]] = taken.get(fine[i], 0) + 1
             name = files[i].decode() if isinstance(files[i], bytes) else str(files[i])
             out = image_dir / split / slugify(fine_class) / f"{i:05d}_{slugify(Path(name).stem)}.png"
-            _write_png(pixels[i], out)
+            images.append((pixels[i], out))  # written once every split has been read and checked
             rows.append(
                 dict(
                     dataset="cifar100",
@@ -156,4 +180,6 @@ def build(
             )
     for row in rows:
         row["description"] = describe(row["task_name"], template, sorted(members[row["task_name"]]))
-    return make_manifest(rows)
+    table = make_manifest(rows)
+    _write_pngs(images)
+    return table

@@ -20,6 +20,7 @@ from ._common import (
     field,
     filter_images,
     load_json,
+    log,
     require_root,
     select_names,
     with_bad_images,
@@ -61,6 +62,22 @@ def _instances(path: Path) -> tuple[dict[int, str], dict[int, set[int]]]:
     return names, members
 
 
+def _present_splits(root: Path) -> dict[str, str]:
+    """The splits whose annotation files exist (a copy made for evaluation often holds only
+    ``val2017``); the missing ones are named in a warning. None present: all (an error
+    then names the first missing file)."""
+    ann = root / "annotations"
+    present = {s: f for s, f in SPLITS.items()
+               if (ann / f"captions_{f}.json").exists() or (ann / f"instances_{f}.json").exists()}
+    missing = [f for s, f in SPLITS.items() if s not in present]
+    if not present:
+        return dict(SPLITS)
+    if missing:
+        log.warning("%s: COCO split(s) %s not found (no annotations/captions_<split>.json or instances_<split>.json); "
+                    "reading only %s", root, missing, sorted(present.values()))
+    return present
+
+
 def build(
     root: str | Path,
     categories: list[str] | None = None,
@@ -80,7 +97,7 @@ def build(
     root = require_root(root, "coco")
     max_images = check_limit(max_images, "max_images")
     rows, task_names = [], None
-    for split, folder in SPLITS.items():
+    for split, folder in _present_splits(root).items():
         cap_path = root / "annotations" / f"captions_{folder}.json"
         inst_path = root / "annotations" / f"instances_{folder}.json"
         files, caps = _captions(cap_path)

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from ..io import SGLoraError, unique_slugs
 from ..manifest import DEFAULT_TEMPLATE, describe, make_manifest
-from ._common import check_limit, filter_images, require_file, require_root, select_names, with_bad_images
+from ._common import check_limit, filter_images, read_text, require_root, select_names, with_bad_images
 
 SPLIT_FILES = {"train": "trainval.txt", "test": "test.txt"}
 FIELDS = "Image CLASS-ID SPECIES BREED-ID"
@@ -31,9 +31,9 @@ def breed_name(stem: str) -> str:
 
 def read_list(path: Path) -> list[tuple[str, int]]:
     """``[(image stem, class id)]`` from a Pets annotation file, each line checked."""
-    require_file(path, f"an Oxford-IIIT Pets annotation list ('{FIELDS}' per line)")
+    text = read_text(path, f"an Oxford-IIIT Pets annotation list ('{FIELDS}' per line)")
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue

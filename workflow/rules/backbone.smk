@@ -24,8 +24,8 @@ rule pretrain_backbone:
     benchmark:
         f"{R}/benchmarks/pretrain_backbone.tsv"
     shell:
-        "sglora pretrain --worlds {params.worlds} --out {output} --seed {params.seed} "
-        "--threads {threads} --options {params.options:q} > {log} 2>&1"
+        "sglora pretrain --worlds {params.worlds:q} --out {output:q} --seed {params.seed:q} "
+        "--threads {threads} --options {params.options:q} > {log:q} 2>&1"
 
 
 rule embed:
@@ -36,7 +36,7 @@ rule embed:
     output:
         f"{R}/tasks/embeddings.parquet",
     params:
-        pairs=" ".join(f"{d}={manifest(d)}" for d in config["datasets"]),
+        pairs=[f"{d}={manifest(d)}" for d in config["datasets"]],
         template=config.get("description", {}).get("template", ""),
         backbone=backbone_param,
     conda:
@@ -44,5 +44,5 @@ rule embed:
     log:
         f"{R}/logs/embed.log",
     shell:
-        "sglora embed --backbone {params.backbone} --manifest {params.pairs} "
-        "--template {params.template:q} --out {output} > {log} 2>&1"
+        "sglora embed --backbone {params.backbone:q} --manifest {params.pairs:q} "
+        "--template {params.template:q} --out {output:q} > {log:q} 2>&1"

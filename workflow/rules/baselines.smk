@@ -12,7 +12,7 @@ rule candidates_oracle:
     log:
         f"{R}/logs/candidates/{{group}}/oracle.log",
     shell:
-        "sglora candidates --method oracle --loras {input} --out {output} > {log} 2>&1"
+        "sglora candidates --method oracle --loras {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule candidates_merging:
@@ -29,14 +29,14 @@ rule candidates_merging:
         tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
         dataset=lambda w: GROUPS[w.group]["dataset"],
         seen=lambda w: "" if GROUPS[w.group].get("unseen", True) else "--seen",
-        selection=lambda w, input: "--selection " + shlex.quote(input.selection[0]) if input.selection else "",
+        selection=lambda w, input: f"--selection {shlex.quote(input.selection[0])}" if input.selection else "",
         prior=as_json(config["prior"]),
     conda:
         "../../envs/sglora.yaml"
     log:
         f"{R}/logs/candidates/{{group}}/{{method}}.log",
     shell:
-        "sglora candidates --method {wildcards.method} --tasks {params.tasks} --dataset {params.dataset} {params.seen} "
+        "sglora candidates --method {wildcards.method:q} --tasks {params.tasks:q} --dataset {params.dataset:q} {params.seen} "
         "--repository {input.repository:q} --embeddings {input.embeddings:q} --prior {params.prior:q} "
         "{params.selection} --out {output:q} > {log:q} 2>&1"
 
@@ -65,8 +65,8 @@ rule train_mole:
     benchmark:
         f"{R}/benchmarks/train_mole.tsv"
     shell:
-        "sglora train-mole --backbone {params.backbone} --manifest {input.manifest} --tasks {params.tasks} "
-        "--repository {input.repository} --spec {params.spec:q} --out {output} --threads {threads} > {log} 2>&1"
+        "sglora train-mole --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
+        "--repository {input.repository:q} --spec {params.spec:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 
@@ -96,8 +96,8 @@ rule train_pdiff:
     benchmark:
         f"{R}/benchmarks/train_{{variant}}.tsv"
     shell:
-        "sglora train-pdiff --repository {input.repository} --embeddings {input.embeddings} "
-        "--tasks {params.tasks} {params.flag} --spec {params.spec:q} --out {output} > {log} 2>&1"
+        "sglora train-pdiff --repository {input.repository:q} --embeddings {input.embeddings:q} "
+        "--tasks {params.tasks:q} {params.flag} --spec {params.spec:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule candidates_pdiff:
@@ -116,5 +116,5 @@ rule candidates_pdiff:
     log:
         f"{R}/logs/candidates/{{group}}/{{variant}}.log",
     shell:
-        "sglora sample-pdiff --model {input.model} --repository {input.repository} "
-        "--embeddings {input.embeddings} --tasks {params.tasks} --out {output} > {log} 2>&1"
+        "sglora sample-pdiff --model {input.model:q} --repository {input.repository:q} "
+        "--embeddings {input.embeddings:q} --tasks {params.tasks:q} --out {output:q} > {log:q} 2>&1"

@@ -181,6 +181,22 @@ def wanted_tasks():
     return wanted
 
 
+def wanted_by(dataset, task):
+    """The config keys that list ``task`` of ``dataset``, as ``sglora check-tasks --wanted`` takes them."""
+    keys = {k: {dataset: [task]} for k, by in wanted_tasks().items() if task in by.get(dataset, [])}
+    return keys or {"requested": {dataset: [task]}}
+
+
+def check_file(dataset, task):
+    """The output of one task's check (rule check_tasks)."""
+    return f"{R}/tasks/{dataset}/{task}.json"
+
+
+def group_checks(w):
+    """The checks of a group's tasks: its evaluation waits for them."""
+    return [check_file(GROUPS[w.group]["dataset"], t) for t in GROUPS[w.group]["tasks"]]
+
+
 def pdiff_tasks():
     return sorted({t for spec in GROUPS.values() if "pdiff" in spec["methods"] for t in spec["tasks"]})
 

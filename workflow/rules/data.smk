@@ -15,7 +15,7 @@ rule world:
     log:
         f"{R}/logs/world/{{dataset}}.log",
     shell:
-        "sglora world --out {params.out} --seed {params.seed} --options {params.options:q} > {log} 2>&1"
+        "sglora world --out {params.out:q} --seed {params.seed:q} --options {params.options:q} > {log:q} 2>&1"
 
 
 rule manifest:
@@ -32,8 +32,8 @@ rule manifest:
     log:
         f"{R}/logs/manifest/{{dataset}}.log",
     shell:
-        "sglora manifest --dataset {params.kind} --root {params.root:q} --out {output} "
-        "--image-dir {params.images} --config-json {params.options:q} > {log} 2>&1"
+        "sglora manifest --dataset {params.kind:q} --root {params.root:q} --out {output:q} "
+        "--image-dir {params.images:q} --config-json {params.options:q} > {log:q} 2>&1"
 
 
 
@@ -59,23 +59,31 @@ rule caption:
     log:
         f"{R}/logs/caption/{{dataset}}.log",
     shell:
-        "sglora caption --manifest {input} --out {output} --backend {params.backend} "
-        "--shard-dir {params.shards} --options-json {params.options:q} > {log} 2>&1"
+        "sglora caption --manifest {input:q} --out {output:q} --backend {params.backend:q} "
+        "--shard-dir {params.shards:q} --options-json {params.options:q} > {log:q} 2>&1"
 
 
 
 rule check_tasks:
-    """Fail early, naming the config key, if a configured task is not in its dataset."""
+    """Fail early, naming the config key, if a configured task is not in its dataset. One
+    job per (dataset, task): a LoRA depends only on its own task's check, so editing a
+    group or the experts reruns nothing of the other tasks. High priority: the checks run
+    before the training jobs that become ready with them."""
     input:
-        [manifest(d) for d in config["datasets"]],
+        lambda w: manifest(w.dataset),
     output:
-        f"{R}/tasks/tasks.json",
+        check_file("{dataset}", "{task}"),
+    wildcard_constraints:
+        task="[a-z0-9_]+",
     params:
-        pairs=" ".join(f"{d}={manifest(d)}" for d in config["datasets"]),
-        wanted=as_json(wanted_tasks()),
+        # functions of `input`: Snakemake does not rerun a job when these change. `wanted`
+        # only names the config keys in an error; the check itself is the same for any key.
+        pair=lambda w, input: f"{w.dataset}={input[0]}",
+        wanted=lambda w, input: as_json(wanted_by(w.dataset, w.task)),
+    priority: 50
     conda:
         "../../envs/sglora.yaml"
     log:
-        f"{R}/logs/check_tasks.log",
+        f"{R}/logs/check_tasks/{{dataset}}/{{task}}.log",
     shell:
-        "sglora check-tasks --manifest {params.pairs} --wanted {params.wanted:q} --out {output} > {log} 2>&1"
+        "sglora check-tasks --manifest {params.pair:q} --wanted {params.wanted:q} --out {output:q} > {log:q} 2>&1"

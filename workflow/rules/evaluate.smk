@@ -8,6 +8,7 @@ rule evaluate:
     input:
         candidates=f"{R}/candidates/{{group}}/{{method}}.safetensors",
         manifest=lambda w: manifest(GROUPS[w.group]["dataset"]),
+        checks=group_checks,
         backbone=backbone_input(),
     output:
         directory(f"{R}/metrics/{{group}}/{{method}}"),
@@ -29,15 +30,16 @@ rule evaluate:
     benchmark:
         f"{R}/benchmarks/evaluate/{{group}}/{{method}}.tsv"
     shell:
-        "sglora evaluate --backbone {params.backbone} --manifest {input.manifest} --tasks {params.tasks} "
-        "--method {wildcards.method} --group {wildcards.group} --candidates {input.candidates} "
-        "--lora {params.lora:q} --out {output} --threads {threads} > {log} 2>&1"
+        "sglora evaluate --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
+        "--method {wildcards.method:q} --group {wildcards.group:q} --candidates {input.candidates:q} "
+        "--lora {params.lora:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule evaluate_zero_shot:
     """The bare backbone (Zero-Shot CLIP)."""
     input:
         manifest=lambda w: manifest(GROUPS[w.group]["dataset"]),
+        checks=group_checks,
         backbone=backbone_input(),
     output:
         directory(f"{R}/metrics/{{group}}/zero_shot"),
@@ -54,8 +56,8 @@ rule evaluate_zero_shot:
     log:
         f"{R}/logs/evaluate/{{group}}/zero_shot.log",
     shell:
-        "sglora evaluate --backbone {params.backbone} --manifest {input.manifest} --tasks {params.tasks} "
-        "--method zero_shot --group {wildcards.group} --out {output} --threads {threads} > {log} 2>&1"
+        "sglora evaluate --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
+        "--method zero_shot --group {wildcards.group:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule evaluate_mole:
@@ -63,6 +65,7 @@ rule evaluate_mole:
     input:
         mole=f"{R}/mole",
         manifest=lambda w: manifest(GROUPS[w.group]["dataset"]),
+        checks=group_checks,
         backbone=backbone_input(),
     output:
         directory(f"{R}/metrics/{{group}}/mole"),
@@ -79,5 +82,5 @@ rule evaluate_mole:
     log:
         f"{R}/logs/evaluate/{{group}}/mole.log",
     shell:
-        "sglora evaluate-mole --backbone {params.backbone} --manifest {input.manifest} --tasks {params.tasks} "
-        "--mole {input.mole} --group {wildcards.group} --out {output} > {log} 2>&1"
+        "sglora evaluate-mole --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
+        "--mole {input.mole:q} --group {wildcards.group:q} --out {output:q} > {log:q} 2>&1"

@@ -6,7 +6,7 @@ rule train_lora:
     epochs' factors (snapshots) and the final adapter."""
     input:
         manifest=lambda w: manifest(w.dataset),
-        tasks=f"{R}/tasks/tasks.json",
+        check=lambda w: check_file(w.dataset, w.task),
         backbone=backbone_input(),
     output:
         directory(f"{R}/loras/{{dataset}}/{{task}}"),
@@ -26,8 +26,8 @@ rule train_lora:
     benchmark:
         f"{R}/benchmarks/train_lora/{{dataset}}/{{task}}.tsv"
     shell:
-        "sglora train-lora --backbone {params.backbone} --manifest {input.manifest} --task {wildcards.task} "
-        "--out {output} --lora {params.lora:q} --training {params.training:q} --threads {threads} > {log} 2>&1"
+        "sglora train-lora --backbone {params.backbone:q} --manifest {input.manifest:q} --task {wildcards.task:q} "
+        "--out {output:q} --lora {params.lora:q} --training {params.training:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule assemble:
@@ -46,5 +46,5 @@ rule assemble:
     benchmark:
         f"{R}/benchmarks/assemble.tsv"
     shell:
-        "sglora assemble --loras {input.loras} --embeddings {input.embeddings} --dataset {params.dataset} "
-        "--out {output} > {log} 2>&1"
+        "sglora assemble --loras {input.loras:q} --embeddings {input.embeddings:q} --dataset {params.dataset:q} "
+        "--out {output:q} > {log:q} 2>&1"

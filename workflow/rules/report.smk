@@ -71,6 +71,6 @@ rule figures:
     log:
         f"{R}/logs/figures.log",
     shell:
-        "sglora figures --repository {input.repository} --metrics {params.metrics} --candidates {params.candidates} "
-        "--loras {params.loras} --groups {params.groups:q} --samples-group {params.samples_group:q} "
-        "--out {params.out} > {log} 2>&1"
+        "sglora figures --repository {input.repository:q} --metrics {params.metrics:q} --candidates {params.candidates:q} "
+        "--loras {params.loras:q} --groups {params.groups:q} --samples-group {params.samples_group:q} "
+        "--out {params.out:q} > {log:q} 2>&1"

@@ -64,8 +64,8 @@ rule select:
     benchmark:
         f"{R}/benchmarks/select/{{method}}.tsv"
     shell:
-        "sglora select --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks} "
-        "--dataset {params.dataset} --grid {params.grid:q} --repository {input.repository:q} "
+        "sglora select --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
+        "--dataset {params.dataset:q} --grid {params.grid:q} --repository {input.repository:q} "
         "--embeddings {input.embeddings:q} --cvae {input.cvae:q} --prior {params.prior:q} --sampling {params.sampling:q} "
         "--lora {params.lora:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
@@ -106,7 +106,7 @@ rule sample_sglora:
     log:
         f"{R}/logs/sample_sglora/{{group}}.log",
     shell:
-        "sglora candidates --method sglora --tasks {params.tasks} --dataset {params.dataset} {params.seen} "
+        "sglora candidates --method sglora --tasks {params.tasks:q} --dataset {params.dataset:q} {params.seen} "
         "--repository {input.repository:q} --embeddings {input.embeddings:q} --cvae {input.cvae:q} "
         "--selection {input.selection:q} --prior {params.prior:q} --sampling {params.sampling:q} "
         "--adapters {output.adapters:q} --out {output.candidates:q} > {log:q} 2>&1"
@@ -154,7 +154,7 @@ rule premises:
     log:
         f"{R}/logs/premises.log",
     shell:
-        "sglora premises --backbone {params.backbone:q} --manifest {input.manifest:q} --experts-dataset {params.experts} "
+        "sglora premises --backbone {params.backbone:q} --manifest {input.manifest:q} --experts-dataset {params.experts:q} "
         "--repository {input.repository:q} --embeddings {input.embeddings:q} --embedded {params.embedded:q} "
-        "--unseen {params.unseen} --transfer {params.transfer:q} --headroom {params.headroom:q} --prior {params.prior:q} "
+        "--unseen {params.unseen:q} --transfer {params.transfer:q} --headroom {params.headroom:q} --prior {params.prior:q} "
         "--spec {params.spec:q} --out {output.json:q} --markdown {output.md:q} > {log:q} 2>&1"
