@@ -33,10 +33,12 @@ rule embed:
     input:
         manifests=[manifest(d) for d in config["datasets"]],
         backbone=backbone_input(),
+        images=[image_cache(d) for d in config["datasets"]],
     output:
         f"{R}/tasks/embeddings.parquet",
     params:
         pairs=" ".join(f"{d}={manifest(d)}" for d in config["datasets"]),
+        caches=" ".join(f"{d}={image_cache(d)}" for d in config["datasets"]),
         template=config.get("description", {}).get("template", ""),
         backbone=backbone_param,
     conda:
@@ -45,4 +47,4 @@ rule embed:
         f"{R}/logs/embed.log",
     shell:
         "sglora embed --backbone {params.backbone} --manifest {params.pairs} "
-        "--template {params.template:q} --out {output} > {log} 2>&1"
+        "--template {params.template:q} --image-cache {params.caches} --out {output} > {log} 2>&1"

@@ -44,6 +44,7 @@ rule train_mole:
         manifest=manifest(EXPERTS["dataset"]),
         repository=f"{R}/repository",
         backbone=backbone_input(),
+        images=image_cache(EXPERTS["dataset"]),
     output:
         directory(f"{R}/mole"),
     params:
@@ -63,7 +64,8 @@ rule train_mole:
         f"{R}/benchmarks/train_mole.tsv"
     shell:
         "sglora train-mole --backbone {params.backbone} --manifest {input.manifest} --tasks {params.tasks} "
-        "--repository {input.repository} --spec {params.spec:q} --out {output} --threads {threads} > {log} 2>&1"
+        "--repository {input.repository} --spec {params.spec:q} --image-cache {input.images} --out {output} "
+        "--threads {threads} > {log} 2>&1"
 
 
 

@@ -9,6 +9,7 @@ rule evaluate:
         candidates=f"{R}/candidates/{{group}}/{{method}}.safetensors",
         manifest=lambda w: manifest(GROUPS[w.group]["dataset"]),
         backbone=backbone_input(),
+        images=lambda w: image_cache(GROUPS[w.group]["dataset"]),
     output:
         directory(f"{R}/metrics/{{group}}/{{method}}"),
     wildcard_constraints:
@@ -31,7 +32,7 @@ rule evaluate:
     shell:
         "sglora evaluate --backbone {params.backbone} --manifest {input.manifest} --tasks {params.tasks} "
         "--method {wildcards.method} --group {wildcards.group} --candidates {input.candidates} "
-        "--lora {params.lora:q} --out {output} --threads {threads} > {log} 2>&1"
+        "--lora {params.lora:q} --image-cache {input.images} --out {output} --threads {threads} > {log} 2>&1"
 
 
 rule evaluate_zero_shot:
@@ -39,6 +40,7 @@ rule evaluate_zero_shot:
     input:
         manifest=lambda w: manifest(GROUPS[w.group]["dataset"]),
         backbone=backbone_input(),
+        images=lambda w: image_cache(GROUPS[w.group]["dataset"]),
     output:
         directory(f"{R}/metrics/{{group}}/zero_shot"),
     params:
@@ -55,7 +57,8 @@ rule evaluate_zero_shot:
         f"{R}/logs/evaluate/{{group}}/zero_shot.log",
     shell:
         "sglora evaluate --backbone {params.backbone} --manifest {input.manifest} --tasks {params.tasks} "
-        "--method zero_shot --group {wildcards.group} --out {output} --threads {threads} > {log} 2>&1"
+        "--method zero_shot --group {wildcards.group} --image-cache {input.images} --out {output} "
+        "--threads {threads} > {log} 2>&1"
 
 
 rule evaluate_mole:
@@ -64,6 +67,7 @@ rule evaluate_mole:
         mole=f"{R}/mole",
         manifest=lambda w: manifest(GROUPS[w.group]["dataset"]),
         backbone=backbone_input(),
+        images=lambda w: image_cache(GROUPS[w.group]["dataset"]),
     output:
         directory(f"{R}/metrics/{{group}}/mole"),
     params:
@@ -80,4 +84,5 @@ rule evaluate_mole:
         f"{R}/logs/evaluate/{{group}}/mole.log",
     shell:
         "sglora evaluate-mole --backbone {params.backbone} --manifest {input.manifest} --tasks {params.tasks} "
-        "--mole {input.mole} --group {wildcards.group} --out {output} > {log} 2>&1"
+        "--mole {input.mole} --group {wildcards.group} --image-cache {input.images} --out {output} "
+        "--threads {threads} > {log} 2>&1"

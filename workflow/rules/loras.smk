@@ -8,6 +8,7 @@ rule train_lora:
         manifest=lambda w: manifest(w.dataset),
         tasks=f"{R}/tasks/tasks.json",
         backbone=backbone_input(),
+        images=lambda w: image_cache(w.dataset),
     output:
         directory(f"{R}/loras/{{dataset}}/{{task}}"),
     params:
@@ -27,7 +28,8 @@ rule train_lora:
         f"{R}/benchmarks/train_lora/{{dataset}}/{{task}}.tsv"
     shell:
         "sglora train-lora --backbone {params.backbone} --manifest {input.manifest} --task {wildcards.task} "
-        "--out {output} --lora {params.lora:q} --training {params.training:q} --threads {threads} > {log} 2>&1"
+        "--out {output} --lora {params.lora:q} --training {params.training:q} --image-cache {input.images} "
+        "--threads {threads} > {log} 2>&1"
 
 
 rule assemble:
