@@ -51,8 +51,9 @@ EMBEDDED = [n for n, d in config["datasets"].items() if d["kind"] == "embedded"]
 
 # Local GPU jobs take a free GPU from lock files here (sglora/devices.py); a job on a
 # cluster node (SLURM) gets its devices from the scheduler and never looks at them.
+# (set here, not asserted with `envvars:`: the workflow provides it, the user does not)
 if workflow.is_main_process:
-    os.environ["SGLORA_GPU_SLOTS"] = f"{R}/gpu_slots/{socket.gethostname()}"
+    os.environ.update(SGLORA_GPU_SLOTS=f"{R}/gpu_slots/{socket.gethostname()}")
 else:
     os.environ.pop("SGLORA_GPU_SLOTS", None)
 
@@ -100,6 +101,11 @@ def backbone_input(wildcards=None):
 
 def manifest(dataset):
     return f"{R}/data/{dataset}/manifest.parquet"
+
+
+def image_cache(dataset):
+    """A dataset's uint8 image cache (rule image_cache, sglora/images.py)."""
+    return f"{R}/data/{dataset}/image_cache"
 
 
 def lora_dir(dataset, task):

@@ -3,10 +3,6 @@
 # (sglora/images.py), so no step holds a task's images as float32 and no JPEG is decoded twice.
 
 
-def image_cache(dataset):
-    return f"{R}/data/{dataset}/image_cache"
-
-
 rule image_cache:
     """Decode, resize and crop every image of a dataset once with the backbone's image
     processor (the cache is keyed by its settings: another backbone gets its own)."""
