@@ -218,13 +218,17 @@ class Batches:
 
     def __init__(self, images: TaskImages, normalize: Normalize, batch_size: int = 256, workers: int = 0):
         self.images, self.normalize, self.batch_size, self.workers = images, normalize, batch_size, workers
+        self._loaders: dict[bool, torch.utils.data.DataLoader] = {}  # one per pin_memory; workers persist
 
     def __len__(self) -> int:
         return len(self.images)
 
     def on(self, device: torch.device | str) -> Iterator[torch.Tensor]:
         device = torch.device(device)
-        for batch in loader(self.images, self.batch_size, self.workers, pin_memory=device.type == "cuda"):
+        pin = device.type == "cuda"
+        if pin not in self._loaders:
+            self._loaders[pin] = loader(self.images, self.batch_size, self.workers, pin_memory=pin)
+        for batch in self._loaders[pin]:
             yield self.normalize(batch, device)
 
 
