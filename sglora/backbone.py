@@ -56,7 +56,8 @@ def load_images(paths: list[str]):
     for p in paths:
         try:
             with Image.open(p) as im:
-                out.append(im.convert("RGB"))
+                im.load()
+                out.append(im if im.mode == "RGB" else im.convert("RGB"))
         except (OSError, ValueError) as err:
             raise SGLoraError(f"{p}: cannot read image ({err})") from err
     return out

@@ -261,7 +261,7 @@ def build_cache(paths: Sequence[str], processor, root: str | Path, workers: int 
                 if tuple(batch.shape[1:]) != shape:
                     raise SGLoraError(f"image cache: the processor gave {tuple(batch.shape[1:])} and {shape}; "
                                       "it must give one size (center crop)")
-                f.write(batch.numpy().tobytes())
+                f.write(memoryview(batch.numpy()).cast("B"))
         write_json(tmp / "images.json", {"key": key, "shape": list(shape), "paths": paths,
                                          "processor": json.loads(json.dumps(_image_processor(processor).to_dict(), default=str))})
     return {"images": len(paths), "key": key, "shape": list(shape),
