@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import subprocess
 import sys
@@ -21,7 +22,8 @@ pytestmark = pytest.mark.slow
 def snakemake(*args, results: Path, config: Path | None = None, check=True) -> subprocess.CompletedProcess:
     cmd = [str(BIN / "snakemake"), "--cores", "2", "--configfile", str(config or ROOT / "config/tiny.yaml"),
            "--config", f"results={results}", *args]
-    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(results.parent)}
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(results.parent),
+           **({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {})}  # the code under test
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     if check and proc.returncode:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")

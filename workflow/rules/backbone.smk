@@ -41,10 +41,11 @@ rule embed:
         caches=" ".join(f"{d}={image_cache(d)}" for d in config["datasets"]),
         template=config.get("description", {}).get("template", ""),
         backbone=backbone_param,
+        device=config["device"],
     conda:
         "../../envs/sglora.yaml"
     log:
         f"{R}/logs/embed.log",
     shell:
         "sglora embed --backbone {params.backbone} --manifest {params.pairs} "
-        "--template {params.template:q} --image-cache {params.caches} --out {output} > {log} 2>&1"
+        "--template {params.template:q} --image-cache {params.caches} --device {params.device} --out {output} > {log} 2>&1"

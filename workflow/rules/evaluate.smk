@@ -18,6 +18,7 @@ rule evaluate:
         tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
         lora=as_json(config["lora"]),
         backbone=backbone_param,
+        device=config["device"],
     threads: THREADS
     resources:
         gpu=lambda w: res("evaluate", "gpu", 1 if PRETRAINED else 0),
@@ -32,7 +33,8 @@ rule evaluate:
     shell:
         "sglora evaluate --backbone {params.backbone} --manifest {input.manifest} --tasks {params.tasks} "
         "--method {wildcards.method} --group {wildcards.group} --candidates {input.candidates} "
-        "--lora {params.lora:q} --image-cache {input.images} --out {output} --threads {threads} > {log} 2>&1"
+        "--lora {params.lora:q} --image-cache {input.images} --device {params.device} --out {output} "
+        "--threads {threads} > {log} 2>&1"
 
 
 rule evaluate_zero_shot:
@@ -46,6 +48,7 @@ rule evaluate_zero_shot:
     params:
         tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
         backbone=backbone_param,
+        device=config["device"],
     threads: THREADS
     resources:
         gpu=lambda w: res("evaluate", "gpu", 1 if PRETRAINED else 0),
@@ -57,8 +60,8 @@ rule evaluate_zero_shot:
         f"{R}/logs/evaluate/{{group}}/zero_shot.log",
     shell:
         "sglora evaluate --backbone {params.backbone} --manifest {input.manifest} --tasks {params.tasks} "
-        "--method zero_shot --group {wildcards.group} --image-cache {input.images} --out {output} "
-        "--threads {threads} > {log} 2>&1"
+        "--method zero_shot --group {wildcards.group} --image-cache {input.images} --device {params.device} "
+        "--out {output} --threads {threads} > {log} 2>&1"
 
 
 rule evaluate_mole:
@@ -73,6 +76,7 @@ rule evaluate_mole:
     params:
         tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
         backbone=backbone_param,
+        device=config["device"],
     threads: THREADS
     resources:
         gpu=lambda w: res("evaluate", "gpu", 1 if PRETRAINED else 0),
@@ -84,5 +88,5 @@ rule evaluate_mole:
         f"{R}/logs/evaluate/{{group}}/mole.log",
     shell:
         "sglora evaluate-mole --backbone {params.backbone} --manifest {input.manifest} --tasks {params.tasks} "
-        "--mole {input.mole} --group {wildcards.group} --image-cache {input.images} --out {output} "
-        "--threads {threads} > {log} 2>&1"
+        "--mole {input.mole} --group {wildcards.group} --image-cache {input.images} --device {params.device} "
+        "--out {output} --threads {threads} > {log} 2>&1"
