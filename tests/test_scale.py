@@ -173,22 +173,26 @@ def test_only_steps_that_use_a_gpu_take_a_slot(tmp_path, monkeypatch):
 # --- requests a machine cannot meet --------------------------------------------------
 
 
-@pytest.mark.parametrize("case", ["mem_mb", "gpu_limit"])
+@pytest.mark.parametrize("case", ["mem_mb", "gpu", "gpu_limit"])
 def test_impossible_request_is_refused_before_any_job(case, tmp_path):
-    """A real (not dry) run of config/tiny.yaml asking 100 TB for train_lora, or giving
-    --resources gpu=1 on a machine with no GPU, stops before its first job, naming the key."""
+    """A real (not dry) run of config/tiny.yaml asking 100 TB for train_lora, two GPUs of a
+    (simulated) one-GPU machine, or giving --resources gpu=1 on a machine with no GPU,
+    stops before its first job, naming the key."""
     cfg = yaml.safe_load((ROOT / "config" / "tiny.yaml").read_text())
     cfg["results"] = str(tmp_path / "results")
-    args = []
+    args, visible = [], ""
     if case == "mem_mb":
         cfg["resources"] = {"train_lora": {"gpu": 0, "mem_mb": 10**8, "runtime": 10}}
         want = "resources.train_lora.mem_mb=100000000, but this machine has"
+    elif case == "gpu":
+        cfg["resources"] = {"train_lora": {"gpu": 2, "mem_mb": 1000, "runtime": 10}}
+        want, visible = "resources.train_lora.gpu=2, but this machine has 1 GPU(s)", "0"
     else:
         args = ["--resources", "gpu=1"]
         want = "--resources gpu=1, but this machine has 0 GPU(s)"
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": visible}
     proc = subprocess.run([str(BIN / "snakemake"), "--cores", "1", "--replace-workflow-config", "--configfile",
                            str(path), *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     out = proc.stdout + proc.stderr
