@@ -19,6 +19,7 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/images.smk"
 include: "workflow/rules/backbone.smk"
 include: "workflow/rules/loras.smk"
 include: "workflow/rules/sglora.smk"

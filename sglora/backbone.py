@@ -56,7 +56,8 @@ def load_images(paths: list[str]):
     for p in paths:
         try:
             with Image.open(p) as im:
-                out.append(im.convert("RGB"))
+                im.load()
+                out.append(im if im.mode == "RGB" else im.convert("RGB"))
         except (OSError, ValueError) as err:
             raise SGLoraError(f"{p}: cannot read image ({err})") from err
     return out
@@ -83,10 +84,16 @@ def _features(out) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_images(model, pixels: torch.Tensor, batch: int = 256) -> torch.Tensor:
+def encode_images(model, pixels, batch: int = 256) -> torch.Tensor:
+    """Unit image embeddings of ``pixels``: a float tensor, or :class:`sglora.images.Batches`
+    (uint8 batches streamed from the cache and normalised on the model's device)."""
     dev = next(model.parameters()).device
-    feats = [_features(model.get_image_features(pixel_values=pixels[i : i + batch].to(dev))) for i in range(0, len(pixels), batch)]
-    return F.normalize(torch.cat(feats).float(), dim=-1).cpu()
+    if isinstance(pixels, torch.Tensor):
+        chunks = (pixels[i : i + batch].to(dev) for i in range(0, len(pixels), batch))
+    else:
+        chunks = pixels.on(dev)
+    feats = [_features(model.get_image_features(pixel_values=c)).float().cpu() for c in chunks]
+    return F.normalize(torch.cat(feats), dim=-1)
 
 
 @torch.no_grad()

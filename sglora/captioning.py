@@ -307,7 +307,9 @@ def load_captioner(opts: CaptionOptions):
     import torch
     from transformers import Qwen2VLForConditionalGeneration
 
-    device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from .backbone import pick_device
+
+    device = str(pick_device(opts.device or "auto"))
     dtype_name = opts.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     dtype = getattr(torch, dtype_name, None)
     if not isinstance(dtype, torch.dtype):

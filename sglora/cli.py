@@ -57,7 +57,19 @@ def cmd_embed(a):
     from .embed import embed_tasks
 
     manifests = dict(m.split("=", 1) for m in a.manifest)
-    print(json.dumps(embed_tasks(a.backbone, manifests, a.out, template=a.template or None)))
+    caches = dict(m.split("=", 1) for m in a.image_cache)
+    print(json.dumps(embed_tasks(a.backbone, manifests, a.out, template=a.template or None, device=a.device,
+                                 caches=caches, workers=a.threads or 0)))
+
+
+def cmd_image_cache(a):
+    from .backbone import load_clip
+    from .images import build_cache
+    from .manifest import read_manifest
+
+    _, processor = load_clip(a.backbone)
+    paths = read_manifest(a.manifest).column("image_path").to_pylist()
+    print(json.dumps(build_cache(paths, processor, a.out, workers=a.threads or 1)))
 
 
 def cmd_train_lora(a):
@@ -65,7 +77,7 @@ def cmd_train_lora(a):
     from .lora import LoraSpec
 
     info = train_lora(a.backbone, a.manifest, a.task, a.out, LoraSpec.from_dict(_json(a.lora)),
-                      TrainSpec.from_dict(_json(a.training)), threads=a.threads)
+                      TrainSpec.from_dict(_json(a.training)), threads=a.threads, cache=a.image_cache)
     print(json.dumps({k: info[k] for k in ("task", "pairs", "dim", "snapshots")} | {"final_loss": info["losses"][-1]}))
 
 
@@ -175,7 +187,8 @@ def cmd_select(a):
                           read_embeddings(a.embeddings, a.dataset), PriorSpec.from_dict(_json(a.prior, "--prior")),
                           SamplingSpec.from_dict(_json(a.sampling, "--sampling")),
                           LoraSpec.from_dict(_json(a.lora, "--lora")).scaling, repo.layout,
-                          cvaes=_load_cvaes(a.cvae) if a.cvae else None, threads=a.threads)
+                          cvaes=_load_cvaes(a.cvae) if a.cvae else None, threads=a.threads, device=a.device,
+                          cache=a.image_cache)
     res["dataset"] = a.dataset
     write_json(a.out, res)
     print(json.dumps(res["chosen"]))
@@ -217,7 +230,8 @@ def cmd_premises(a):
         metrics[group] = (zs, orc)
     res = check_premises(a.backbone, a.manifest, emb, experts, repo.layout, repo.lora.scaling,
                          {"groups": _list(a.unseen), "transfer": _list(a.transfer)}, families, metrics, spec, enforce,
-                         modality=_json(a.prior, "--prior").get("modality", "textual"))
+                         modality=_json(a.prior, "--prior").get("modality", "textual"), device=a.device,
+                         cache=a.image_cache)
     write_json(a.out, res)
     with atomic_path(a.markdown) as tmp:
         tmp.write_text(render_premises(res))
@@ -230,7 +244,7 @@ def cmd_evaluate(a):
 
     scaling = LoraSpec.from_dict(_json(a.lora)).scaling
     res = evaluate_method(a.backbone, a.manifest, _list(a.tasks), a.method, a.out, a.candidates, scaling,
-                          group=a.group, threads=a.threads)
+                          group=a.group, threads=a.threads, device=a.device, cache=a.image_cache)
     print(json.dumps(res))
 
 
@@ -272,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
+    def add_device(sp):
+        sp.add_argument("--device", default="auto", help='torch device: "auto" = cuda when available, else cpu')
+        sp.set_defaults(device_of=lambda a: a.device)
+
     s = add("world", cmd_world, "Generate one domain of the embedded benchmark's synthetic world (images, manifest, captions).")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--seed", type=int, default=0, help="world seed (family looks and images)")
@@ -294,7 +312,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backbone", required=True, help="model id or local folder")
     s.add_argument("--manifest", nargs="+", required=True, metavar="DATASET=FILE", help="task manifests")
     s.add_argument("--template", default="", help="description template, e.g. 'a photo of a <class name>'")
+    s.add_argument("--image-cache", nargs="*", default=[], metavar="DATASET=DIR", help="image caches (sglora image-cache)")
+    add_device(s)
+    s.add_argument("--threads", type=int, default=None, help="DataLoader workers")
     s.add_argument("--out", required=True)
+
+    s = add("image-cache", cmd_image_cache, "Decode, resize and crop every image of a manifest once, with the "
+            "backbone's image processor, into a uint8 cache that training, evaluation and embedding stream from.")
+    s.add_argument("--backbone", required=True, help="model id or local folder (its image processor sets the size)")
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--out", required=True, help="cache root; the cache goes to <out>/<processor key>/")
+    s.add_argument("--threads", type=int, default=None, help="decoding worker processes")
 
     s = add("train-lora", cmd_train_lora, "Train one task's LoRA (an expert for a seen task, the Oracle for an unseen one).")
     s.add_argument("--backbone", required=True)
@@ -303,7 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder: snapshots.safetensors, adapter/, training.json")
     s.add_argument("--lora", help="JSON LoRA spec (rank, alpha, target_modules, towers, init_seed)")
     s.add_argument("--training", help="JSON training spec (epochs, snapshots, lr, batch_size, seed, device, bf16)")
-    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--image-cache", default=None, help="the dataset's image cache (sglora image-cache)")
+    s.add_argument("--threads", type=int, default=None, help="torch threads and DataLoader workers")
+    s.set_defaults(device_of=lambda a: _spec("expert", "TrainSpec", a.training))
 
     s = add("assemble", cmd_assemble, "Stream expert LoRAs into the Parquet expert repository.")
     s.add_argument("--loras", nargs="+", required=True, help="trained LoRA folders (folder name = task id)")
@@ -317,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prior", help="JSON prior spec (k, tau, modality)")
     s.add_argument("--out", required=True)
     s.add_argument("--threads", type=int, default=None)
+    s.set_defaults(device_of=lambda a: _spec("cvae", "CVAESpec", a.cvae))
 
     s = add("candidates", cmd_candidates, "Write a method's candidate LoRA(s) for each task of a group "
             "(sglora samples, oracle, model_soups, adaptersoup, topk_weighted).")
@@ -348,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prior", help="JSON prior spec (defaults for settings a grid does not vary)")
     s.add_argument("--sampling", help="JSON sampling spec")
     s.add_argument("--lora", help="JSON LoRA spec (for the scaling alpha / rank)")
+    s.add_argument("--image-cache", default=None, help="the validation dataset's image cache (sglora image-cache)")
+    add_device(s)
     s.add_argument("--out", required=True)
     s.add_argument("--threads", type=int, default=None)
 
@@ -373,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--headroom", nargs="*", default=[], metavar="GROUP=ZERO_SHOT_DIR,ORACLE_DIR")
     s.add_argument("--prior", help="JSON prior spec (modality)")
     s.add_argument("--spec", help="JSON premises section")
+    s.add_argument("--image-cache", default=None, help="the experts' dataset's image cache (sglora image-cache)")
+    add_device(s)
     s.add_argument("--out", required=True, help="premises.json")
     s.add_argument("--markdown", required=True, help="premises.md")
 
@@ -385,7 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--candidates", default=None, help="candidates file; omit for zero-shot CLIP")
     s.add_argument("--lora", help="JSON LoRA spec (for the scaling alpha / rank)")
     s.add_argument("--out", required=True, help="folder for <task>.json")
-    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--image-cache", default=None, help="the dataset's image cache (sglora image-cache)")
+    s.add_argument("--threads", type=int, default=None, help="torch threads and DataLoader workers")
+    add_device(s)
 
     s = add("generate", cmd_generate, "Generate LoRA adapter(s) for any text description with the trained SG-LoRA.")
     s.add_argument("description", help='e.g. "a photo of a zebra"')
@@ -429,11 +466,50 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _spec(module: str, name: str, text: str | None) -> str:
+    """The ``device`` setting of a step's JSON spec (``TrainSpec``, ``CVAESpec`` ...)."""
+    import importlib
+
+    return getattr(importlib.import_module(f"sglora.{module}"), name).from_dict(_json(text)).device
+
+
+def device_setting(args: argparse.Namespace) -> str | None:
+    """The device setting ("auto", "cuda", "cpu" ...) a parsed heavy step will run on,
+    read from its flags and spec the way the step reads it; ``None`` for light steps."""
+    of = getattr(args, "device_of", None)
+    return of(args) if of else None
+
+
+def step_device(argv: list[str]):
+    """The torch device the step ``argv`` (``["train-lora", ...]``) would run on, without
+    running it."""
+    from .backbone import pick_device
+
+    setting = device_setting(build_parser().parse_args(argv))
+    return None if setting is None else pick_device(setting)
+
+
+def claim_gpu(args: argparse.Namespace):
+    """On a local run with GPU slots (``SGLORA_GPU_SLOTS``), give a step that will use a
+    GPU its own device before CUDA starts; the slot is held until the process exits."""
+    import os
+
+    from .devices import SLOTS_ENV, acquire_gpu_slot, wants_gpu
+
+    setting = device_setting(args)
+    if not os.environ.get(SLOTS_ENV) or setting is None or not wants_gpu(setting):
+        return None
+    slot = acquire_gpu_slot(os.environ[SLOTS_ENV])
+    print(f"sglora {args.command}: GPU slot CUDA_VISIBLE_DEVICES={slot.device}", file=sys.stderr, flush=True)
+    return slot
+
+
 def main(argv: list[str] | None = None) -> int:
     from .io import SGLoraError
 
     args = build_parser().parse_args(argv)
     try:
+        slot = claim_gpu(args)  # noqa: F841 (held, with its lock, until the process exits)
         args.func(args)
     except SGLoraError as err:
         print(f"sglora {args.command}: error: {err}", file=sys.stderr)

@@ -72,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     c.add_argument("--shard-dir", required=True, help="folder for resumable caption shards")
     c.add_argument("--options-json", default="{}", help="captioning options as one JSON object")
-    c.set_defaults(func=run_caption)
+    c.set_defaults(func=run_caption, device_of=caption_device)
 
 
 
@@ -106,6 +106,15 @@ def run_manifest(args: argparse.Namespace) -> int:
     }
     print(json.dumps(summary), file=sys.stdout)
     return 0
+
+
+def caption_device(args: argparse.Namespace) -> str | None:
+    """The device setting of a Qwen2-VL captioning run (None: the other backends use none)."""
+    from .captioning import parse_options
+
+    if args.backend != "qwen2vl":
+        return None
+    return parse_options(args.backend, json_object(args.options_json, "--options-json")).device or "auto"
 
 
 def run_caption(args: argparse.Namespace) -> int:

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .backbone import encode_images, encode_texts, load_clip, pixel_values
+from .backbone import encode_images, encode_texts, load_clip, pick_device
+from .images import task_batches
 from .io import SGLoraError, reading, write_table
 from .manifest import describe, read_manifest
 
@@ -30,10 +31,14 @@ def describe_tasks(manifest: pa.Table, template: str | None) -> dict[str, dict]:
 
 
 def embed_tasks(backbone: str, manifests: dict[str, str | Path], out: str | Path, template: str | None = None,
-                visual_images: int = 64, device: str = "cpu") -> dict:
+                visual_images: int = 64, device: str = "auto", caches: dict[str, str | Path] | None = None,
+                workers: int = 0) -> dict:
     """Write ``out`` (Parquet): ``dataset, task, task_name, description, text_embedding,
-    visual_embedding`` for every task of every manifest."""
-    model, processor = load_clip(backbone, device=device)
+    visual_embedding`` for every task of every manifest. ``caches``: ``{dataset: image
+    cache}`` (images stream from it; decoded on the fly for a dataset without one);
+    ``device``: "auto" = CUDA when available."""
+    caches = caches or {}
+    model, processor = load_clip(backbone, device=pick_device(device))
     rows = []
     for dataset, path in sorted(manifests.items()):
         table = read_manifest(path)
@@ -48,7 +53,7 @@ def embed_tasks(backbone: str, manifests: dict[str, str | Path], out: str | Path
             imgs = sorted(by_task.get(task, []))[:visual_images]
             if not imgs:
                 raise SGLoraError(f"{path}: task {task!r} has no training images")
-            vis = encode_images(model, pixel_values(processor, imgs)).numpy().mean(0)
+            vis = encode_images(model, task_batches(imgs, processor, caches.get(dataset), workers=workers)).numpy().mean(0)
             vis /= np.linalg.norm(vis) + 1e-12
             rows.append({"dataset": dataset, "task": task, **tasks[task],
                          "text_embedding": text[i].astype(np.float32), "visual_embedding": vis.astype(np.float32)})

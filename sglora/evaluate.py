@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backbone import encode_images, encode_texts, load_clip, pixel_values
+from .backbone import encode_images, encode_texts, load_clip, pick_device
+from .images import Batches, task_batches
 from .io import SGLoraError, write_json
 from .lora import Layout, merged
 from .manifest import read_manifest
@@ -27,17 +28,19 @@ from .metrics import correct, recall_from_ranks, retrieval_ranks
 class TaskData:
     task: str
     kind: str  #: "retrieval" or "classification"
-    pixels: torch.Tensor
+    pixels: Batches  #: the test images, streamed from the image cache and normalised on the device
     texts: list[str]  #: captions (retrieval) or class prompts (classification)
     targets: np.ndarray  #: caption -> image (retrieval) or image -> class (classification)
 
 
 def load_task(manifest: str | Path, task: str, processor, split: str = "test",
-              class_prompt: str = "a photo of a {}") -> TaskData:
+              class_prompt: str = "a photo of a {}", cache: str | Path | None = None, workers: int = 0) -> TaskData:
+    """A task's split; its images stream from the image cache ``cache`` (decoded on the
+    fly without one) with ``workers`` DataLoader workers, never all in memory."""
     rows = [r for r in read_manifest(manifest, [task]).to_pylist() if r["split"] == split]
     if not rows:
         raise SGLoraError(f"{manifest}: task {task!r} has no {split} images")
-    pixels = pixel_values(processor, [r["image_path"] for r in rows])
+    pixels = task_batches([r["image_path"] for r in rows], processor, cache, workers=workers)
     classes = sorted({r["class_name"] for r in rows})
     if len(classes) > 1:
         texts = [class_prompt.format(c) for c in classes]
@@ -124,21 +127,22 @@ def summarize(per_sample: list[dict[str, np.ndarray]], runs: list[int] | None = 
 
 def evaluate_method(backbone: str, manifest: str | Path, tasks: list[str], method: str, out_dir: str | Path,
                     candidates: str | Path | None = None, scaling: float | None = None, group: str = "",
-                    threads: int | None = None, device: str = "cpu") -> dict:
-    """Write ``out_dir/<task>.json`` for each task: the metrics of the method's LoRA(s)."""
+                    threads: int | None = None, device: str = "auto", cache: str | Path | None = None) -> dict:
+    """Write ``out_dir/<task>.json`` for each task: the metrics of the method's LoRA(s).
+    ``device``: "auto" = CUDA when available; ``cache``: the dataset's image cache."""
     from tqdm import tqdm
 
     from .candidates import load_candidates
 
     if threads:
         torch.set_num_threads(threads)
-    model, processor = load_clip(backbone, device=device)
+    model, processor = load_clip(backbone, device=pick_device(device))
     vectors, layout, info = ({}, None, {"info": {}}) if candidates is None else load_candidates(candidates)
     if candidates is not None and scaling is None:
         raise SGLoraError("evaluate: a LoRA scaling (alpha / rank) is needed with candidates")
     results = {}
     for task in tqdm(tasks, desc=f"evaluate[{group}/{method}]"):
-        data = load_task(manifest, task, processor)
+        data = load_task(manifest, task, processor, cache=cache, workers=threads or 0)
         if candidates is not None and task not in vectors:
             raise SGLoraError(f"{candidates}: no candidate LoRA for task {task!r}")
         if candidates is not None and not np.isfinite(vectors[task]).all():

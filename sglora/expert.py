@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backbone import clip_loss, load_clip, optimizer_step, pick_device, pixel_values, same_text_targets, seed_everything, tokenize
+from .backbone import clip_loss, load_clip, optimizer_step, pick_device, same_text_targets, seed_everything, tokenize
+from .images import ImageCache, Normalize, Schedule, TaskImages, loader
 from .io import SGLoraError, atomic_path, from_section, reading, save_safetensors, write_json
 from .lora import Layout, LoraSpec, add_lora, save_adapter
 from .manifest import read_manifest
@@ -60,8 +61,13 @@ def train_lora(
     train: TrainSpec,
     threads: int | None = None,
     progress: bool = True,
+    cache: str | Path | None = None,
 ) -> dict:
     """Fine-tune CLIP with LoRA on ``task``'s training pairs (symmetric contrastive loss).
+
+    Images stream from the dataset's image cache ``cache`` (:mod:`sglora.images`; decoded
+    on the fly without one) through a DataLoader with ``threads`` workers, and are
+    normalised on the training device; bf16 autocast on a GPU when ``train.bf16``.
 
     Writes into ``out_dir`` (atomically, as one folder):
 
@@ -79,7 +85,9 @@ def train_lora(
     peft_model = add_lora(model, lora, base=backbone).to(device)
     layout = Layout.of(peft_model)
     paths, captions = task_pairs(manifest, task, "train")
-    pixels = pixel_values(processor, paths)
+    images = TaskImages(paths, processor, ImageCache.open(cache, processor) if cache else None)
+    normalize, schedule = Normalize(processor), Schedule()
+    batches = loader(images, schedule, workers=threads or 0, pin_memory=device.type == "cuda")
     flat = [c for caps in captions for c in caps]
     enc = tokenize(processor, flat)
     start = np.cumsum([0] + [len(c) for c in captions[:-1]])
@@ -95,12 +103,13 @@ def train_lora(
         order = torch.randperm(len(paths), generator=gen)
         pick = torch.randint(0, 1 << 30, (len(paths),), generator=gen)
         total = 0.0
-        for i in range(0, len(order), train.batch_size):
-            idx = order[i : i + train.batch_size]
-            cap = torch.tensor([start[j] + pick[j] % len(captions[j]) for j in idx.tolist()])
+        schedule.batches = [order[i : i + train.batch_size].tolist() for i in range(0, len(order), train.batch_size)]
+        for idx, raw in zip(schedule.batches, batches):
+            cap = torch.tensor([start[j] + pick[j] % len(captions[j]) for j in idx])
             targets = same_text_targets([flat[c] for c in cap.tolist()]).to(device)
+            pixels = normalize(raw, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                loss = clip_loss(peft_model, pixels[idx].to(device), enc["input_ids"][cap].to(device),
+                loss = clip_loss(peft_model, pixels, enc["input_ids"][cap].to(device),
                                  enc["attention_mask"][cap].to(device), targets)
             optimizer_step(opt, loss, f"task {task}", epoch, losses)
             total += loss.item()

@@ -86,7 +86,8 @@ def headroom(zero_shot: dict[str, dict], oracle: dict[str, dict]) -> dict:
 
 
 def family_transfer(model, processor, manifest: str | Path, tasks: list[str], families: dict[str, str | None],
-                    experts, expert_family: list[str | None], scaling: float, layout) -> dict:
+                    experts, expert_family: list[str | None], scaling: float, layout,
+                    cache: str | Path | None = None) -> dict:
     """Each expert's mean snapshot on each task: same-family mean vs other-family mean."""
     from .evaluate import evaluate_vectors, load_task
 
@@ -94,7 +95,7 @@ def family_transfer(model, processor, manifest: str | Path, tasks: list[str], fa
     for t in tasks:
         if families.get(t) is None:
             continue
-        per = evaluate_vectors(model, processor, load_task(manifest, t, processor), experts.mu, layout, scaling)
+        per = evaluate_vectors(model, processor, load_task(manifest, t, processor, cache=cache), experts.mu, layout, scaling)
         same = [_primary(m) for m, f in zip(per, expert_family) if f == families[t]]
         other = [_primary(m) for m, f in zip(per, expert_family) if f != families[t]]
         if same and other:
@@ -147,7 +148,7 @@ def failures(result: dict) -> list[str]:
 def check_premises(backbone: str, manifest: str | Path, embeddings: dict[str, dict], experts, layout, scaling: float,
                    unseen: dict[str, list[str]], families: dict[str, str | None],
                    metrics: dict[str, tuple[str | Path, str | Path]], spec: PremiseSpec, enforce: bool,
-                   modality: str = "textual") -> dict:
+                   modality: str = "textual", device: str = "auto", cache: str | Path | None = None) -> dict:
     """Measure the premises (see the module docstring).
 
     ``unseen``: ``{"groups": [...tasks of unseen groups...], "transfer": [...those on the
@@ -157,7 +158,7 @@ def check_premises(backbone: str, manifest: str | Path, embeddings: dict[str, di
     Raises ``SGLoraError`` naming every failed premise when ``enforce``."""
     import json
 
-    from .backbone import load_clip
+    from .backbone import load_clip, pick_device
 
     key = "text_embedding" if modality == "textual" else "visual_embedding"
     keys = experts.embedding(modality)
@@ -176,9 +177,9 @@ def check_premises(backbone: str, manifest: str | Path, embeddings: dict[str, di
         zs = {t: json.loads((Path(zs_dir) / f"{t}.json").read_text())["mean"] for t in tasks}
         orc = {t: json.loads((Path(or_dir) / f"{t}.json").read_text())["mean"] for t in tasks}
         result["headroom"][group] = headroom(zs, orc)
-    model, processor = load_clip(backbone)
+    model, processor = load_clip(backbone, device=pick_device(device))
     result["family_transfer"] = family_transfer(model, processor, manifest, unseen["transfer"], families, experts,
-                                                expert_family, scaling, layout)
+                                                expert_family, scaling, layout, cache=cache)
     result["verdicts"] = verdicts(result, spec)
     result["enforced"] = enforce
     failed = failures(result)

@@ -129,7 +129,8 @@ def primary_score(metrics: dict[str, float]) -> float:
 
 def select_settings(backbone: str, manifest: str | Path, tasks: list[str], grid: dict[str, dict[str, list]],
                     experts, embeddings: dict[str, dict], prior, sampling, scaling: float, layout,
-                    cvaes: TrainedCVAEs | None = None, threads: int | None = None, progress: bool = True) -> dict:
+                    cvaes: TrainedCVAEs | None = None, threads: int | None = None, progress: bool = True,
+                    device: str = "auto", cache: str | Path | None = None) -> dict:
     """Score every grid point of every method on the validation ``tasks`` and choose.
 
     Returns ``{"chosen": {method: settings}, "scores": {method: [{"settings", "score",
@@ -137,7 +138,7 @@ def select_settings(backbone: str, manifest: str | Path, tasks: list[str], grid:
     import torch
     from tqdm import tqdm
 
-    from .backbone import load_clip
+    from .backbone import load_clip, pick_device
     from .evaluate import evaluate_vectors, load_task
 
     check_grid(grid)
@@ -145,8 +146,8 @@ def select_settings(backbone: str, manifest: str | Path, tasks: list[str], grid:
         raise SGLoraError("selection: the validation task list is empty")
     if threads:
         torch.set_num_threads(threads)
-    model, processor = load_clip(backbone)
-    data = {t: load_task(manifest, t, processor) for t in tasks}
+    model, processor = load_clip(backbone, device=pick_device(device))
+    data = {t: load_task(manifest, t, processor, cache=cache, workers=threads or 0) for t in tasks}
     chosen, scores = {}, {}
     for method, axes in sorted(grid.items()):
         points = grid_points(axes)

@@ -247,3 +247,75 @@ def test_dry_run_asks_a_gpu_for_every_heavy_job(preset, miniatures, tmp_path):
             assert res.get("gpu") == ("1" if kind == "pets" else "0"), (rule, wildcards, resources)
         else:
             assert res.get("gpu", "0") == "0", (rule, resources)
+
+
+def dry_run_jobs(cfg: dict, tmp_path: Path, *args: str, env: dict | None = None) -> list[dict]:
+    """``snakemake -n -p`` of a config: one dict per job (rule, wildcards, resources, shell)."""
+    import os
+
+    patched = tmp_path / "config.yaml"
+    patched.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([str(BIN / "snakemake"), "-n", "-p", "--replace-workflow-config", "--configfile", str(patched),
+                           *args], cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    jobs = []
+    for line in out.splitlines():
+        if head := re.match(r"(?:local)?rule (\w+):$", line):
+            jobs.append({"rule": head.group(1), "wildcards": "", "resources": {}, "shell": ""})
+        elif jobs and (m := re.match(r"\s+(wildcards|resources): (.*)$", line)):
+            jobs[-1][m.group(1)] = (dict(kv.split("=", 1) for kv in m.group(2).split(", ") if "=" in kv)
+                                    if m.group(1) == "resources" else m.group(2))
+        elif jobs and line.startswith("Shell command: "):
+            jobs[-1]["shell"] = line.removeprefix("Shell command: ")
+    return jobs
+
+
+def with_demos(cfg: dict, tmp_path: Path) -> dict:
+    """The captioners' demonstration images pointed at an (empty) file that exists."""
+    demo = tmp_path / "demo.jpg"
+    demo.write_bytes(b"")
+    for d in cfg["datasets"].values():
+        opts = d.get("captioner", {}).get("options", {})
+        opts["demonstrations"] = [dict(x, image=str(demo)) for x in opts.get("demonstrations", [])]
+    return cfg
+
+
+@pytest.mark.parametrize("preset", ["coco_to_pets", "coco_seen"])
+def test_every_job_that_asks_for_a_gpu_runs_its_step_on_cuda(preset, miniatures, tmp_path, monkeypatch):
+    """Each job that declares a GPU: its printed command, parsed by sglora's own parser,
+    selects CUDA when CUDA is available (patched) and the CPU when it is not; the step is
+    never run. Every kind of heavy step is among them (evaluation used to run on the CPU)."""
+    import shlex
+
+    import torch
+
+    from sglora.cli import step_device
+
+    cfg = with_demos(pointed_at(load(ROOT / "config" / f"{preset}.yaml"), miniatures, tmp_path / "results"), tmp_path)
+    gpu_jobs = [j for j in dry_run_jobs(cfg, tmp_path) if j["resources"].get("gpu", "0") != "0"]
+    steps = set()
+    for job in gpu_jobs:
+        argv = shlex.split(job["shell"].split(" > ")[0])
+        assert argv[0] == "sglora", job
+        steps.add(argv[1])
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        assert step_device(argv[1:]).type == "cuda", job["shell"]
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        assert step_device(argv[1:]).type == "cpu", job["shell"]
+    expected = {"train-lora", "train-cvae", "evaluate"}
+    expected |= {"caption", "train-mole", "evaluate-mole"} if preset == "coco_to_pets" else {"train-pdiff"}
+    assert expected <= steps, steps
+
+
+@pytest.mark.parametrize("visible,gpu", [("", "0"), ("0,1", "1")])
+def test_profile_gpu_limit_follows_the_gpus_present(visible, gpu, miniatures, tmp_path):
+    """With the workstation profile, a preset's heavy jobs ask for a GPU only where one is
+    present (CUDA_VISIBLE_DEVICES simulates the devices): without one they run on the CPU
+    side by side instead of queueing behind a limit of 1."""
+    cfg = with_demos(pointed_at(load(ROOT / "config" / "coco_in_dataset.yaml"), miniatures, tmp_path / "results"),
+                     tmp_path)
+    jobs = dry_run_jobs(cfg, tmp_path, "--profile", "workflow/profiles/default",
+                        env={"CUDA_VISIBLE_DEVICES": visible})
+    heavy = [j for j in jobs if j["rule"] in HEAVY]
+    assert heavy and all(j["resources"]["gpu"] == gpu for j in heavy), [(j["rule"], j["resources"]) for j in heavy]

@@ -23,6 +23,18 @@ def _embeddings(path: str | None, dataset: str | None):
     return read_embeddings(path, dataset)
 
 
+def _mole_device(text: str | None) -> str:
+    from .mole import MoLESpec
+
+    return MoLESpec.from_dict(_json(text)).device
+
+
+def _pdiff_device(text: str | None) -> str:
+    from .pdiff import PDiffSpec
+
+    return PDiffSpec.from_dict(_json(text)).device
+
+
 # --- handlers ----------------------------------------------------------------------
 
 
@@ -30,7 +42,7 @@ def cmd_train_mole(a):
     from .mole import MoLESpec, train_mole
 
     info = train_mole(a.backbone, a.manifest, _list(a.tasks), a.repository, a.out, MoLESpec.from_dict(_json(a.spec)),
-                      threads=a.threads)
+                      threads=a.threads, cache=a.image_cache)
     last = info["history"][-1]
     print(json.dumps({"experts": len(info["experts"]), "tasks": len(info["tasks"]), "final": last,
                       "probe_before": info["probe_before"], "probe_after": info["probe_after"]}))
@@ -40,7 +52,7 @@ def cmd_evaluate_mole(a):
     from .mole import evaluate_mole
 
     print(json.dumps(evaluate_mole(a.backbone, a.manifest, _list(a.tasks), a.mole, a.out, group=a.group,
-                                   threads=a.threads, device=a.device)))
+                                   threads=a.threads, device=a.device, cache=a.image_cache)))
 
 
 def cmd_train_pdiff(a):
@@ -82,7 +94,9 @@ def register(subparsers) -> None:
     s.add_argument("--spec", help="JSON MoLE spec: epochs, lr, batch_size, temperature, balance_weight, "
                    "pairs_per_task, probe_pairs, seed, device, bf16")
     s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--threads", type=int, default=None, help="CPU threads")
+    s.add_argument("--image-cache", default=None, help="the dataset's image cache (sglora image-cache)")
+    s.add_argument("--threads", type=int, default=None, help="CPU threads and DataLoader workers")
+    s.set_defaults(device_of=lambda a: _mole_device(a.spec))
 
     s = add("evaluate-mole", cmd_evaluate_mole,
             "MoLE baseline: evaluate the gated model on each task's test split (the gate depends on the "
@@ -93,8 +107,10 @@ def register(subparsers) -> None:
     s.add_argument("--mole", required=True, help="trained MoLE folder (train-mole)")
     s.add_argument("--group", default="", help="evaluation group name written into the JSON")
     s.add_argument("--out", required=True, help="folder for <task>.json")
-    s.add_argument("--threads", type=int, default=None, help="CPU threads")
-    s.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    s.add_argument("--image-cache", default=None, help="the dataset's image cache (sglora image-cache)")
+    s.add_argument("--threads", type=int, default=None, help="CPU threads and DataLoader workers")
+    s.add_argument("--device", default="auto", help='torch device: "auto" = cuda when available, else cpu')
+    s.set_defaults(device_of=lambda a: a.device)
 
     s = add("train-pdiff", cmd_train_pdiff,
             "P-diff / COND P-Diff baselines: train a parameter autoencoder + latent DDPM on the repository's "
@@ -112,6 +128,7 @@ def register(subparsers) -> None:
                    "diffusion_epochs, lr, batch_size, T, beta_start, beta_end, cfg_dropout, guidance, samples, seed, device")
     s.add_argument("--out", required=True, help="output folder (<model>.safetensors, config.json)")
     s.add_argument("--threads", type=int, default=None, help="CPU threads")
+    s.set_defaults(device_of=lambda a: _pdiff_device(a.spec))
 
     s = add("sample-pdiff", cmd_sample_pdiff,
             "P-diff / COND P-Diff baselines: sample N LoRAs per task (seeded per task) from a trained model and "

@@ -33,16 +33,19 @@ rule embed:
     input:
         manifests=[manifest(d) for d in config["datasets"]],
         backbone=backbone_input(),
+        images=[image_cache(d) for d in config["datasets"]],
     output:
         f"{R}/tasks/embeddings.parquet",
     params:
         pairs=[f"{d}={manifest(d)}" for d in config["datasets"]],
+        caches=[f"{d}={image_cache(d)}" for d in config["datasets"]],
         template=config.get("description", {}).get("template", ""),
         backbone=backbone_param,
+        device=config["device"],
     conda:
         "../../envs/sglora.yaml"
     log:
         f"{R}/logs/embed.log",
     shell:
         "sglora embed --backbone {params.backbone:q} --manifest {params.pairs:q} "
-        "--template {params.template:q} --out {output:q} > {log:q} 2>&1"
+        "--template {params.template:q} --image-cache {params.caches:q} --device {params.device:q} --out {output:q} > {log:q} 2>&1"

@@ -47,6 +47,7 @@ rule train_mole:
         manifest=manifest(EXPERTS["dataset"]),
         repository=f"{R}/repository",
         backbone=backbone_input(),
+        images=image_cache(EXPERTS["dataset"]),
     output:
         directory(f"{R}/mole"),
     params:
@@ -66,7 +67,8 @@ rule train_mole:
         f"{R}/benchmarks/train_mole.tsv"
     shell:
         "sglora train-mole --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
-        "--repository {input.repository:q} --spec {params.spec:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
+        "--repository {input.repository:q} --spec {params.spec:q} --image-cache {input.images:q} --out {output:q} "
+        "--threads {threads} > {log:q} 2>&1"
 
 
 

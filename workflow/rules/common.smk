@@ -1,7 +1,10 @@
 # Config validation and helpers shared by the rules.
 import itertools
 import json
+import os
 import shlex
+import socket
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -106,6 +109,50 @@ def cvae_dirs(wildcards=None):
     return [f"{R}/cvae/{name}/run{r}" for name in CVAE_VARIANTS for r in range(SAMPLING["runs"])]
 
 
+# --- devices: one GPU per job on a workstation, requests checked against this machine ---
+
+# Local GPU jobs take a free GPU from lock files here (sglora/devices.py); a job on a
+# cluster node (SLURM) gets its devices from the scheduler and never looks at them.
+# (set here, not asserted with `envvars:`: the workflow provides it, the user does not)
+if workflow.is_main_process:
+    os.environ.update(SGLORA_GPU_SLOTS=f"{R}/gpu_slots/{socket.gethostname()}")
+else:
+    os.environ.pop("SGLORA_GPU_SLOTS", None)
+
+
+def impossible_requests(gpus, memory_mb, gpu_limit=None):
+    """What this config asks of one machine that it does not have: a rule's `gpu` above
+    the GPUs present (when there are any), its `mem_mb` above the machine's memory, and a
+    `--resources gpu` limit above the GPUs present (CPU jobs would queue for a GPU)."""
+    asked = [(f"resources.{r}", spec) for r, spec in config.get("resources", {}).items()]
+    asked += [(f"datasets.{d}.captioner", spec.get("captioner", {})) for d, spec in config["datasets"].items()
+              if spec.get("captioner", {}).get("backend") == "qwen2vl"]
+    problems = []
+    for key, spec in asked:
+        if gpus and int(spec.get("gpu", 0)) > gpus:
+            problems.append(f"{key}.gpu={spec['gpu']}, but this machine has {gpus} GPU(s)")
+        if int(spec.get("mem_mb", 0)) > memory_mb:
+            problems.append(f"{key}.mem_mb={spec['mem_mb']}, but this machine has {memory_mb} MB")
+    if gpu_limit is not None and gpu_limit > gpus:
+        problems.append(f"--resources gpu={gpu_limit}, but this machine has {gpus} GPU(s): GPU rules would "
+                        f"queue for a GPU that is not there (give gpu={gpus}, or use the default profile, "
+                        "whose limit is the number of GPUs present)")
+    return problems
+
+
+onstart:
+    # a real run (never a dry run), before the first job: on a workstation, refuse what cannot run here
+    try:
+        from sglora.devices import memory_mb, visible_gpus
+    except ImportError:  # snakemake without the sglora package beside it (per-rule conda envs)
+        print("note: sglora is not importable here; requests are not checked against this machine", file=sys.stderr)
+    else:
+        limit = workflow.global_resources["gpu"].value if "gpu" in workflow.global_resources else None
+        problems = impossible_requests(len(visible_gpus()), memory_mb(), limit) if workflow.local_exec else []
+        if problems:
+            raise ValueError("config asks for more than this machine has:\n  " + "\n  ".join(problems))
+
+
 def as_json(obj):
     """A config section as the JSON string a `sglora` step takes (sorted: stable params)."""
     return json.dumps(obj or {}, sort_keys=True)
@@ -118,6 +165,11 @@ def backbone_input(wildcards=None):
 
 def manifest(dataset):
     return f"{R}/data/{dataset}/manifest.parquet"
+
+
+def image_cache(dataset):
+    """A dataset's uint8 image cache (rule image_cache, sglora/images.py)."""
+    return f"{R}/data/{dataset}/image_cache"
 
 
 def lora_dir(dataset, task):

@@ -10,6 +10,7 @@ rule evaluate:
         manifest=lambda w: manifest(GROUPS[w.group]["dataset"]),
         checks=group_checks,
         backbone=backbone_input(),
+        images=lambda w: image_cache(GROUPS[w.group]["dataset"]),
     output:
         directory(f"{R}/metrics/{{group}}/{{method}}"),
     wildcard_constraints:
@@ -18,6 +19,7 @@ rule evaluate:
         tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
         lora=as_json(config["lora"]),
         backbone=backbone_param,
+        device=config["device"],
     threads: THREADS
     resources:
         gpu=lambda w: res("evaluate", "gpu", 1 if PRETRAINED else 0),
@@ -32,7 +34,8 @@ rule evaluate:
     shell:
         "sglora evaluate --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
         "--method {wildcards.method:q} --group {wildcards.group:q} --candidates {input.candidates:q} "
-        "--lora {params.lora:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
+        "--lora {params.lora:q} --image-cache {input.images:q} --device {params.device:q} --out {output:q} "
+        "--threads {threads} > {log:q} 2>&1"
 
 
 rule evaluate_zero_shot:
@@ -41,11 +44,13 @@ rule evaluate_zero_shot:
         manifest=lambda w: manifest(GROUPS[w.group]["dataset"]),
         checks=group_checks,
         backbone=backbone_input(),
+        images=lambda w: image_cache(GROUPS[w.group]["dataset"]),
     output:
         directory(f"{R}/metrics/{{group}}/zero_shot"),
     params:
         tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
         backbone=backbone_param,
+        device=config["device"],
     threads: THREADS
     resources:
         gpu=lambda w: res("evaluate", "gpu", 1 if PRETRAINED else 0),
@@ -57,7 +62,8 @@ rule evaluate_zero_shot:
         f"{R}/logs/evaluate/{{group}}/zero_shot.log",
     shell:
         "sglora evaluate --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
-        "--method zero_shot --group {wildcards.group:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
+        "--method zero_shot --group {wildcards.group:q} --image-cache {input.images:q} --device {params.device:q} "
+        "--out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule evaluate_mole:
@@ -67,11 +73,13 @@ rule evaluate_mole:
         manifest=lambda w: manifest(GROUPS[w.group]["dataset"]),
         checks=group_checks,
         backbone=backbone_input(),
+        images=lambda w: image_cache(GROUPS[w.group]["dataset"]),
     output:
         directory(f"{R}/metrics/{{group}}/mole"),
     params:
         tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
         backbone=backbone_param,
+        device=config["device"],
     threads: THREADS
     resources:
         gpu=lambda w: res("evaluate", "gpu", 1 if PRETRAINED else 0),
@@ -83,4 +91,5 @@ rule evaluate_mole:
         f"{R}/logs/evaluate/{{group}}/mole.log",
     shell:
         "sglora evaluate-mole --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
-        "--mole {input.mole:q} --group {wildcards.group:q} --out {output:q} > {log:q} 2>&1"
+        "--mole {input.mole:q} --group {wildcards.group:q} --image-cache {input.images:q} --device {params.device:q} "
+        "--out {output:q} --threads {threads} > {log:q} 2>&1"

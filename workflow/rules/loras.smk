@@ -8,6 +8,7 @@ rule train_lora:
         manifest=lambda w: manifest(w.dataset),
         check=lambda w: check_file(w.dataset, w.task),
         backbone=backbone_input(),
+        images=lambda w: image_cache(w.dataset),
     output:
         directory(f"{R}/loras/{{dataset}}/{{task}}"),
     params:
@@ -27,7 +28,8 @@ rule train_lora:
         f"{R}/benchmarks/train_lora/{{dataset}}/{{task}}.tsv"
     shell:
         "sglora train-lora --backbone {params.backbone:q} --manifest {input.manifest:q} --task {wildcards.task:q} "
-        "--out {output:q} --lora {params.lora:q} --training {params.training:q} --threads {threads} > {log:q} 2>&1"
+        "--out {output:q} --lora {params.lora:q} --training {params.training:q} --image-cache {input.images:q} "
+        "--threads {threads} > {log:q} 2>&1"
 
 
 rule assemble:

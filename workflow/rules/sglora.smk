@@ -36,6 +36,7 @@ rule select:
     """Choose one method's settings on the validation tasks (never on test tasks)."""
     input:
         manifest=manifest(VALIDATION["dataset"]),
+        images=image_cache(VALIDATION["dataset"]),
         repository=f"{R}/repository",
         embeddings=f"{R}/tasks/embeddings.parquet",
         cvae=lambda w: cvae_dirs() if w.method == "sglora" else [],
@@ -52,6 +53,7 @@ rule select:
         sampling=as_json(SAMPLING),
         lora=as_json(config["lora"]),
         backbone=backbone_param,
+        device=config["device"],
     threads: THREADS
     resources:
         gpu=lambda w: res("select", "gpu", 1 if PRETRAINED else 0),
@@ -67,7 +69,8 @@ rule select:
         "sglora select --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
         "--dataset {params.dataset:q} --grid {params.grid:q} --repository {input.repository:q} "
         "--embeddings {input.embeddings:q} --cvae {input.cvae:q} --prior {params.prior:q} --sampling {params.sampling:q} "
-        "--lora {params.lora:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
+        "--lora {params.lora:q} --image-cache {input.images:q} --device {params.device:q} --out {output:q} "
+        "--threads {threads} > {log:q} 2>&1"
 
 
 rule selection_summary:
@@ -133,6 +136,7 @@ rule premises:
     headroom, family transfer. On embedded worlds a failed premise stops the run."""
     input:
         manifest=manifest(EXPERTS["dataset"]),
+        images=image_cache(EXPERTS["dataset"]),
         repository=f"{R}/repository",
         embeddings=f"{R}/tasks/embeddings.parquet",
         metrics=[f"{R}/metrics/{g}/{m}" for g in headroom_groups() for m in ("zero_shot", "oracle")],
@@ -149,6 +153,12 @@ rule premises:
         prior=as_json(config["prior"]),
         spec=as_json(config.get("premises")),
         experts=EXPERTS["dataset"],
+        device=config["device"],
+    threads: THREADS
+    resources:
+        gpu=lambda w: res("premises", "gpu", 1 if PRETRAINED else 0),
+        mem_mb=lambda w: res("premises", "mem_mb", 4000),
+        runtime=lambda w: res("premises", "runtime", 30),
     conda:
         "../../envs/sglora.yaml"
     log:
@@ -157,4 +167,5 @@ rule premises:
         "sglora premises --backbone {params.backbone:q} --manifest {input.manifest:q} --experts-dataset {params.experts:q} "
         "--repository {input.repository:q} --embeddings {input.embeddings:q} --embedded {params.embedded:q} "
         "--unseen {params.unseen:q} --transfer {params.transfer:q} --headroom {params.headroom:q} --prior {params.prior:q} "
-        "--spec {params.spec:q} --out {output.json:q} --markdown {output.md:q} > {log:q} 2>&1"
+        "--spec {params.spec:q} --image-cache {input.images:q} --device {params.device:q} --out {output.json:q} "
+        "--markdown {output.md:q} > {log:q} 2>&1"

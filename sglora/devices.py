@@ -1,0 +1,95 @@
+"""Which device a step runs on, and one GPU per job on a multi-GPU workstation.
+
+``pick_device("auto")`` is CUDA when available. On a workstation, Snakemake runs up to
+``--resources gpu=N`` GPU jobs at once but never says which GPU each should use; without
+help they would all land on ``cuda:0``. :func:`acquire_gpu_slot` gives each job its own:
+it takes an exclusive ``flock`` on ``<lock_dir>/gpu<i>.lock`` for the first free device
+and sets ``CUDA_VISIBLE_DEVICES=<i>`` before CUDA starts in the process. The kernel
+drops the lock when the process ends, however it ends (a crash, ``kill -9``), so a slot
+is never lost. The workflow turns this on for local runs by exporting
+``SGLORA_GPU_SLOTS=<results>/gpu_slots/<host>``; on SLURM the scheduler assigns devices.
+
+This module imports neither torch nor anything heavy: the Snakefile uses it to count the
+GPUs present.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import glob
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+SLOTS_ENV = "SGLORA_GPU_SLOTS"  #: lock folder; set by the workflow on local runs with GPUs
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` ids: that variable when
+    it is set (empty or ``-1`` = none), else one per ``/dev/nvidia<N>`` device file. No
+    CUDA call: counting never initialises a driver, so a slot can still be chosen."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        ids = [d.strip() for d in env.split(",") if d.strip()]
+        out = []
+        for d in ids:
+            if d.startswith("-"):  # CUDA stops at the first invalid id
+                break
+            out.append(d)
+        return out
+    return sorted((p.removeprefix("/dev/nvidia") for p in glob.glob("/dev/nvidia[0-9]*")), key=int)
+
+
+def memory_mb() -> int:
+    """Physical memory of this machine in MB."""
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20)
+
+
+def wants_gpu(setting: str) -> bool:
+    """Whether a device setting will use a GPU here (``auto`` with a GPU visible, or ``cuda``)."""
+    return setting.startswith("cuda") or (setting == "auto" and bool(visible_gpus()))
+
+
+@dataclass
+class GpuSlot:
+    device: str  #: the CUDA_VISIBLE_DEVICES id this process now owns
+    lock: IO  #: the open, locked file; closing it (or exiting) frees the slot
+
+    def release(self) -> None:
+        self.lock.close()
+
+
+def try_gpu_slot(lock_dir: str | Path, devices: list[str] | None = None) -> GpuSlot | None:
+    """Lock the first free device of ``devices`` (default: :func:`visible_gpus`) and set
+    ``CUDA_VISIBLE_DEVICES`` to it; ``None`` when every device is taken."""
+    devices = visible_gpus() if devices is None else devices
+    lock_dir = Path(lock_dir)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    for device in devices:
+        f = open(lock_dir / f"gpu{device}.lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            continue
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+        return GpuSlot(device, f)
+    return None
+
+
+def acquire_gpu_slot(lock_dir: str | Path, devices: list[str] | None = None, poll: float = 2.0) -> GpuSlot:
+    """:func:`try_gpu_slot`, waiting (``poll`` seconds between tries) until a device is free."""
+    from .io import SGLoraError
+
+    devices = visible_gpus() if devices is None else devices
+    if not devices:
+        raise SGLoraError(f"{SLOTS_ENV}={lock_dir}: no GPU visible to share out")
+    while (slot := try_gpu_slot(lock_dir, devices)) is None:
+        time.sleep(poll)
+    return slot

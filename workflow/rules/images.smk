@@ -1,0 +1,28 @@
+# The image cache: each dataset's images decoded, resized and cropped once, as uint8 at
+# the backbone's input size. Every step that reads images streams batches from it
+# (sglora/images.py), so no step holds a task's images as float32 and no JPEG is decoded twice.
+
+
+rule image_cache:
+    """Decode, resize and crop every image of a dataset once with the backbone's image
+    processor (the cache is keyed by its settings: another backbone gets its own)."""
+    input:
+        manifest=raw_manifest,
+        backbone=backbone_input(),
+    output:
+        directory(f"{R}/data/{{dataset}}/image_cache"),
+    params:
+        backbone=backbone_param,
+    threads: THREADS
+    resources:
+        mem_mb=lambda w: res("image_cache", "mem_mb", 4000),
+        runtime=lambda w: res("image_cache", "runtime", 60),
+    conda:
+        "../../envs/sglora.yaml"
+    log:
+        f"{R}/logs/image_cache/{{dataset}}.log",
+    benchmark:
+        f"{R}/benchmarks/image_cache/{{dataset}}.tsv"
+    shell:
+        "sglora image-cache --backbone {params.backbone} --manifest {input.manifest} --out {output} "
+        "--threads {threads} > {log} 2>&1"
