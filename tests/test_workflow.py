@@ -19,12 +19,19 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 
+def run_env(home: Path) -> dict:
+    """A bare environment for Snakemake runs; PYTHONPATH passes through, so a checkout
+    other than the installed one (a git worktree) runs its own code."""
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(home)}
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
+
+
 def snakemake(*args, results: Path, config: Path | None = None, check=True) -> subprocess.CompletedProcess:
     cmd = [str(BIN / "snakemake"), "--cores", "2", "--configfile", str(config or ROOT / "config/tiny.yaml"),
            "--config", f"results={results}", *args]
-    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(results.parent),
-           **({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {})}  # the code under test
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=run_env(results.parent))
     if check and proc.returncode:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
@@ -158,7 +165,7 @@ def test_kill_and_resume_gives_the_same_results(tiny_run):
     rng = random.Random(int(os.environ.get("SGLORA_KILL_SEED", "0")))
     cmd = [str(BIN / "snakemake"), "--cores", "2", "--configfile", str(ROOT / "config/tiny.yaml"), "--config",
            f"results={tiny_run}", "--rerun-incomplete"]
-    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(tiny_run.parent)}
+    env = run_env(tiny_run.parent)
     for _ in range(3):
         subprocess.run([str(BIN / "snakemake"), "--unlock", "--configfile", str(ROOT / "config/tiny.yaml"),
                         "--config", f"results={tiny_run}"], cwd=ROOT, capture_output=True, env=env)
