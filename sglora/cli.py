@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--training", help="JSON training spec (epochs, snapshots, lr, batch_size, seed, device, bf16)")
     s.add_argument("--image-cache", default=None, help="the dataset's image cache (sglora image-cache)")
     s.add_argument("--threads", type=int, default=None, help="torch threads and DataLoader workers")
-    s.set_defaults(device_of=lambda a: _spec("expert", "TrainSpec", a.training))
+    s.set_defaults(device_of=_training_device)
 
     s = add("assemble", cmd_assemble, "Stream expert LoRAs into the Parquet expert repository.")
     s.add_argument("--loras", nargs="+", required=True, help="trained LoRA folders (folder name = task id)")
@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prior", help="JSON prior spec (k, tau, modality)")
     s.add_argument("--out", required=True)
     s.add_argument("--threads", type=int, default=None)
-    s.set_defaults(device_of=lambda a: _spec("cvae", "CVAESpec", a.cvae))
+    s.set_defaults(device_of=_cvae_device)
 
     s = add("candidates", cmd_candidates, "Write a method's candidate LoRA(s) for each task of a group "
             "(sglora samples, oracle, model_soups, adaptersoup, topk_weighted).")
@@ -466,11 +466,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _spec(module: str, name: str, text: str | None) -> str:
-    """The ``device`` setting of a step's JSON spec (``TrainSpec``, ``CVAESpec`` ...)."""
-    import importlib
+def _training_device(a) -> str:
+    from .expert import TrainSpec
 
-    return getattr(importlib.import_module(f"sglora.{module}"), name).from_dict(_json(text)).device
+    return TrainSpec.from_dict(_json(a.training)).device
+
+
+def _cvae_device(a) -> str:
+    from .cvae import CVAESpec
+
+    return CVAESpec.from_dict(_json(a.cvae)).device
 
 
 def device_setting(args: argparse.Namespace) -> str | None:

@@ -19,12 +19,16 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 
+def run_env(home: Path) -> dict:
+    """A bare environment for Snakemake runs; PYTHONPATH is this checkout, so the rules'
+    `sglora` runs the code under test even where the venv was installed from another one."""
+    return {"PATH": f"{BIN}:/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(home), "PYTHONPATH": str(ROOT)}
+
+
 def snakemake(*args, results: Path, config: Path | None = None, check=True) -> subprocess.CompletedProcess:
     cmd = [str(BIN / "snakemake"), "--cores", "2", "--configfile", str(config or ROOT / "config/tiny.yaml"),
            "--config", f"results={results}", *args]
-    # PYTHONPATH: the rules' `sglora` runs this checkout's code, not the one the venv was installed from
-    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(results.parent), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=run_env(results.parent))
     if check and proc.returncode:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
@@ -173,7 +177,7 @@ def test_kill_and_resume_gives_the_same_results(tiny_run):
     rng = random.Random(int(os.environ.get("SGLORA_KILL_SEED", "0")))
     cmd = [str(BIN / "snakemake"), "--cores", "2", "--configfile", str(ROOT / "config/tiny.yaml"), "--config",
            f"results={tiny_run}", "--rerun-incomplete"]
-    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(tiny_run.parent)}
+    env = run_env(tiny_run.parent)
     for _ in range(3):
         subprocess.run([str(BIN / "snakemake"), "--unlock", "--configfile", str(ROOT / "config/tiny.yaml"),
                         "--config", f"results={tiny_run}"], cwd=ROOT, capture_output=True, env=env)

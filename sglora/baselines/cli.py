@@ -23,16 +23,16 @@ def _embeddings(path: str | None, dataset: str | None):
     return read_embeddings(path, dataset)
 
 
-def _mole_device(text: str | None) -> str:
+def _mole_device(a) -> str:
     from .mole import MoLESpec
 
-    return MoLESpec.from_dict(_json(text)).device
+    return MoLESpec.from_dict(_json(a.spec)).device
 
 
-def _pdiff_device(text: str | None) -> str:
+def _pdiff_device(a) -> str:
     from .pdiff import PDiffSpec
 
-    return PDiffSpec.from_dict(_json(text)).device
+    return PDiffSpec.from_dict(_json(a.spec)).device
 
 
 # --- handlers ----------------------------------------------------------------------
@@ -96,7 +96,7 @@ def register(subparsers) -> None:
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--image-cache", default=None, help="the dataset's image cache (sglora image-cache)")
     s.add_argument("--threads", type=int, default=None, help="CPU threads and DataLoader workers")
-    s.set_defaults(device_of=lambda a: _mole_device(a.spec))
+    s.set_defaults(device_of=_mole_device)
 
     s = add("evaluate-mole", cmd_evaluate_mole,
             "MoLE baseline: evaluate the gated model on each task's test split (the gate depends on the "
@@ -128,7 +128,7 @@ def register(subparsers) -> None:
                    "diffusion_epochs, lr, batch_size, T, beta_start, beta_end, cfg_dropout, guidance, samples, seed, device")
     s.add_argument("--out", required=True, help="output folder (<model>.safetensors, config.json)")
     s.add_argument("--threads", type=int, default=None, help="CPU threads")
-    s.set_defaults(device_of=lambda a: _pdiff_device(a.spec))
+    s.set_defaults(device_of=_pdiff_device)
 
     s = add("sample-pdiff", cmd_sample_pdiff,
             "P-diff / COND P-Diff baselines: sample N LoRAs per task (seeded per task) from a trained model and "
