@@ -188,7 +188,7 @@ def cmd_select(a):
                           SamplingSpec.from_dict(_json(a.sampling, "--sampling")),
                           LoraSpec.from_dict(_json(a.lora, "--lora")).scaling, repo.layout,
                           cvaes=_load_cvaes(a.cvae) if a.cvae else None, threads=a.threads, device=a.device,
-                          cache=a.image_cache)
+                          cache=a.image_cache, gallery=a.gallery)
     res["dataset"] = a.dataset
     write_json(a.out, res)
     print(json.dumps(res["chosen"]))
@@ -231,7 +231,7 @@ def cmd_premises(a):
     res = check_premises(a.backbone, a.manifest, emb, experts, repo.layout, repo.lora.scaling,
                          {"groups": _list(a.unseen), "transfer": _list(a.transfer)}, families, metrics, spec, enforce,
                          modality=_json(a.prior, "--prior").get("modality", "textual"), device=a.device,
-                         cache=a.image_cache)
+                         cache=a.image_cache, gallery=a.gallery)
     write_json(a.out, res)
     with atomic_path(a.markdown) as tmp:
         tmp.write_text(render_premises(res))
@@ -244,7 +244,7 @@ def cmd_evaluate(a):
 
     scaling = LoraSpec.from_dict(_json(a.lora)).scaling
     res = evaluate_method(a.backbone, a.manifest, _list(a.tasks), a.method, a.out, a.candidates, scaling,
-                          group=a.group, threads=a.threads, device=a.device, cache=a.image_cache)
+                          group=a.group, threads=a.threads, device=a.device, cache=a.image_cache, gallery=a.gallery)
     print(json.dumps(res))
 
 
@@ -380,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sampling", help="JSON sampling spec")
     s.add_argument("--lora", help="JSON LoRA spec (for the scaling alpha / rank)")
     s.add_argument("--image-cache", default=None, help="the validation dataset's image cache (sglora image-cache)")
+    s.add_argument("--gallery", type=int, default=0, help="retrieval within galleries of this many test images (0 = whole task)")
     add_device(s)
     s.add_argument("--out", required=True)
     s.add_argument("--threads", type=int, default=None)
@@ -407,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prior", help="JSON prior spec (modality)")
     s.add_argument("--spec", help="JSON premises section")
     s.add_argument("--image-cache", default=None, help="the experts' dataset's image cache (sglora image-cache)")
+    s.add_argument("--gallery", type=int, default=0, help="retrieval within galleries of this many test images (0 = whole task)")
     add_device(s)
     s.add_argument("--out", required=True, help="premises.json")
     s.add_argument("--markdown", required=True, help="premises.md")
@@ -421,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lora", help="JSON LoRA spec (for the scaling alpha / rank)")
     s.add_argument("--out", required=True, help="folder for <task>.json")
     s.add_argument("--image-cache", default=None, help="the dataset's image cache (sglora image-cache)")
+    s.add_argument("--gallery", type=int, default=0, help="retrieval within galleries of this many test images (0 = whole task)")
     s.add_argument("--threads", type=int, default=None, help="torch threads and DataLoader workers")
     add_device(s)
 

@@ -31,10 +31,12 @@ class TaskData:
     pixels: Batches  #: the test images, streamed from the image cache and normalised on the device
     texts: list[str]  #: captions (retrieval) or class prompts (classification)
     targets: np.ndarray  #: caption -> image (retrieval) or image -> class (classification)
+    gallery: int = 0  #: retrieval within consecutive galleries of this many test images (0 = the whole task)
 
 
 def load_task(manifest: str | Path, task: str, processor, split: str = "test",
-              class_prompt: str = "a photo of a {}", cache: str | Path | None = None, workers: int = 0) -> TaskData:
+              class_prompt: str = "a photo of a {}", cache: str | Path | None = None, workers: int = 0,
+              gallery: int = 0) -> TaskData:
     """A task's split; its images stream from the image cache ``cache`` (decoded on the
     fly without one) with ``workers`` DataLoader workers, never all in memory."""
     rows = [r for r in read_manifest(manifest, [task]).to_pylist() if r["split"] == split]
@@ -52,7 +54,7 @@ def load_task(manifest: str | Path, task: str, processor, split: str = "test",
             raise SGLoraError(f"{manifest}: image {r['image_path']} of task {task!r} has no captions")
         texts += list(r["captions"])
         owner += [i] * len(r["captions"])
-    return TaskData(task, "retrieval", pixels, texts, np.array(owner))
+    return TaskData(task, "retrieval", pixels, texts, np.array(owner), gallery)
 
 
 def score_queries(model, processor, data: TaskData) -> dict[str, np.ndarray]:
@@ -62,7 +64,23 @@ def score_queries(model, processor, data: TaskData) -> dict[str, np.ndarray]:
     sim = (img @ txt.T).numpy()
     if data.kind == "classification":
         return {"correct": correct(sim, data.targets).astype(np.int64)}
-    return retrieval_ranks(sim, data.targets)
+    return gallery_ranks(sim, data.targets, data.gallery)
+
+
+def gallery_ranks(sim: np.ndarray, caption_image: np.ndarray, gallery: int = 0) -> dict[str, np.ndarray]:
+    """Retrieval ranks within consecutive galleries of ``gallery`` images and their captions
+    (like MS-COCO's 5 x 1K protocol): a query competes only with its own gallery, so a
+    metric does not fall just because a task has more test images. 0 = one gallery."""
+    n_img = sim.shape[0]
+    if not gallery or gallery >= n_img:
+        return retrieval_ranks(sim, caption_image)
+    i2t, t2i = np.zeros(n_img, np.int64), np.zeros(len(caption_image), np.int64)
+    for start in range(0, n_img, gallery):
+        imgs = np.arange(start, min(start + gallery, n_img))
+        caps = np.flatnonzero((caption_image >= start) & (caption_image < imgs[-1] + 1))
+        r = retrieval_ranks(sim[np.ix_(imgs, caps)], caption_image[caps] - start)
+        i2t[imgs], t2i[caps] = r["i2t"], r["t2i"]
+    return {"i2t": i2t, "t2i": t2i}
 
 
 def metrics_of(queries: dict[str, np.ndarray]) -> dict[str, float]:
@@ -127,7 +145,8 @@ def summarize(per_sample: list[dict[str, np.ndarray]], runs: list[int] | None = 
 
 def evaluate_method(backbone: str, manifest: str | Path, tasks: list[str], method: str, out_dir: str | Path,
                     candidates: str | Path | None = None, scaling: float | None = None, group: str = "",
-                    threads: int | None = None, device: str = "auto", cache: str | Path | None = None) -> dict:
+                    threads: int | None = None, device: str = "auto", cache: str | Path | None = None,
+                    gallery: int = 0) -> dict:
     """Write ``out_dir/<task>.json`` for each task: the metrics of the method's LoRA(s).
     ``device``: "auto" = CUDA when available; ``cache``: the dataset's image cache."""
     from tqdm import tqdm
@@ -142,7 +161,7 @@ def evaluate_method(backbone: str, manifest: str | Path, tasks: list[str], metho
         raise SGLoraError("evaluate: a LoRA scaling (alpha / rank) is needed with candidates")
     results = {}
     for task in tqdm(tasks, desc=f"evaluate[{group}/{method}]"):
-        data = load_task(manifest, task, processor, cache=cache, workers=threads or 0)
+        data = load_task(manifest, task, processor, cache=cache, workers=threads or 0, gallery=gallery)
         if candidates is not None and task not in vectors:
             raise SGLoraError(f"{candidates}: no candidate LoRA for task {task!r}")
         if candidates is not None and not np.isfinite(vectors[task]).all():

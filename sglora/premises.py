@@ -87,7 +87,7 @@ def headroom(zero_shot: dict[str, dict], oracle: dict[str, dict]) -> dict:
 
 def family_transfer(model, processor, manifest: str | Path, tasks: list[str], families: dict[str, str | None],
                     experts, expert_family: list[str | None], scaling: float, layout,
-                    cache: str | Path | None = None) -> dict:
+                    cache: str | Path | None = None, gallery: int = 0) -> dict:
     """Each expert's mean snapshot on each task: same-family mean vs other-family mean."""
     from .evaluate import evaluate_vectors, load_task
 
@@ -95,7 +95,7 @@ def family_transfer(model, processor, manifest: str | Path, tasks: list[str], fa
     for t in tasks:
         if families.get(t) is None:
             continue
-        per = evaluate_vectors(model, processor, load_task(manifest, t, processor, cache=cache), experts.mu, layout, scaling)
+        per = evaluate_vectors(model, processor, load_task(manifest, t, processor, cache=cache, gallery=gallery), experts.mu, layout, scaling)
         same = [_primary(m) for m, f in zip(per, expert_family) if f == families[t]]
         other = [_primary(m) for m, f in zip(per, expert_family) if f != families[t]]
         if same and other:
@@ -148,7 +148,8 @@ def failures(result: dict) -> list[str]:
 def check_premises(backbone: str, manifest: str | Path, embeddings: dict[str, dict], experts, layout, scaling: float,
                    unseen: dict[str, list[str]], families: dict[str, str | None],
                    metrics: dict[str, tuple[str | Path, str | Path]], spec: PremiseSpec, enforce: bool,
-                   modality: str = "textual", device: str = "auto", cache: str | Path | None = None) -> dict:
+                   modality: str = "textual", device: str = "auto", cache: str | Path | None = None,
+                   gallery: int = 0) -> dict:
     """Measure the premises (see the module docstring).
 
     ``unseen``: ``{"groups": [...tasks of unseen groups...], "transfer": [...those on the
@@ -179,7 +180,7 @@ def check_premises(backbone: str, manifest: str | Path, embeddings: dict[str, di
         result["headroom"][group] = headroom(zs, orc)
     model, processor = load_clip(backbone, device=pick_device(device))
     result["family_transfer"] = family_transfer(model, processor, manifest, unseen["transfer"], families, experts,
-                                                expert_family, scaling, layout, cache=cache)
+                                                expert_family, scaling, layout, cache=cache, gallery=gallery)
     result["verdicts"] = verdicts(result, spec)
     result["enforced"] = enforce
     failed = failures(result)

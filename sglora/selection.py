@@ -130,7 +130,7 @@ def primary_score(metrics: dict[str, float]) -> float:
 def select_settings(backbone: str, manifest: str | Path, tasks: list[str], grid: dict[str, dict[str, list]],
                     experts, embeddings: dict[str, dict], prior, sampling, scaling: float, layout,
                     cvaes: TrainedCVAEs | None = None, threads: int | None = None, progress: bool = True,
-                    device: str = "auto", cache: str | Path | None = None) -> dict:
+                    device: str = "auto", cache: str | Path | None = None, gallery: int = 0) -> dict:
     """Score every grid point of every method on the validation ``tasks`` and choose.
 
     Returns ``{"chosen": {method: settings}, "scores": {method: [{"settings", "score",
@@ -147,7 +147,7 @@ def select_settings(backbone: str, manifest: str | Path, tasks: list[str], grid:
     if threads:
         torch.set_num_threads(threads)
     model, processor = load_clip(backbone, device=pick_device(device))
-    data = {t: load_task(manifest, t, processor, cache=cache, workers=threads or 0) for t in tasks}
+    data = {t: load_task(manifest, t, processor, cache=cache, workers=threads or 0, gallery=gallery) for t in tasks}
     chosen, scores = {}, {}
     for method, axes in sorted(grid.items()):
         points = grid_points(axes)

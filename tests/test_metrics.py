@@ -79,3 +79,25 @@ def test_ranks_match_reference_and_give_the_recalls(seed):
 def test_correct_per_image():
     sim = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]])
     assert correct(sim, np.array([0, 0, 0])).tolist() == [True, False, False]
+
+
+def test_gallery_ranks_equal_retrieval_within_each_gallery():
+    """Galleries (MS-COCO 5 x 1K style): every query is ranked only against its own gallery,
+    checked against slicing each gallery out by hand."""
+    from sglora.evaluate import gallery_ranks
+    from sglora.metrics import retrieval_ranks
+
+    rng = np.random.default_rng(3)
+    n_img, per = 11, 3
+    owner = np.repeat(np.arange(n_img), per)
+    sim = rng.normal(size=(n_img, n_img * per)).round(1)  # rounding makes ties
+    got = gallery_ranks(sim, owner, 4)
+    for start in range(0, n_img, 4):
+        imgs = np.arange(start, min(start + 4, n_img))
+        caps = np.flatnonzero(np.isin(owner, imgs))
+        ref = retrieval_ranks(sim[np.ix_(imgs, caps)], owner[caps] - start)
+        np.testing.assert_array_equal(got["i2t"][imgs], ref["i2t"])
+        np.testing.assert_array_equal(got["t2i"][caps], ref["t2i"])
+    assert got["i2t"].max() <= 4 * per and got["t2i"].max() <= 4
+    whole = gallery_ranks(sim, owner, 0)
+    np.testing.assert_array_equal(whole["i2t"], retrieval_ranks(sim, owner)["i2t"])

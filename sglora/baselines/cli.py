@@ -52,7 +52,7 @@ def cmd_evaluate_mole(a):
     from .mole import evaluate_mole
 
     print(json.dumps(evaluate_mole(a.backbone, a.manifest, _list(a.tasks), a.mole, a.out, group=a.group,
-                                   threads=a.threads, device=a.device, cache=a.image_cache)))
+                                   threads=a.threads, device=a.device, cache=a.image_cache, gallery=a.gallery)))
 
 
 def cmd_train_pdiff(a):
@@ -95,6 +95,7 @@ def register(subparsers) -> None:
                    "pairs_per_task, probe_pairs, seed, device, bf16")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--image-cache", default=None, help="the dataset's image cache (sglora image-cache)")
+    s.add_argument("--gallery", type=int, default=0, help="retrieval within galleries of this many test images (0 = whole task)")
     s.add_argument("--threads", type=int, default=None, help="CPU threads and DataLoader workers")
     s.set_defaults(device_of=_mole_device)
 

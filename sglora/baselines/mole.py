@@ -414,7 +414,7 @@ def mole_model(backbone: str, mole_dir: str | Path, device: str = "cpu"):
 
 def evaluate_mole(backbone: str, manifest: str | Path, tasks: list[str], mole_dir: str | Path, out_dir: str | Path,
                   group: str = "", threads: int | None = None, device: str = "auto",
-                  cache: str | Path | None = None) -> dict:
+                  cache: str | Path | None = None, gallery: int = 0) -> dict:
     """Write ``out_dir/<task>.json`` for each task, as :func:`sglora.evaluate.evaluate_method`
     does (method ``mole``, n = 1), with the gated modules in place (a MoLE is not mergeable).
     ``info`` holds the experts and the mean gate of each over the task's image tokens.
@@ -431,7 +431,7 @@ def evaluate_mole(backbone: str, manifest: str | Path, tasks: list[str], mole_di
     vision = [m for n, m in modules.items() if n.startswith("vision_model.")]
     results = {}
     for task in tqdm(tasks, desc=f"evaluate[{group}/mole]"):
-        data = load_task(manifest, task, processor, cache=cache, workers=threads or 0)
+        data = load_task(manifest, task, processor, cache=cache, workers=threads or 0, gallery=gallery)
         for m in vision:
             m.record, m.gate_sum, m.gate_count = True, torch.zeros(m.n, dtype=torch.float64), 0.0
         try:

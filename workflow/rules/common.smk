@@ -62,6 +62,7 @@ EXPERTS = config["experts"]
 GROUPS = config["groups"]
 EMBEDDED = [n for n, d in config["datasets"].items() if d["kind"] == "embedded"]
 VALIDATION = config["validation"]
+GALLERY = config.get("evaluation", {}).get("gallery", 0)
 SAMPLING = {"samples": 10, "seed": 0, "temperature": 1.0, "runs": 1, **config["sampling"]}
 
 

@@ -20,6 +20,7 @@ rule evaluate:
         lora=as_json(config["lora"]),
         backbone=backbone_param,
         device=config["device"],
+        gallery=GALLERY,
     threads: THREADS
     resources:
         gpu=lambda w: res("evaluate", "gpu", 1 if PRETRAINED else 0),
@@ -34,7 +35,7 @@ rule evaluate:
     shell:
         "sglora evaluate --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
         "--method {wildcards.method:q} --group {wildcards.group:q} --candidates {input.candidates:q} "
-        "--lora {params.lora:q} --image-cache {input.images:q} --device {params.device:q} --out {output:q} "
+        "--lora {params.lora:q} --image-cache {input.images:q} --gallery {params.gallery} --device {params.device:q} --out {output:q} "
         "--threads {threads} > {log:q} 2>&1"
 
 
@@ -51,6 +52,7 @@ rule evaluate_zero_shot:
         tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
         backbone=backbone_param,
         device=config["device"],
+        gallery=GALLERY,
     threads: THREADS
     resources:
         gpu=lambda w: res("evaluate", "gpu", 1 if PRETRAINED else 0),
@@ -62,7 +64,7 @@ rule evaluate_zero_shot:
         f"{R}/logs/evaluate/{{group}}/zero_shot.log",
     shell:
         "sglora evaluate --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
-        "--method zero_shot --group {wildcards.group:q} --image-cache {input.images:q} --device {params.device:q} "
+        "--method zero_shot --group {wildcards.group:q} --image-cache {input.images:q} --gallery {params.gallery} --device {params.device:q} "
         "--out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -80,6 +82,7 @@ rule evaluate_mole:
         tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
         backbone=backbone_param,
         device=config["device"],
+        gallery=GALLERY,
     threads: THREADS
     resources:
         gpu=lambda w: res("evaluate", "gpu", 1 if PRETRAINED else 0),
@@ -91,5 +94,5 @@ rule evaluate_mole:
         f"{R}/logs/evaluate/{{group}}/mole.log",
     shell:
         "sglora evaluate-mole --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
-        "--mole {input.mole:q} --group {wildcards.group:q} --image-cache {input.images:q} --device {params.device:q} "
+        "--mole {input.mole:q} --group {wildcards.group:q} --image-cache {input.images:q} --gallery {params.gallery} --device {params.device:q} "
         "--out {output:q} --threads {threads} > {log:q} 2>&1"

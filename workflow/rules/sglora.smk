@@ -54,6 +54,7 @@ rule select:
         lora=as_json(config["lora"]),
         backbone=backbone_param,
         device=config["device"],
+        gallery=GALLERY,
     threads: THREADS
     resources:
         gpu=lambda w: res("select", "gpu", 1 if PRETRAINED else 0),
@@ -69,7 +70,7 @@ rule select:
         "sglora select --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
         "--dataset {params.dataset:q} --grid {params.grid:q} --repository {input.repository:q} "
         "--embeddings {input.embeddings:q} --cvae {input.cvae:q} --prior {params.prior:q} --sampling {params.sampling:q} "
-        "--lora {params.lora:q} --image-cache {input.images:q} --device {params.device:q} --out {output:q} "
+        "--lora {params.lora:q} --image-cache {input.images:q} --gallery {params.gallery} --device {params.device:q} --out {output:q} "
         "--threads {threads} > {log:q} 2>&1"
 
 
@@ -154,6 +155,7 @@ rule premises:
         spec=as_json(config.get("premises")),
         experts=EXPERTS["dataset"],
         device=config["device"],
+        gallery=GALLERY,
     threads: THREADS
     resources:
         gpu=lambda w: res("premises", "gpu", 1 if PRETRAINED else 0),
@@ -167,5 +169,5 @@ rule premises:
         "sglora premises --backbone {params.backbone:q} --manifest {input.manifest:q} --experts-dataset {params.experts:q} "
         "--repository {input.repository:q} --embeddings {input.embeddings:q} --embedded {params.embedded:q} "
         "--unseen {params.unseen:q} --transfer {params.transfer:q} --headroom {params.headroom:q} --prior {params.prior:q} "
-        "--spec {params.spec:q} --image-cache {input.images:q} --device {params.device:q} --out {output.json:q} "
+        "--spec {params.spec:q} --image-cache {input.images:q} --gallery {params.gallery} --device {params.device:q} --out {output.json:q} "
         "--markdown {output.md:q} > {log:q} 2>&1"
