@@ -48,8 +48,8 @@ def task_name(i: int) -> str:
 
 
 def write_data(root: Path, experts: int, snapshots: int, layout, lora) -> float:
-    """Per-expert folders as sglora.expert._write lays them out (without the adapter,
-    which assemble does not read). Returns seconds."""
+    """Per-expert folders as sglora.expert._write lays them out (the adapter only as its
+    config: assemble checks that it is there but does not read the weights). Returns seconds."""
     from dataclasses import asdict
 
     import numpy as np
@@ -66,6 +66,8 @@ def write_data(root: Path, experts: int, snapshots: int, layout, lora) -> float:
                          {"layout": layout.to_json(), "task": task_name(i), "lora": json.dumps(asdict(lora), sort_keys=True)})
         write_json(d / "training.json", {"task": task_name(i), "losses": [1.0], "pairs": 0, "dim": layout.dim,
                                          "snapshots": snapshots, "lora": asdict(lora), "training": {}, "backbone": BACKBONE})
+        write_json(d / "adapter" / "adapter_config.json", {"peft_type": "LORA", "r": lora.rank,
+                                                           "lora_alpha": lora.alpha, "base_model_name_or_path": BACKBONE})
     return time.perf_counter() - t
 
 

@@ -95,7 +95,6 @@ def register(subparsers) -> None:
                    "pairs_per_task, probe_pairs, seed, device, bf16")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--image-cache", default=None, help="the dataset's image cache (sglora image-cache)")
-    s.add_argument("--gallery", type=int, default=0, help="retrieval within galleries of this many test images (0 = whole task)")
     s.add_argument("--threads", type=int, default=None, help="CPU threads and DataLoader workers")
     s.set_defaults(device_of=_mole_device)
 
@@ -109,6 +108,7 @@ def register(subparsers) -> None:
     s.add_argument("--group", default="", help="evaluation group name written into the JSON")
     s.add_argument("--out", required=True, help="folder for <task>.json")
     s.add_argument("--image-cache", default=None, help="the dataset's image cache (sglora image-cache)")
+    s.add_argument("--gallery", type=int, default=0, help="retrieval within galleries of this many test images (0 = whole task)")
     s.add_argument("--threads", type=int, default=None, help="CPU threads and DataLoader workers")
     s.add_argument("--device", default="auto", help='torch device: "auto" = cuda when available, else cpu')
     s.set_defaults(device_of=lambda a: a.device)
