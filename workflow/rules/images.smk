@@ -24,5 +24,5 @@ rule image_cache:
     benchmark:
         f"{R}/benchmarks/image_cache/{{dataset}}.tsv"
     shell:
-        "sglora image-cache --backbone {params.backbone} --manifest {input.manifest} --out {output} "
-        "--threads {threads} > {log} 2>&1"
+        "sglora image-cache --backbone {params.backbone:q} --manifest {input.manifest:q} --out {output:q} "
+        "--threads {threads} > {log:q} 2>&1"
