@@ -219,7 +219,7 @@ def cmd_premises(a):
     repo = Repository(a.repository)
     experts = repo.experts()
     emb = read_embeddings(a.embeddings)
-    embedded = set(_list(a.embedded))
+    embedded = set(a.embedded)
     families = {t: (task_family(r["task_name"]) if r["dataset"] in embedded else None) for t, r in emb.items()}
     spec = PremiseSpec.from_dict(_json(a.spec, "--spec"))
     enforce = spec.enforce if spec.enforce is not None else a.experts_dataset in embedded
@@ -229,7 +229,7 @@ def cmd_premises(a):
         zs, orc = dirs.split(",")
         metrics[group] = (zs, orc)
     res = check_premises(a.backbone, a.manifest, emb, experts, repo.layout, repo.lora.scaling,
-                         {"groups": _list(a.unseen), "transfer": _list(a.transfer)}, families, metrics, spec, enforce,
+                         {"groups": _list(a.unseen), "transfer": a.transfer}, families, metrics, spec, enforce,
                          modality=_json(a.prior, "--prior").get("modality", "textual"), device=a.device,
                          cache=a.image_cache, gallery=a.gallery)
     write_json(a.out, res)
@@ -401,9 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--experts-dataset", required=True, help="the experts' dataset name")
     s.add_argument("--repository", required=True)
     s.add_argument("--embeddings", required=True)
-    s.add_argument("--embedded", default="", help="comma-separated embedded datasets (their classes have families)")
+    s.add_argument("--embedded", nargs="*", default=[], help="embedded datasets (their classes have families)")
     s.add_argument("--unseen", required=True, help="comma-separated unseen tasks (groups and validation)")
-    s.add_argument("--transfer", default="", help="comma-separated unseen tasks of the experts' dataset")
+    s.add_argument("--transfer", nargs="*", default=[], help="unseen tasks of the experts' dataset")
     s.add_argument("--headroom", nargs="*", default=[], metavar="GROUP=ZERO_SHOT_DIR,ORACLE_DIR")
     s.add_argument("--prior", help="JSON prior spec (modality)")
     s.add_argument("--spec", help="JSON premises section")

@@ -32,7 +32,7 @@ TABLE6 = {
 }  # fmt: skip
 # Experts a preset adds to Table 6, and why (see the preset's header).
 EXTRA_EXPERTS = {"coco_seen": ["motorcycle", "sheep"], "ablation_dog_expert": ["dog"]}  # Table 13, Table 12
-HEAVY = {"train_lora", "train_cvae", "train_mole", "train_pdiff", "select", "evaluate", "evaluate_zero_shot",
+HEAVY = {"train_lora", "train_cvae", "train_mole", "train_pdiff", "select", "premises", "evaluate", "evaluate_zero_shot",
          "evaluate_mole"}  # fmt: skip
 LIGHT = {"world", "manifest", "embed", "assemble", "candidates_oracle", "candidates_merging", "candidates_pdiff",
          "sample_sglora", "tables", "figures", "all"}  # fmt: skip

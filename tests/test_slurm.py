@@ -43,9 +43,9 @@ PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 COMMANDS = ["munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "sinfo", "scontrol"]
 # Rules of config/tiny.yaml's DAG, by where they must run.
 LOCAL = {"world", "check_tasks", "embed", "assemble", "candidates_oracle", "candidates_merging", "candidates_pdiff",
-         "sample_sglora", "tables", "figures", "all"}  # fmt: skip
-REMOTE = {"caption", "pretrain_backbone", "train_lora", "train_cvae", "train_mole", "train_pdiff", "evaluate",
-          "evaluate_zero_shot", "evaluate_mole"}  # fmt: skip
+         "sample_sglora", "export_cvae", "selection_summary", "tables", "figures", "all"}  # fmt: skip
+REMOTE = {"caption", "pretrain_backbone", "image_cache", "train_lora", "train_cvae", "select", "premises", "train_mole",
+          "train_pdiff", "evaluate", "evaluate_zero_shot", "evaluate_mole"}  # fmt: skip
 
 
 def _which(cmd: str) -> str | None:
@@ -221,7 +221,8 @@ def test_profiles_parse():
     import yte
 
     default = yaml.safe_load((ROOT / "workflow/profiles/default/config.yaml").read_text())
-    assert default["cores"] == "all" and default["resources"] == {"gpu": 1}
+    # the GPU limit is the number of GPUs present, evaluated when snakemake reads the profile
+    assert default["cores"] == "all" and default["resources"] == {"gpu": "?len(visible_gpus())"}
     assert default["rerun-incomplete"] and default["printshellcmds"]
     keys = {"SGLORA_SLURM_ACCOUNT": "acct", "SGLORA_SLURM_PARTITION": "cpu", "SGLORA_SLURM_GPU_PARTITION": "gpu",
             "SGLORA_SLURM_STATUS": "squeue"}  # fmt: skip

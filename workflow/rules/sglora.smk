@@ -147,9 +147,9 @@ rule premises:
         md=report(f"{R}/premises/premises.md", caption="../report/premises.rst", category="Premises"),
     params:
         backbone=backbone_param,
-        embedded=",".join(EMBEDDED),
+        embedded=EMBEDDED,
         unseen=",".join(unseen_tasks()),
-        transfer=",".join(transfer_tasks()),
+        transfer=transfer_tasks(),
         headroom=[f"{g}={R}/metrics/{g}/zero_shot,{R}/metrics/{g}/oracle" for g in headroom_groups()],
         prior=as_json(config["prior"]),
         spec=as_json(config.get("premises")),
