@@ -192,20 +192,20 @@ def all_outputs():
     return out
 
 
+# sorted: a rule's params must not change when the config only lists its groups in another order
+
 def unseen_tasks():
-    tasks = [t for spec in GROUPS.values() if spec.get("unseen", True) for t in spec["tasks"]]
-    return list(dict.fromkeys(tasks + VALIDATION["tasks"]))
+    return sorted({t for spec in GROUPS.values() if spec.get("unseen", True) for t in spec["tasks"]} | set(VALIDATION["tasks"]))
 
 
 def transfer_tasks():
-    return list(dict.fromkeys(
-        t for spec in GROUPS.values() if spec.get("unseen", True) and spec["dataset"] == EXPERTS["dataset"]
-        for t in spec["tasks"]
-    ))
+    return sorted(
+        {t for spec in GROUPS.values() if spec.get("unseen", True) and spec["dataset"] == EXPERTS["dataset"] for t in spec["tasks"]}
+    )
 
 
 def headroom_groups():
-    return [g for g, spec in GROUPS.items() if spec.get("unseen", True) and {"zero_shot", "oracle"} <= set(spec["methods"])]
+    return sorted(g for g, spec in GROUPS.items() if spec.get("unseen", True) and {"zero_shot", "oracle"} <= set(spec["methods"]))
 
 
 def raw_manifest(w):
