@@ -155,14 +155,14 @@ def cmd_candidates(a):
     experts = repo.experts()
     prior, sampling = PriorSpec.from_dict(_json(a.prior, "--prior")), SamplingSpec.from_dict(_json(a.sampling, "--sampling"))
     settings = _chosen(a.selection, method)
-    vecs, info = method_candidates(method, settings, tasks, experts, read_embeddings(a.embeddings, a.dataset), prior,
+    emb = read_embeddings(a.embeddings, a.dataset)
+    vecs, info = method_candidates(method, settings, tasks, experts, emb, prior,
                                    sampling, cvaes=_load_cvaes(a.cvae) if method == "sglora" else None, seen=a.seen)
     for t in info:
         info[t]["settings"] = settings
     if method == "sglora" and a.adapters:
         from .lora import save_adapter
 
-        emb = read_embeddings(a.embeddings, a.dataset)
         for t, v in vecs.items():
             for i, vec in enumerate(v):
                 save_adapter(Path(a.adapters) / t / f"sample_{i:03d}", vec, repo.layout, repo.lora, repo.backbone,

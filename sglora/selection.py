@@ -88,14 +88,18 @@ class TrainedCVAEs:
     def default_condition(self) -> str:
         return next(iter(self.configs.values()))["cvae"]["condition"]
 
+    def variant(self, condition: str, k: int, tau: float, modality: str | None = None) -> list[tuple[int, str]]:
+        """``(seed, folder)`` of the trainings of one variant, by seed (any modality if None)."""
+        return sorted(
+            (cfg["cvae"]["seed"], d) for d, cfg in self.configs.items()
+            if cfg["cvae"]["condition"] == condition and cfg["prior"]["k"] == k
+            and abs(cfg["prior"]["tau"] - tau) < 1e-12 and modality in (None, cfg["prior"]["modality"]))
+
     def pick(self, condition: str, prior, runs: int, where: str = "") -> list:
         """The models of one variant, ordered by training seed; exactly ``runs`` must exist."""
         from .cvae import load_cvae
 
-        found = sorted(
-            (cfg["cvae"]["seed"], d) for d, cfg in self.configs.items()
-            if cfg["cvae"]["condition"] == condition and cfg["prior"]["k"] == prior.k
-            and abs(cfg["prior"]["tau"] - prior.tau) < 1e-12 and cfg["prior"]["modality"] == prior.modality)
+        found = self.variant(condition, prior.k, prior.tau, prior.modality)
         if len(found) != runs:
             raise SGLoraError(f"{where}: {len(found)} trained CVAE(s) for condition={condition}, k={prior.k}, "
                               f"tau={prior.tau}, modality={prior.modality}; sampling.runs needs {runs}")
@@ -178,9 +182,7 @@ def export_chosen(cvae_dirs: list[str | Path], selection: dict, out: str | Path)
     if not chosen:
         raise SGLoraError("selection: no settings chosen for sglora")
     store = TrainedCVAEs(cvae_dirs)
-    match = sorted((cfg["cvae"]["seed"], d) for d, cfg in store.configs.items()
-                   if cfg["cvae"]["condition"] == chosen["condition"] and cfg["prior"]["k"] == chosen["k"]
-                   and abs(cfg["prior"]["tau"] - chosen["tau"]) < 1e-12)
+    match = store.variant(chosen["condition"], chosen["k"], chosen["tau"])
     if not match:
         raise SGLoraError(f"selection: no trained CVAE for the chosen settings {chosen}")
     src = Path(match[0][1])
