@@ -56,7 +56,8 @@ def main(argv=None) -> int:
     import torch
 
     import sglora.expert as expert_mod
-    from sglora.backbone import encode_texts, load_clip, seed_everything
+    from sglora.backbone import encode_texts, load_clip
+    from sglora.train import seed_everything
     from sglora.cvae import load_cvae
     from sglora.embed import read_embeddings
     from sglora.evaluate import evaluate_vectors, load_task

@@ -28,7 +28,7 @@ def cmd_world(a):
 
 
 def cmd_pretrain(a):
-    from .backbone import pretrain_clip
+    from .pretrain import pretrain_clip
     from .world import pretraining_pairs
 
     pairs = pretraining_pairs(a.worlds)
@@ -491,7 +491,7 @@ def device_setting(args: argparse.Namespace) -> str | None:
 def step_device(argv: list[str]):
     """The torch device the step ``argv`` (``["train-lora", ...]``) would run on, without
     running it."""
-    from .backbone import pick_device
+    from .devices import pick_device
 
     setting = device_setting(build_parser().parse_args(argv))
     return None if setting is None else pick_device(setting)

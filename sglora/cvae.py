@@ -146,7 +146,8 @@ def train_cvae(snapshots: np.ndarray, expert_index: np.ndarray, cond_mu: np.ndar
     condition is ``(cond_mu, cond_var)[expert_index[i]]``."""
     from tqdm import tqdm
 
-    from .backbone import optimizer_step, pick_device, seed_everything
+    from .devices import pick_device
+    from .train import optimizer_step, seed_everything
 
     seed_everything(spec.seed, threads)
     device = pick_device(spec.device)

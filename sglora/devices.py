@@ -9,8 +9,8 @@ drops the lock when the process ends, however it ends (a crash, ``kill -9``), so
 is never lost. The workflow turns this on for local runs by exporting
 ``SGLORA_GPU_SLOTS=<results>/gpu_slots/<host>``; on SLURM the scheduler assigns devices.
 
-This module imports neither torch nor anything heavy: the Snakefile uses it to count the
-GPUs present.
+Nothing heavy is imported at module level (torch only inside :func:`pick_device`): the
+Snakefile uses this module to count the GPUs present.
 """
 
 from __future__ import annotations
@@ -40,6 +40,16 @@ def visible_gpus() -> list[str]:
             out.append(d)
         return out
     return sorted((p.removeprefix("/dev/nvidia") for p in glob.glob("/dev/nvidia[0-9]*")), key=int)
+
+
+def pick_device(device: str = "auto"):
+    """The ``torch.device`` of a device setting: ``auto`` is CUDA when available, else the CPU
+    (torch is imported here, not at module level)."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
 
 def memory_mb() -> int:

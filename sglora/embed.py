@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .backbone import encode_images, encode_texts, load_clip, pick_device
+from .backbone import encode_images, encode_texts, load_clip
+from .devices import pick_device
 from .images import task_batches
 from .io import SGLoraError, reading, write_table
 from .manifest import describe, read_manifest

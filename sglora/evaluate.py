@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backbone import encode_images, encode_texts, load_clip, pick_device
+from .backbone import encode_images, encode_texts, load_clip
+from .devices import pick_device
 from .images import Batches, task_batches
 from .io import SGLoraError, write_json
 from .lora import Layout, merged

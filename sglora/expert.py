@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backbone import clip_loss, load_clip, optimizer_step, pick_device, same_text_targets, seed_everything, tokenize
+from .backbone import load_clip, tokenize
+from .devices import pick_device
+from .train import clip_loss, optimizer_step, same_text_targets, seed_everything
 from .images import ImageCache, Normalize, Schedule, TaskImages, loader
 from .io import SGLoraError, atomic_path, from_section, reading, save_safetensors, write_json
 from .lora import Layout, LoraSpec, add_lora, save_adapter

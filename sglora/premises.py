@@ -159,7 +159,8 @@ def check_premises(backbone: str, manifest: str | Path, embeddings: dict[str, di
     Raises ``SGLoraError`` naming every failed premise when ``enforce``."""
     import json
 
-    from .backbone import load_clip, pick_device
+    from .backbone import load_clip
+    from .devices import pick_device
 
     key = "text_embedding" if modality == "textual" else "visual_embedding"
     keys = experts.embedding(modality)

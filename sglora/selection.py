@@ -142,7 +142,8 @@ def select_settings(backbone: str, manifest: str | Path, tasks: list[str], grid:
     import torch
     from tqdm import tqdm
 
-    from .backbone import load_clip, pick_device
+    from .backbone import load_clip
+    from .devices import pick_device
     from .evaluate import evaluate_vectors, load_task
 
     check_grid(grid)
