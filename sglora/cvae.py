@@ -1,9 +1,9 @@
 """The conditional VAE of SG-LoRA (Eq. 8 of the paper).
 
-    encoder   q(z | X, c)   2-layer ReLU MLP -> (mean, log-variance)
-    prior     p(z | c)      2-layer ReLU MLP -> (mean, log-variance)   (learned, not N(0, I))
-    decoder   p(X | z, c)   3-layer ReLU MLP
-    loss      ||X - X_hat||^2 + lambda * KL(q(z | X, c) || p(z | c))
+    encoder          q(z | X, c)   2-layer ReLU MLP -> (mean, log-variance)
+    condition_prior  p(z | c)      2-layer ReLU MLP -> (mean, log-variance)   (learned, not N(0, I))
+    decoder          p(X | z, c)   3-layer ReLU MLP
+    loss             ||X - X_hat||^2 + lambda * KL(q(z | X, c) || p(z | c))
 
 Design choices (each a config key, see ``CVAESpec``):
 
@@ -11,10 +11,18 @@ Design choices (each a config key, see ``CVAESpec``):
   initialisation, B starts at zero), so X and the condition are standardised per
   coordinate with the training snapshots' mean and standard deviation.
 - *Condition embedding*: c = (mu*, sigma*) has twice the LoRA's size; one linear layer
-  maps it to ``cond_dim`` features shared by encoder, prior and decoder, so the network
+  maps it to ``cond_dim`` features shared by encoder, condition prior and decoder, so the network
   grows linearly with D (a ViT-B/16 LoRA, D ~ 150k, gives ~80M weights at the defaults).
 - *Residual decoder*: the decoder predicts the deviation from mu*, X_hat = mu* + g(z, c);
   with ``residual: false`` it predicts X directly.
+
+The network p(z | c) is the *condition prior*, named so apart from the semantic prior
+(:mod:`sglora.prior`), which builds the condition c itself.
+
+Checkpoint format (``model.safetensors`` of :func:`save_cvae`): the state dict of
+:class:`CVAE` with the condition prior's tensors under ``prior.*``, the name they had in
+the first release, so checkpoints written before the rename load unchanged and a new one
+has the same bytes (:data:`CHECKPOINT_NAMES` maps the names both ways).
 """
 
 from __future__ import annotations
@@ -82,7 +90,7 @@ class CVAE(nn.Module):
         h, L, cd = spec.hidden, spec.latent, spec.cond_dim
         self.condition = nn.Sequential(nn.Linear(2 * dim, cd), nn.ReLU())
         self.encoder = _mlp([dim + cd, h, 2 * L])  # 2 layers
-        self.prior = _mlp([cd, h, 2 * L])  # 2 layers
+        self.condition_prior = _mlp([cd, h, 2 * L])  # 2 layers
         self.decoder = _mlp([L + cd, h, h, dim])  # 3 layers
         self.register_buffer("shift", torch.zeros(dim))
         self.register_buffer("scale", torch.ones(dim))
@@ -106,8 +114,8 @@ class CVAE(nn.Module):
         m, lv = self.encoder(torch.cat([x_n, h], -1)).chunk(2, -1)
         return m, lv.clamp(-12, 8)
 
-    def prior_params(self, h):
-        m, lv = self.prior(h).chunk(2, -1)
+    def condition_prior_params(self, h):
+        m, lv = self.condition_prior(h).chunk(2, -1)
         return m, lv.clamp(-12, 8)
 
     def decode(self, z, h, mu_n):
@@ -122,7 +130,7 @@ class CVAE(nn.Module):
         qm, qlv = self.posterior(x_n, h)
         z = qm + torch.randn_like(qm) * (0.5 * qlv).exp()
         rec = ((self.decode(z, h, mu_n) - x_n) ** 2).sum(-1).mean()
-        pm, plv = self.prior_params(h)
+        pm, plv = self.condition_prior_params(h)
         kl = gaussian_kl(qm, qlv, pm, plv).mean()
         return rec + self.spec.kl_weight * kl, rec, kl
 
@@ -133,7 +141,7 @@ class CVAE(nn.Module):
         mu = torch.tensor(np.asarray(mu), dtype=torch.float32, device=self.shift.device)[None]
         var = torch.tensor(np.asarray(var), dtype=torch.float32, device=self.shift.device)[None]
         h, mu_n = self.cond(mu, var)
-        pm, plv = self.prior_params(h)
+        pm, plv = self.condition_prior_params(h)
         eps = torch.randn((n, pm.shape[-1]), generator=generator, device="cpu").to(pm.device)
         z = pm + temperature * eps * (0.5 * plv).exp()
         x_n = self.decode(z, h.expand(n, -1), mu_n.expand(n, -1))
@@ -178,10 +186,26 @@ def train_cvae(snapshots: np.ndarray, expert_index: np.ndarray, cond_mu: np.ndar
     return model.eval().cpu(), history
 
 
+#: module-name prefix in :class:`CVAE` -> prefix in ``model.safetensors`` (the checkpoint format)
+CHECKPOINT_NAMES = {"condition_prior.": "prior."}
+
+
+def _renamed(state: dict, names: dict[str, str]) -> dict:
+    out = {}
+    for key, value in state.items():
+        for old, new in names.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        out[key] = value
+    return out
+
+
 def save_cvae(out_dir: str | Path, model: CVAE, extra: dict) -> None:
-    """``model.safetensors`` (weights and normalisation) + ``config.json``, atomically."""
+    """``model.safetensors`` (weights and normalisation, in the checkpoint format of the
+    module docstring) + ``config.json``, atomically."""
     with atomic_path(out_dir, directory=True) as tmp:
-        save_safetensors(tmp / "model.safetensors", model.state_dict())
+        save_safetensors(tmp / "model.safetensors", _renamed(model.state_dict(), CHECKPOINT_NAMES))
         write_json(tmp / "config.json", {"dim": model.dim, "cvae": asdict(model.spec), **extra})
 
 
@@ -196,7 +220,7 @@ def load_cvae(model_dir: str | Path) -> tuple[CVAE, dict]:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
         model = CVAE(int(cfg["dim"]), CVAESpec.from_dict(cfg["cvae"]))
     with reading(weights, "CVAE weights file (safetensors matching config.json)"):
-        model.load_state_dict(load_file(str(weights)))
+        model.load_state_dict(_renamed(load_file(str(weights)), {v: k for k, v in CHECKPOINT_NAMES.items()}))
     return model.eval(), cfg
 
 
@@ -208,4 +232,5 @@ def cvae_parameters(dim: int, spec: CVAESpec) -> int:
             + lin(L + cd, h) + lin(h, h) + lin(h, dim))
 
 
-__all__ = ["CVAE", "CVAESpec", "gaussian_kl", "train_cvae", "save_cvae", "load_cvae", "cvae_parameters", "math"]
+__all__ = ["CVAE", "CVAESpec", "CHECKPOINT_NAMES", "gaussian_kl", "train_cvae", "save_cvae", "load_cvae",
+           "cvae_parameters", "math"]

@@ -41,7 +41,7 @@ def test_kl_term_is_against_the_conditional_prior():
     h, _ = model.cond(torch.tensor(mu[idx[:8]]), torch.tensor(var[idx[:8]]))
     x_n = (torch.tensor(x[:8]) - model.shift) / model.scale
     qm, qlv = model.posterior(x_n, h)
-    pm, plv = model.prior_params(h)
+    pm, plv = model.condition_prior_params(h)
     torch.testing.assert_close(kl, gaussian_kl(qm, qlv, pm, plv).mean())
     standard = gaussian_kl(qm, qlv, torch.zeros_like(pm), torch.zeros_like(plv)).mean()
     assert not torch.isclose(kl, standard)
@@ -54,7 +54,7 @@ def test_learned_prior_is_used_and_samples_follow_the_condition():
     # the learned prior differs between conditions (it is not N(0, I) for all)
     h0, _ = model.cond(torch.tensor(mu[:1]), torch.tensor(var[:1]))
     h1, _ = model.cond(torch.tensor(mu[1:2]), torch.tensor(var[1:2]))
-    assert not torch.allclose(model.prior_params(h0)[0], model.prior_params(h1)[0], atol=1e-3)
+    assert not torch.allclose(model.condition_prior_params(h0)[0], model.condition_prior_params(h1)[0], atol=1e-3)
     # samples for two conditions differ and land near their own expert
     g = torch.Generator().manual_seed(0)
     s0 = model.sample(mu[0], var[0], 20, generator=g).numpy()
@@ -86,3 +86,22 @@ def test_bad_spec_is_an_error():
         CVAESpec.from_dict({"normalization": "minmax"})
     with pytest.raises(SGLoraError, match="unknown key"):
         CVAESpec.from_dict({"latnet": 3})
+
+
+def test_checkpoint_keeps_the_first_release_names(tmp_path):
+    """model.safetensors stores the condition prior under ``prior.*`` (the checkpoint format
+    of sglora.cvae): checkpoints written before the module was renamed load unchanged."""
+    from safetensors.torch import load_file
+
+    from sglora.io import save_safetensors
+
+    model = CVAE(6, CVAESpec(latent=2, hidden=4, cond_dim=3))
+    save_cvae(tmp_path / "cvae", model, {})
+    stored = load_file(str(tmp_path / "cvae" / "model.safetensors"))
+    assert {"prior.0.weight", "prior.2.bias"} <= set(stored) and not any(k.startswith("condition_prior") for k in stored)
+    # a checkpoint as the first release wrote it (the network was CVAE.prior)
+    old = {k.replace("condition_prior.", "prior.", 1): v for k, v in model.state_dict().items()}
+    assert set(old) == set(stored)
+    save_safetensors(tmp_path / "cvae" / "model.safetensors", {k: v + 1 for k, v in old.items()})
+    again, _ = load_cvae(tmp_path / "cvae")
+    torch.testing.assert_close(again.condition_prior[0].weight, model.condition_prior[0].weight + 1)
