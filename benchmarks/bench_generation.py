@@ -62,7 +62,8 @@ def main(argv=None) -> int:
     from sglora.embed import read_embeddings
     from sglora.evaluate import evaluate_vectors, load_task
     from sglora.expert import TrainSpec, read_snapshots, train_lora
-    from sglora.generate import PriorSpec, sample_loras, task_seed
+    from sglora.generate import sample_loras, task_seed
+    from sglora.prior import PriorSpec
     from sglora.lora import LoraSpec, save_adapter
     from sglora.repository import Repository
 

@@ -94,8 +94,7 @@ def cmd_train_cvae(a):
     import numpy as np
 
     from .cvae import CVAESpec, save_cvae, train_cvae
-    from .generate import PriorSpec
-    from .prior import training_conditions
+    from .prior import PriorSpec, training_conditions
     from .repository import Repository
 
     repo = Repository(a.repository)
@@ -136,7 +135,8 @@ def cmd_candidates(a):
 
     from .candidates import save_candidates
     from .embed import read_embeddings
-    from .generate import PriorSpec, SamplingSpec
+    from .generate import SamplingSpec
+    from .prior import PriorSpec
     from .repository import Repository
     from .selection import method_candidates
 
@@ -175,7 +175,8 @@ def cmd_candidates(a):
 
 def cmd_select(a):
     from .embed import read_embeddings
-    from .generate import PriorSpec, SamplingSpec
+    from .generate import SamplingSpec
+    from .prior import PriorSpec
     from .io import write_json
     from .lora import LoraSpec
     from .repository import Repository

@@ -18,26 +18,10 @@ import torch
 
 from .cvae import CVAE
 from .io import SGLoraError, from_section, umask
-from .prior import Prior, task_condition
+from .prior import Prior, PriorSpec, task_condition
 from .repository import ExpertTable
 
 log = logging.getLogger("sglora")
-
-
-@dataclass
-class PriorSpec:
-    """How the semantic prior aggregates experts."""
-
-    k: int = 4  #: top-K experts (paper: 4)
-    tau: float = 0.05  #: softmax temperature on cosine similarities
-    modality: str = "textual"  #: "textual" (description) or "visual" (mean image embedding), supp. Table 9
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "PriorSpec":
-        spec = from_section(cls, d, "prior")
-        if spec.k < 1 or spec.tau <= 0 or spec.modality not in ("textual", "visual"):
-            raise SGLoraError(f"prior: need k >= 1, tau > 0, modality textual|visual; got {spec}")
-        return spec
 
 
 @dataclass

@@ -8,7 +8,8 @@ From a task embedding d* and the experts' embeddings d_k:
     mu*     = sum_k alpha_k mu_k                                        (Eq. 13)
     var*    = sum_k alpha_k var_k + sum_k alpha_k (mu_k - mu*)^2         (Eq. 14)
 
-The condition of the CVAE is c = (mu*, var*).
+The condition of the CVAE is c = (mu*, var*). :class:`PriorSpec` holds K, tau and the
+modality of the embeddings (config section ``prior``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .io import SGLoraError
+from .io import SGLoraError, from_section
+
+
+@dataclass
+class PriorSpec:
+    """How the semantic prior aggregates experts."""
+
+    k: int = 4  #: top-K experts (paper: 4)
+    tau: float = 0.05  #: softmax temperature on cosine similarities
+    modality: str = "textual"  #: "textual" (description) or "visual" (mean image embedding), supp. Table 9
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "PriorSpec":
+        spec = from_section(cls, d, "prior")
+        if spec.k < 1 or spec.tau <= 0 or spec.modality not in ("textual", "visual"):
+            raise SGLoraError(f"prior: need k >= 1, tau > 0, modality textual|visual; got {spec}")
+        return spec
 
 
 @dataclass

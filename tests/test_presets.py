@@ -123,7 +123,7 @@ def test_every_section_parses_with_the_code_that_reads_it(path, tmp_path):
     from sglora.cvae import CVAESpec
     from sglora.datasets import adapter_options
     from sglora.expert import TrainSpec
-    from sglora.generate import PriorSpec
+    from sglora.prior import PriorSpec
     from sglora.lora import LoraSpec
 
     cfg = load(path)

@@ -140,7 +140,8 @@ def test_long_description_and_large_k_warn(capsys, tiny_repo, tiny_cvae, tmp_pat
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("tokens; the text encoder reads only the first" in w for w in warned), warned
     from sglora.cvae import load_cvae
-    from sglora.generate import PriorSpec, sample_loras
+    from sglora.generate import sample_loras
+    from sglora.prior import PriorSpec
     from sglora.repository import Repository
 
     experts = Repository(tiny_repo).experts()

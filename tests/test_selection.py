@@ -106,7 +106,8 @@ def test_selection_does_not_look_at_test_tasks(tmp_path, tiny_world, tiny_clip, 
     changes nothing in selection.json; the scores are the validation task's own metrics."""
     import sglora.evaluate as ev
     from sglora.backbone import load_clip
-    from sglora.generate import PriorSpec, SamplingSpec
+    from sglora.generate import SamplingSpec
+    from sglora.prior import PriorSpec
     from sglora.repository import Repository
     from sglora.selection import method_candidates
 
