@@ -13,7 +13,7 @@ pairs per second", "~1.5 images per second" for Qwen2-VL-7B):
   timed (CUDA synchronised), from 320 x 240 JPEGs;
 - captioning: images per second of `sglora.captioning.caption_manifest` (qwen2vl
   backend, batch 8, 4 captions an image) with the tiny random Qwen2-VL of
-  sglora/tiny_qwen.py: the pipeline's own cost around the model, not Qwen2-VL-7B's.
+  tests/tiny_qwen.py: the pipeline's own cost around the model, not Qwen2-VL-7B's.
 
 Peak GPU memory is reported with each. --quick: fewer images and steps, 2 layers per tower.
 """
@@ -45,7 +45,9 @@ def main(argv=None) -> int:
     from sglora.captioning import caption_manifest
     from sglora.images import build_cache
     from sglora.lora import LoraSpec
-    from sglora.tiny_qwen import save_tiny_qwen2vl
+
+    sys.path.insert(0, str(C.ROOT / "tests"))  # the tiny Qwen2-VL is a test builder
+    from tiny_qwen import save_tiny_qwen2vl  # noqa: PLC0415
 
     info = C.machine(args.threads)
     rep = C.Report("gpu", quick=args.quick)

@@ -33,7 +33,7 @@ RELAXED = dict(min_words=1, max_repeat_fraction=1.0, min_new_tokens=4, max_new_t
 @pytest.fixture(scope="module")
 def tiny_qwen(tmp_path_factory):
     """Build and save the tiny Qwen2-VL once; every test loads it from disk, offline."""
-    from sglora.tiny_qwen import save_tiny_qwen2vl
+    from tiny_qwen import save_tiny_qwen2vl
 
     old = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"

@@ -76,7 +76,7 @@ def test_tiny_models_load_offline(tmp_path, monkeypatch):
 
     from sglora.captioning import load_processor
     from sglora.tiny import save_tiny_clip
-    from sglora.tiny_qwen import save_tiny_qwen2vl
+    from tiny_qwen import save_tiny_qwen2vl
 
     clip_dir = save_tiny_clip(tmp_path / "clip")
     model = CLIPModel.from_pretrained(clip_dir)

@@ -112,7 +112,7 @@ def test_tiny_qwen2vl_captioning_batch(tmp_path):
 
     from sglora.captioning import caption_manifest
     from sglora.manifest import make_manifest, read_manifest, write_manifest
-    from sglora.tiny_qwen import save_tiny_qwen2vl
+    from tiny_qwen import save_tiny_qwen2vl
 
     rng = np.random.default_rng(0)
 

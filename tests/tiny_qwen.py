@@ -1,4 +1,6 @@
-"""A tiny random Qwen2-VL, built offline, for testing the captioner.
+"""A tiny random Qwen2-VL, built offline, for testing the captioner (a test builder: it
+lives under tests/ and is not part of the library; benchmarks/bench_gpu.py borrows it the
+way bench_pipeline.py borrows miniatures.py).
 
 It has the real architecture (``Qwen2VLForConditionalGeneration``), Qwen's special
 tokens and chat template, and a PIL image processor, all saved with
@@ -150,7 +152,7 @@ def save_tiny_qwen2vl(out_dir: str | Path, texts: Iterable[str] | None = None, *
     """
     from transformers import Qwen2VLImageProcessorPil
 
-    from .captioning import register_image_only_processor
+    from sglora.captioning import register_image_only_processor
 
     patch = sizes.get("patch_size", 4)
     factor = patch * 2  # patch x spatial merge
