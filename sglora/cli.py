@@ -455,18 +455,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--samples-group", default="", help="group whose first task the samples t-SNE shows (Figure 10)")
     s.add_argument("--out", required=True)
 
-    try:
-        from . import cli_data
-    except ImportError:
-        cli_data = None
-    if cli_data is not None:
-        cli_data.register(sub)
-    try:
-        from .baselines import cli as baseline_cli
-    except ImportError:
-        baseline_cli = None
-    if baseline_cli is not None:
-        baseline_cli.register(sub)
+    from . import cli_data
+    from .baselines import cli as baseline_cli
+
+    cli_data.register(sub)
+    baseline_cli.register(sub)
     return p
 
 

@@ -28,7 +28,6 @@ has the same bytes (:data:`CHECKPOINT_NAMES` maps the names both ways).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -233,4 +232,4 @@ def cvae_parameters(dim: int, spec: CVAESpec) -> int:
 
 
 __all__ = ["CVAE", "CVAESpec", "CHECKPOINT_NAMES", "gaussian_kl", "train_cvae", "save_cvae", "load_cvae",
-           "cvae_parameters", "math"]
+           "cvae_parameters"]

@@ -21,7 +21,7 @@ from .devices import pick_device
 from .images import Batches, task_batches
 from .io import SGLoraError, write_json
 from .lora import Layout, merged
-from .manifest import read_manifest
+from .manifest import read_manifest, task_rows
 from .metrics import correct, recall_from_ranks, retrieval_ranks
 
 
@@ -40,7 +40,7 @@ def load_task(manifest: str | Path, task: str, processor, split: str = "test",
               gallery: int = 0) -> TaskData:
     """A task's split; its images stream from the image cache ``cache`` (decoded on the
     fly without one) with ``workers`` DataLoader workers, never all in memory."""
-    rows = [r for r in read_manifest(manifest, [task]).to_pylist() if r["split"] == split]
+    rows = task_rows(read_manifest(manifest, [task]), task, split)
     if not rows:
         raise SGLoraError(f"{manifest}: task {task!r} has no {split} images")
     pixels = task_batches([r["image_path"] for r in rows], processor, cache, workers=workers)

@@ -21,7 +21,7 @@ from .train import clip_loss, optimizer_step, same_text_targets, seed_everything
 from .images import ImageCache, Normalize, Schedule, TaskImages, loader
 from .io import SGLoraError, atomic_path, from_section, reading, save_safetensors, write_json
 from .lora import Layout, LoraSpec, add_lora, save_adapter
-from .manifest import read_manifest
+from .manifest import read_manifest, task_rows
 
 
 @dataclass
@@ -47,7 +47,7 @@ class TrainSpec:
 
 def task_pairs(manifest: str | Path, task: str, split: str) -> tuple[list[str], list[list[str]]]:
     """Image paths and their caption lists for one task and split."""
-    rows = [r for r in read_manifest(manifest, [task]).to_pylist() if r["split"] == split]
+    rows = task_rows(read_manifest(manifest, [task]), task, split)
     rows = [r for r in rows if r["captions"]]
     if not rows:
         raise SGLoraError(f"{manifest}: task {task!r} has no {split} images with captions")

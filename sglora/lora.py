@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -123,17 +123,6 @@ def add_lora(model, spec: LoraSpec, base: str = ""):
     return peft_model
 
 
-def initial_vector(model, spec: LoraSpec) -> tuple[np.ndarray, Layout]:
-    """The shared initialisation of every LoRA (used as the zero point of comparisons)."""
-    import copy
-
-    peft_model = add_lora(copy.deepcopy(model), spec)
-    layout = Layout.of(peft_model)
-    from peft import get_peft_model_state_dict
-
-    return layout.to_vector(get_peft_model_state_dict(peft_model)), layout
-
-
 def save_adapter(out_dir: str | Path, vector, layout: Layout, spec: LoraSpec, base: str,
                  metadata: dict | None = None) -> Path:
     """Write a PEFT adapter folder (``adapter_config.json``, ``adapter_model.safetensors``)
@@ -201,6 +190,3 @@ def merged(model, vector, layout: Layout, scaling: float):
             for mod, w in saved.items():
                 _module(model, mod).weight.copy_(w)
 
-
-def spec_dict(spec: LoraSpec) -> dict:
-    return asdict(spec)

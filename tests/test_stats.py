@@ -138,11 +138,15 @@ def test_evaluate_keeps_per_query_ranks_and_runs(tmp_path, tiny_world, tiny_clip
     from sglora.backbone import load_clip
     from sglora.candidates import save_candidates
     from sglora.evaluate import evaluate_method
-    from sglora.lora import LoraSpec, initial_vector
+    from peft import get_peft_model_state_dict
+
+    from sglora.lora import Layout, LoraSpec, add_lora
     from sglora.metrics import recall_from_ranks
 
     model, _ = load_clip(tiny_clip)
-    v, layout = initial_vector(model, LoraSpec(rank=2, target_modules=["q_proj"]))
+    peft_model = add_lora(model, LoraSpec(rank=2, target_modules=["q_proj"]))  # the shared initialisation
+    layout = Layout.of(peft_model)
+    v = layout.to_vector(get_peft_model_state_dict(peft_model))
     rng = np.random.default_rng(0)
     vectors = {"calla_lily": v[None] + 0.05 * rng.normal(size=(3, layout.dim))}
     cands = tmp_path / "c.safetensors"

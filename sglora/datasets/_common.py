@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 
@@ -102,11 +102,6 @@ def filter_images(rows: list[dict], on_bad_image: str) -> tuple[list[dict], list
     if bad:
         log.warning("skipped %d bad image(s): %s", len(bad), ", ".join(bad[:10]) + (" ..." if len(bad) > 10 else ""))
     return [r for r in rows if status[r["image_path"]]], bad
-
-
-def take_first(items: Iterable, limit: int | None) -> list:
-    items = list(items)
-    return items if limit is None else items[: int(limit)]
 
 
 def check_limit(value: Any, name: str) -> int | None:
