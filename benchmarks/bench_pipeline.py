@@ -325,7 +325,8 @@ def main(argv=None) -> int:
                + ", ".join(f"{lg['path'].name} ({lg['span']:.0f} s{'' if lg['finished'] else ', unfinished'})" for lg in logs))
     else:
         wall, src = None, "unknown (no --wall, no log of a results/embedded run)"
-    complete = (res / "tables" / "done").exists() and (res / "figures" / "done").exists()
+    # the last outputs of a run: the tables and figures (rules tables, figures)
+    complete = any((res / "tables").glob("*.paired.md")) and (res / "figures" / "r1_bars.png").exists()
     if args.wall is None and logs and not logs[-1]["finished"]:
         complete = False  # a run of results/embedded is still going
     if wall is not None:

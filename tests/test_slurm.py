@@ -268,7 +268,7 @@ def test_tiny_pipeline_runs_through_sbatch(slurm, tmp_path):
     # the pipeline finished
     for group in ("in_dataset", "cross_dataset", "seen"):
         assert (results / "tables" / f"{group}.md").stat().st_size > 0
-    assert (results / "figures" / "done").exists()
+    assert (results / "figures" / "r1_bars.png").exists()
 
     # every job snakemake handed to SLURM was an sbatch job that ran an srun step and exited 0
     submitted = dict(re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)", out))

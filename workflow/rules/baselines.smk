@@ -56,9 +56,7 @@ rule train_mole:
         backbone=backbone_param,
     threads: THREADS
     resources:
-        gpu=lambda w: res("train_mole", "gpu", 1 if PRETRAINED else 0),
-        mem_mb=lambda w: res("train_mole", "mem_mb", 8000),
-        runtime=lambda w: res("train_mole", "runtime", 60),
+        **heavy_resources("train_mole", mem_mb=8000, runtime=60),
     conda:
         "../../envs/sglora.yaml"
     log:
@@ -88,9 +86,7 @@ rule train_pdiff:
         flag=lambda w: "--conditional" if w.variant == "cond_pdiff" else "--no-conditional",
     threads: THREADS
     resources:
-        gpu=lambda w: res("train_pdiff", "gpu", 1 if PRETRAINED else 0),
-        mem_mb=lambda w: res("train_pdiff", "mem_mb", 8000),
-        runtime=lambda w: res("train_pdiff", "runtime", 60),
+        **heavy_resources("train_pdiff", mem_mb=8000, runtime=60),
     conda:
         "../../envs/sglora.yaml"
     log:

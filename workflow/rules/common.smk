@@ -182,14 +182,28 @@ def res(rule_name, key, default):
     return config.get("resources", {}).get(rule_name, {}).get(key, default)
 
 
+def heavy_resources(rule_name, mem_mb, runtime):
+    """What a heavy step asks for, as `resources: **heavy_resources(name, mem_mb, runtime)`:
+    one GPU when the backbone is a pretrained model (the embedded CLIP trains on CPUs),
+    `mem_mb` and `runtime` (minutes); each overridable in config `resources.<name>.<key>`."""
+    return dict(
+        gpu=lambda w: res(rule_name, "gpu", 1 if PRETRAINED else 0),
+        mem_mb=lambda w: res(rule_name, "mem_mb", mem_mb),
+        runtime=lambda w: res(rule_name, "runtime", runtime),
+    )
+
+
 def group_methods(kind):
     return [(g, m) for g, spec in GROUPS.items() for m in spec["methods"] if m in kind]
 
 
+FIGURES = ("experts_tsne", "samples_tsne", "r1_bars")  # <name>.png and .pdf, written by the figures step
+
+
 def all_outputs():
-    out = [f"{R}/tables/done", f"{R}/figures/done", f"{R}/premises/premises.json", f"{R}/cvae/selected",
-           f"{R}/selection/selection.json"]
-    return out
+    """What a run ends with: every group's table, the figures, the premises, the chosen CVAE."""
+    return ([f"{R}/tables/{g}.md" for g in GROUPS] + [f"{R}/figures/{name}.png" for name in FIGURES]
+            + [f"{R}/premises/premises.json", f"{R}/cvae/selected", f"{R}/selection/selection.json"])
 
 
 # sorted: a rule's params must not change when the config only lists its groups in another order

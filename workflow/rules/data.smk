@@ -58,6 +58,8 @@ rule caption:
         "../../envs/sglora.yaml"
     log:
         f"{R}/logs/caption/{{dataset}}.log",
+    benchmark:
+        f"{R}/benchmarks/caption/{{dataset}}.tsv"
     shell:
         "sglora caption --manifest {input:q} --out {output:q} --backend {params.backend:q} "
         "--shard-dir {params.shards:q} --options-json {params.options:q} > {log:q} 2>&1"

@@ -23,9 +23,7 @@ rule evaluate:
         gallery=GALLERY,
     threads: THREADS
     resources:
-        gpu=lambda w: res("evaluate", "gpu", 1 if PRETRAINED else 0),
-        mem_mb=lambda w: res("evaluate", "mem_mb", 4000),
-        runtime=lambda w: res("evaluate", "runtime", 30),
+        **heavy_resources("evaluate", mem_mb=4000, runtime=30),
     conda:
         "../../envs/sglora.yaml"
     log:
@@ -55,13 +53,13 @@ rule evaluate_zero_shot:
         gallery=GALLERY,
     threads: THREADS
     resources:
-        gpu=lambda w: res("evaluate", "gpu", 1 if PRETRAINED else 0),
-        mem_mb=lambda w: res("evaluate", "mem_mb", 4000),
-        runtime=lambda w: res("evaluate", "runtime", 30),
+        **heavy_resources("evaluate", mem_mb=4000, runtime=30),
     conda:
         "../../envs/sglora.yaml"
     log:
         f"{R}/logs/evaluate/{{group}}/zero_shot.log",
+    benchmark:
+        f"{R}/benchmarks/evaluate/{{group}}/zero_shot.tsv"
     shell:
         "sglora evaluate --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
         "--method zero_shot --group {wildcards.group:q} --image-cache {input.images:q} --gallery {params.gallery} --device {params.device:q} "
@@ -85,13 +83,13 @@ rule evaluate_mole:
         gallery=GALLERY,
     threads: THREADS
     resources:
-        gpu=lambda w: res("evaluate", "gpu", 1 if PRETRAINED else 0),
-        mem_mb=lambda w: res("evaluate", "mem_mb", 4000),
-        runtime=lambda w: res("evaluate", "runtime", 30),
+        **heavy_resources("evaluate", mem_mb=4000, runtime=30),
     conda:
         "../../envs/sglora.yaml"
     log:
         f"{R}/logs/evaluate/{{group}}/mole.log",
+    benchmark:
+        f"{R}/benchmarks/evaluate/{{group}}/mole.tsv"
     shell:
         "sglora evaluate-mole --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
         "--mole {input.mole:q} --group {wildcards.group:q} --image-cache {input.images:q} --gallery {params.gallery} --device {params.device:q} "

@@ -17,9 +17,7 @@ rule train_lora:
         backbone=backbone_param,
     threads: THREADS
     resources:
-        gpu=lambda w: res("train_lora", "gpu", 1 if PRETRAINED else 0),
-        mem_mb=lambda w: res("train_lora", "mem_mb", 4000),
-        runtime=lambda w: res("train_lora", "runtime", 30),
+        **heavy_resources("train_lora", mem_mb=4000, runtime=30),
     conda:
         "../../envs/sglora.yaml"
     log:

@@ -11,7 +11,6 @@ rule tables:
         metrics=metric_dirs(),
         selection=f"{R}/selection/selection.json",
     output:
-        done=touch(f"{R}/tables/done"),
         csv=[
             report(f"{R}/tables/{g}.csv", caption="../report/table.rst", category="Tables", labels={"group": g, "format": "csv"})
             for g in GROUPS
@@ -34,7 +33,7 @@ rule tables:
     params:
         groups=as_json(GROUPS),
         metrics=lambda w, input: parent(input.metrics[0], 2),
-        out=lambda w, output: parent(output.done),
+        out=lambda w, output: parent(output.csv[0]),
     conda:
         "../../envs/sglora.yaml"
     log:
@@ -53,19 +52,18 @@ rule figures:
         candidates=[f"{R}/candidates/{g}/{m}.safetensors" for g, spec in GROUPS.items() for m in spec["methods"]
                     if m in ("sglora", "oracle", "model_soups", "adaptersoup", "topk_weighted")],
     output:
-        done=touch(f"{R}/figures/done"),
         figures=[
             report(f"{R}/figures/{name}.png", caption=f"../report/{name}.rst", category="Figures")
-            for name in ("experts_tsne", "samples_tsne", "r1_bars")
+            for name in FIGURES
         ],
-        pdfs=[f"{R}/figures/{name}.pdf" for name in ("experts_tsne", "samples_tsne", "r1_bars")],
+        pdfs=[f"{R}/figures/{name}.pdf" for name in FIGURES],
     params:
         groups=as_json(GROUPS),
         metrics=lambda w, input: parent(input.metrics[0], 2),
         candidates=lambda w, input: parent(input.candidates[0], 2),
         loras=lambda w, input: parent(input.loras[0], 2) if input.loras else f"{R}/loras",
         samples_group=samples_group(),
-        out=lambda w, output: parent(output.done),
+        out=lambda w, output: parent(output.figures[0]),
     conda:
         "../../envs/sglora.yaml"
     log:

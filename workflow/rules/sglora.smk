@@ -18,9 +18,7 @@ rule train_cvae:
         prior=lambda w: as_json(config["prior"] | {"k": CVAE_VARIANTS[w.variant]["k"], "tau": CVAE_VARIANTS[w.variant]["tau"]}),
     threads: THREADS
     resources:
-        gpu=lambda w: res("train_cvae", "gpu", 1 if PRETRAINED else 0),
-        mem_mb=lambda w: res("train_cvae", "mem_mb", 8000),
-        runtime=lambda w: res("train_cvae", "runtime", 60),
+        **heavy_resources("train_cvae", mem_mb=8000, runtime=60),
     conda:
         "../../envs/sglora.yaml"
     log:
@@ -57,9 +55,7 @@ rule select:
         gallery=GALLERY,
     threads: THREADS
     resources:
-        gpu=lambda w: res("select", "gpu", 1 if PRETRAINED else 0),
-        mem_mb=lambda w: res("select", "mem_mb", 4000),
-        runtime=lambda w: res("select", "runtime", 60),
+        **heavy_resources("select", mem_mb=4000, runtime=60),
     conda:
         "../../envs/sglora.yaml"
     log:
@@ -158,9 +154,7 @@ rule premises:
         gallery=GALLERY,
     threads: THREADS
     resources:
-        gpu=lambda w: res("premises", "gpu", 1 if PRETRAINED else 0),
-        mem_mb=lambda w: res("premises", "mem_mb", 4000),
-        runtime=lambda w: res("premises", "runtime", 30),
+        **heavy_resources("premises", mem_mb=4000, runtime=30),
     conda:
         "../../envs/sglora.yaml"
     log:
