@@ -1,9 +1,16 @@
 """Shared fixtures: a tiny world, a tiny random CLIP trained-tokenizer, tiny experts and
-their repository. Real objects, built offline in seconds."""
+their repository. Real objects, built offline in seconds.
+
+``--shuffle-seed N`` (or ``SGLORA_TEST_SHUFFLE=N``) runs the tests in a random order, seeded:
+the test files in a shuffled order, and the tests within each file shuffled (a file's
+tests stay together, so module fixtures are built once). No test may depend on another
+having run before it.
+"""
 
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -13,6 +20,42 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--shuffle-seed", type=int, default=None,
+                     help="run the tests in a random order seeded with this (files shuffled, then the tests "
+                          "within each file); the environment variable SGLORA_TEST_SHUFFLE does the same")
+
+
+def _shuffle_seed(config) -> int | None:
+    seed = config.getoption("--shuffle-seed")
+    if seed is None and os.environ.get("SGLORA_TEST_SHUFFLE", "").strip():
+        seed = int(os.environ["SGLORA_TEST_SHUFFLE"])
+    return seed
+
+
+def pytest_report_header(config):
+    seed = _shuffle_seed(config)
+    return None if seed is None else f"test order shuffled with seed {seed} (--shuffle-seed / SGLORA_TEST_SHUFFLE)"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    seed = _shuffle_seed(config)
+    if seed is None:
+        return
+    rng = random.Random(seed)
+    by_file: dict[str, list] = {}
+    for item in items:
+        by_file.setdefault(item.nodeid.split("::")[0], []).append(item)
+    files = list(by_file)
+    rng.shuffle(files)
+    shuffled = []
+    for f in files:
+        rng.shuffle(by_file[f])
+        shuffled += by_file[f]
+    items[:] = shuffled
 TINY_CLASSES = ["scottish terrier", "boston terrier", "yorkshire terrier", "tiger lily", "water lily", "calla lily"]
 
 

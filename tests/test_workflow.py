@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,22 @@ def tiny_run(tmp_path_factory):
     results = tmp_path_factory.mktemp("run") / "results"
     snakemake(results=results)
     return results
+
+
+@pytest.fixture
+def rerun_here(tiny_run):
+    """``(path, digests)`` for a test that runs the DAG again from nothing: the shared run's
+    path, emptied, and its files' digests. The shared run is moved aside and put back
+    afterwards, so the other tests see it whatever the order (and the rerun writes the
+    same absolute paths into its files)."""
+    digests = digest_tree(tiny_run)
+    aside = tiny_run.with_name(tiny_run.name + ".aside")
+    tiny_run.rename(aside)
+    try:
+        yield tiny_run, digests
+    finally:
+        shutil.rmtree(tiny_run, ignore_errors=True)
+        aside.rename(tiny_run)
 
 
 def test_dag_writes_tables_and_figures(tiny_run):
@@ -150,30 +167,24 @@ def test_generate_writes_a_loadable_adapter_that_changes_outputs(tiny_run, tmp_p
     assert (out / "adapter_model.safetensors").read_bytes() == (tmp_path / "again" / "adapter_model.safetensors").read_bytes()
 
 
-def test_two_runs_are_byte_identical(tiny_run):
-    """Runs last: records every output's digest, deletes the results, runs again."""
-    import shutil
-
-    a = digest_tree(tiny_run)
-    shutil.rmtree(tiny_run)
-    snakemake(results=tiny_run)
-    b = digest_tree(tiny_run)
+def test_two_runs_are_byte_identical(rerun_here):
+    """A second run from nothing, at the same path, writes the same bytes."""
+    results, a = rerun_here
+    snakemake(results=results)
+    b = digest_tree(results)
     assert a.keys() == b.keys() and len(a) > 50
     differ = sorted(k for k in a if a[k] != b[k])
     assert not differ, f"files differ between two runs: {differ[:10]}"
 
 
-def test_kill_and_resume_gives_the_same_results(tiny_run):
+def test_kill_and_resume_gives_the_same_results(rerun_here):
     """SIGKILL the whole run (Snakemake and its jobs) at random moments, three times, then
     finish with --rerun-incomplete: every output equals the uninterrupted run's."""
-    import os
     import random
-    import shutil
     import signal
     import time
 
-    reference = digest_tree(tiny_run)
-    shutil.rmtree(tiny_run)
+    tiny_run, reference = rerun_here
     rng = random.Random(int(os.environ.get("SGLORA_KILL_SEED", "0")))
     cmd = [str(BIN / "snakemake"), "--cores", "2", "--configfile", str(ROOT / "config/tiny.yaml"), "--config",
            f"results={tiny_run}", "--rerun-incomplete"]
