@@ -134,7 +134,8 @@ def test_changing_one_cvae_setting_reruns_only_its_dependents(tiny_run, tmp_path
 
 def test_report_builds(tiny_run, tmp_path):
     report = tmp_path / "report.zip"
-    snakemake("--report", str(report), results=tiny_run)
+    proc = snakemake("--report", str(report), results=tiny_run)
+    assert "(WARNING/" not in proc.stdout + proc.stderr  # every caption is valid reST
     import zipfile
 
     names = zipfile.ZipFile(report).namelist()
