@@ -7,13 +7,15 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .io import SGLoraError, atomic_path, write_json
+from .io import SGLoraError, Settings, atomic_path, setting, write_json
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -147,6 +149,19 @@ def positive_targets(positive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     its positives."""
     pos = positive.float()
     return pos / pos.sum(1, keepdim=True), pos.T / pos.T.sum(1, keepdim=True)
+
+
+@dataclass
+class PretrainSpec(Settings):
+    """How the embedded benchmark's small CLIP is pretrained (config section ``backbone.pretrain``)."""
+
+    section: ClassVar[str] = "backbone.pretrain"
+
+    epochs: int = setting(30, "passes over the (image, coarse caption) pairs", min=1)
+    batch_size: int = setting(64, "pairs per step", min=2)
+    lr: float = setting(2e-3, "peak AdamW learning rate (one-cycle schedule)", above=0)
+    sizes: dict | None = setting(None, "model sizes (sglora.tiny.build_clip: image_size, patch_size, hidden_size, "
+                                       "layers, heads, projection_dim, max_text_length, vocab_size)")
 
 
 def pretrain_clip(
