@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from .io import SGLoraError, atomic_path
-from .methods import label, methods_where
+from .methods import label as method_label
+from .methods import methods_where
 from .stats import N_BOOT
 
 #: colour and marker of each merging baseline in the samples t-SNE
@@ -79,13 +80,13 @@ def samples_tsne(out_dir: Path, candidates: dict[str, str | Path], oracle: str |
 
     sets = []
     sg, _, _ = load_candidates(candidates["sglora"])
-    sets.append((f"{label('sglora')} samples", sg[task], "tab:green", "o"))
+    sets.append((f"{method_label('sglora')} samples", sg[task], "tab:green", "o"))
     snaps, _ = read_snapshots(oracle)
-    sets.append((f"{label('oracle')} snapshots", snaps, "tab:gray", "s"))
+    sets.append((f"{method_label('oracle')} snapshots", snaps, "tab:gray", "s"))
     for m in methods_where(kind="merging"):
         if m in candidates:
             v, _, _ = load_candidates(candidates[m])
-            sets.append((label(m), v[task], *MERGING_STYLE[m]))
+            sets.append((method_label(m), v[task], *MERGING_STYLE[m]))
     xy = tsne(np.concatenate([s[1] for s in sets]))
     fig, ax = plt.subplots(figsize=(7, 6))
     start = 0
@@ -136,7 +137,7 @@ def r1_bars_figure(metrics: dict[str, str | Path], groups: dict, n_boot: int = N
                           capsize=2, color=f"C{j}", label=names[k])
             handles.setdefault(names[k], bars)
         ax.set_xticks(x)
-        ax.set_xticklabels([label(m) for m in methods], rotation=35, ha="right", fontsize=9)
+        ax.set_xticklabels([method_label(m) for m in methods], rotation=35, ha="right", fontsize=9)
         # long titles wrap inside their panel instead of running into the next one
         ax.set_title("\n".join(textwrap.wrap(g.get("title", group), 48)), fontsize=10)
         ax.set_ylabel("percent")
