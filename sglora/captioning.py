@@ -95,7 +95,9 @@ class CaptionOptions(Settings):
         default=0.5, metadata={"help": "a caption whose most frequent word exceeds this share is rejected"}
     )
     max_retries: int = field(default=3, metadata={"help": "regenerations (new seed) for images short of captions"})
-    splits: list = field(default_factory=lambda: ["train", "test"], metadata={"help": "manifest splits to caption", "choices": ("train", "test")})
+    splits: list = field(
+        default_factory=lambda: ["train", "test"], metadata={"help": "manifest splits to caption", "choices": ("train", "test")}
+    )
     keep_existing: bool = field(default=False, metadata={"help": "skip images that already have captions"})
     shard_size: int = field(default=64, metadata={"help": "captioning units per shard file", "min": 1})
     batch_size: int = field(default=8, metadata={"help": "images per generate() call", "min": 1})

@@ -219,13 +219,13 @@ def save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str,
 
 
 def setting(default=MISSING, help: str = "", *, factory=None, min=None, max=None, above=None,
-            choices=None, odd: bool = False):
+            choices=None):
     """A field of a settings dataclass that carries its help text and bounds (checked by
     :class:`Settings` when the object is made). ``min``/``max``: inclusive bounds;
     ``above``: exclusive lower bound; ``choices``: allowed values (for a list, of each
-    item); ``odd``: an odd integer. ``factory``: default factory for a mutable default."""
-    meta = {"help": help, "min": min, "max": max, "above": above, "choices": choices, "odd": odd}
-    meta = {k: v for k, v in meta.items() if v is not None and v is not False}
+    item). ``factory``: default factory for a mutable default."""
+    meta = {"help": help, "min": min, "max": max, "above": above, "choices": choices}
+    meta = {k: v for k, v in meta.items() if v is not None}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -254,12 +254,6 @@ class Settings:
         """The settings of a config section (a dict), refusing unknown keys by name."""
         return from_section(cls, values, cls.section)
 
-    @classmethod
-    def describe(cls) -> str:
-        """``key: help`` of every field, for a command's help text."""
-        return "; ".join(f"{f.name}" + (f" ({f.metadata['help']})" if f.metadata.get("help") else "")
-                         for f in fields(cls))
-
 
 def check_value(name: str, value: Any, meta) -> None:
     """Check ``value`` against a :func:`setting`'s bounds; an error names ``name``."""
@@ -280,8 +274,6 @@ def check_value(name: str, value: Any, meta) -> None:
         raise SGLoraError(f"{name} must be <= {meta['max']}, got {value!r}")
     if "above" in meta and not value > meta["above"]:
         raise SGLoraError(f"{name} must be > {meta['above']}, got {value!r}")
-    if meta.get("odd") and value % 2 == 0:
-        raise SGLoraError(f"{name} must be odd, got {value!r}")
 
 
 def from_section(cls, values: dict | None, section: str):

@@ -18,6 +18,8 @@ from typing import Annotated as A
 from typing import Callable
 
 from .backbone import PretrainSpec
+from .baselines.mole import MoLESpec
+from .baselines.pdiff import PDiffSpec
 from .cvae import CVAESpec
 from .expert import TrainSpec
 from .generate import PriorSpec, SamplingSpec
@@ -455,9 +457,6 @@ def figures(repository: A[Path, "expert repository folder"], metrics: Metrics,
 
 
 # --- learned baselines -----------------------------------------------------------------
-
-from .baselines.mole import MoLESpec  # noqa: E402 (the baselines' settings, beside their steps)
-from .baselines.pdiff import PDiffSpec  # noqa: E402
 
 
 @step("train-mole", device="mole")
