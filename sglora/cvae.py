@@ -30,42 +30,35 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from .io import SGLoraError, atomic_path, from_section, reading, save_safetensors, write_json
+from .io import SGLoraError, Settings, atomic_path, reading, save_safetensors, setting, write_json
 
 
 @dataclass
-class CVAESpec:
-    """Sizes and training settings of the CVAE."""
+class CVAESpec(Settings):
+    """Sizes and training settings of the CVAE (config section ``cvae``)."""
 
-    latent: int = 32  #: size of z
-    hidden: int = 512  #: width of the hidden layers
-    cond_dim: int = 256  #: size of the condition embedding of (mu*, sigma*)
-    kl_weight: float = 1.0  #: lambda in Eq. 8 (paper: 1)
-    residual: bool = True  #: decoder predicts X - mu* (True) or X (False)
-    normalization: str = "standardize"  #: "standardize" per coordinate, or "none"
-    condition: str = "loo"  #: a training snapshot's condition: "loo" (aggregator over the other experts), "all", "self"
-    epochs: int = 300  #: passes over all snapshots
-    lr: float = 1e-3  #: Adam learning rate
-    batch_size: int = 64  #: snapshots per step
-    seed: int = 0  #: initialisation and data order
-    device: str = "auto"  #: "auto" = cuda if available else cpu
+    section: ClassVar[str] = "cvae"
 
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "CVAESpec":
-        spec = from_section(cls, d, "cvae")
-        if spec.normalization not in ("standardize", "none"):
-            raise SGLoraError(f"cvae.normalization: {spec.normalization!r} is not 'standardize' or 'none'")
-        if spec.condition not in ("loo", "all", "self"):
-            raise SGLoraError(f"cvae.condition: {spec.condition!r} is not 'loo', 'all' or 'self'")
-        for key in ("latent", "hidden", "cond_dim", "epochs", "batch_size"):
-            if getattr(spec, key) < 1:
-                raise SGLoraError(f"cvae.{key} must be >= 1, got {getattr(spec, key)}")
-        return spec
+    latent: int = setting(32, "size of z", min=1)
+    hidden: int = setting(512, "width of the hidden layers", min=1)
+    cond_dim: int = setting(256, "size of the condition embedding of (mu*, sigma*)", min=1)
+    kl_weight: float = setting(1.0, "lambda in Eq. 8 (paper: 1)", min=0)
+    residual: bool = setting(True, "decoder predicts X - mu* (True) or X (False)")
+    normalization: str = setting("standardize", '"standardize" per coordinate, or "none"',
+                                 choices=("standardize", "none"))
+    condition: str = setting("loo", 'a training snapshot\'s condition: "loo" (aggregator over the other experts), '
+                             '"all", "self"', choices=("loo", "all", "self"))
+    epochs: int = setting(300, "passes over all snapshots", min=1)
+    lr: float = setting(1e-3, "Adam learning rate", above=0)
+    batch_size: int = setting(64, "snapshots per step", min=1)
+    seed: int = setting(0, "initialisation and data order")
+    device: str = setting("auto", '"auto" = cuda if available else cpu')
 
 
 def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p) -> torch.Tensor:

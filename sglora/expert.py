@@ -11,6 +11,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -19,30 +20,29 @@ from .backbone import load_clip, tokenize
 from .devices import pick_device
 from .train import clip_loss, optimizer_step, same_text_targets, seed_everything
 from .images import ImageCache, Normalize, Schedule, TaskImages, loader
-from .io import SGLoraError, atomic_path, from_section, reading, save_safetensors, write_json
+from .io import SGLoraError, Settings, atomic_path, reading, save_safetensors, setting, write_json
 from .lora import Layout, LoraSpec, add_lora, save_adapter
 from .manifest import read_manifest, task_rows
 
 
 @dataclass
-class TrainSpec:
-    """How one task's LoRA is trained."""
+class TrainSpec(Settings):
+    """How one task's LoRA is trained (config section ``training``)."""
 
-    epochs: int = 30  #: total epochs
-    snapshots: int = 20  #: M: the factors after each of the last M epochs are kept (paper: 100)
-    lr: float = 5e-3  #: Adam learning rate
-    batch_size: int = 32  #: image-caption pairs per step
-    weight_decay: float = 0.0  #: Adam(W) weight decay on the LoRA factors
-    seed: int = 0  #: data order and caption choice (the LoRA init comes from lora.init_seed)
-    device: str = "auto"  #: "auto" = cuda if available else cpu
-    bf16: bool = True  #: autocast to bfloat16 on a GPU (ignored on the CPU)
+    section: ClassVar[str] = "training"
 
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "TrainSpec":
-        spec = from_section(cls, d, "training")
-        if not 1 <= spec.snapshots <= spec.epochs:
-            raise SGLoraError(f"training.snapshots={spec.snapshots} must be between 1 and training.epochs={spec.epochs}")
-        return spec
+    epochs: int = setting(30, "total epochs", min=1)
+    snapshots: int = setting(20, "M: the factors after each of the last M epochs are kept (paper: 100)", min=1)
+    lr: float = setting(5e-3, "Adam learning rate", above=0)
+    batch_size: int = setting(32, "image-caption pairs per step", min=2)
+    weight_decay: float = setting(0.0, "Adam(W) weight decay on the LoRA factors", min=0)
+    seed: int = setting(0, "data order and caption choice (the LoRA init comes from lora.init_seed)")
+    device: str = setting("auto", '"auto" = cuda if available else cpu')
+    bf16: bool = setting(True, "autocast to bfloat16 on a GPU (ignored on the CPU)")
+
+    def check(self) -> None:
+        if not 1 <= self.snapshots <= self.epochs:
+            raise SGLoraError(f"training.snapshots={self.snapshots} must be between 1 and training.epochs={self.epochs}")
 
 
 def task_pairs(manifest: str | Path, task: str, split: str) -> tuple[list[str], list[list[str]]]:

@@ -12,14 +12,18 @@ Each is written as PNG and PDF.
 
 from __future__ import annotations
 
-import json
 import textwrap
 from pathlib import Path
 
 import numpy as np
 
 from .io import SGLoraError, atomic_path
+from .methods import label as method_label
+from .methods import methods_where
 from .stats import N_BOOT
+
+#: colour and marker of each merging baseline in the samples t-SNE
+MERGING_STYLE = {"model_soups": ("tab:red", "*"), "adaptersoup": ("tab:orange", "P"), "topk_weighted": ("tab:purple", "X")}
 
 
 def _save(fig, out_dir: Path, name: str) -> None:
@@ -37,7 +41,8 @@ def tsne(x: np.ndarray, seed: int = 0) -> np.ndarray:
     return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
 
 
-def experts_tsne(out_dir: Path, repository: Path, loras: Path, oracle_tasks: dict[str, list[str]]) -> None:
+def experts_tsne(out_dir: Path, repository: Path, oracles: list[str | Path]) -> None:
+    """``oracles``: the Oracle LoRA folders of the unseen tasks (folder name = task id)."""
     import matplotlib.pyplot as plt
 
     from .expert import read_snapshots
@@ -45,12 +50,11 @@ def experts_tsne(out_dir: Path, repository: Path, loras: Path, oracle_tasks: dic
 
     experts = Repository(repository).experts()
     vecs, labels, kinds = list(experts.mu), list(experts.names), ["expert"] * len(experts.tasks)
-    for dataset, tasks in oracle_tasks.items():
-        for t in tasks:
-            snaps, _ = read_snapshots(loras / dataset / t)
-            vecs.append(snaps.mean(0))
-            labels.append(t.replace("_", " "))
-            kinds.append("oracle")
+    for d in oracles:
+        snaps, _ = read_snapshots(d)
+        vecs.append(snaps.mean(0))
+        labels.append(Path(d).name.replace("_", " "))
+        kinds.append("oracle")
     xy = tsne(np.stack(vecs))
     fig, ax = plt.subplots(figsize=(8, 6.5))
     for kind, marker, colour in (("expert", "^", "tab:blue"), ("oracle", "o", "tab:gray")):
@@ -66,23 +70,23 @@ def experts_tsne(out_dir: Path, repository: Path, loras: Path, oracle_tasks: dic
     plt.close(fig)
 
 
-def samples_tsne(out_dir: Path, candidates: Path, loras: Path, group: str, dataset: str, task: str) -> None:
+def samples_tsne(out_dir: Path, candidates: dict[str, str | Path], oracle: str | Path, task: str) -> None:
+    """``candidates``: method -> the group's candidates file (SG-LoRA's, and the merging
+    baselines' where the group has them); ``oracle``: the task's Oracle LoRA folder."""
     import matplotlib.pyplot as plt
 
     from .candidates import load_candidates
     from .expert import read_snapshots
 
     sets = []
-    sg, _, _ = load_candidates(candidates / group / "sglora.safetensors")
-    sets.append(("SG-LoRA samples", sg[task], "tab:green", "o"))
-    snaps, _ = read_snapshots(loras / dataset / task)
-    sets.append(("Oracle snapshots", snaps, "tab:gray", "s"))
-    for m, colour, marker in (("model_soups", "tab:red", "*"), ("adaptersoup", "tab:orange", "P"), ("topk_weighted", "tab:purple", "X")):
-        path = candidates / group / f"{m}.safetensors"
-        if path.exists():
-            v, _, _ = load_candidates(path)
-            sets.append(({"model_soups": "Model Soups", "adaptersoup": "AdapterSoup",
-                          "topk_weighted": "Top-K LoRA Weighted"}[m], v[task], colour, marker))
+    sg, _, _ = load_candidates(candidates["sglora"])
+    sets.append((f"{method_label('sglora')} samples", sg[task], "tab:green", "o"))
+    snaps, _ = read_snapshots(oracle)
+    sets.append((f"{method_label('oracle')} snapshots", snaps, "tab:gray", "s"))
+    for m in methods_where(kind="merging"):
+        if m in candidates:
+            v, _, _ = load_candidates(candidates[m])
+            sets.append((method_label(m), v[task], *MERGING_STYLE[m]))
     xy = tsne(np.concatenate([s[1] for s in sets]))
     fig, ax = plt.subplots(figsize=(7, 6))
     start = 0
@@ -99,7 +103,7 @@ def samples_tsne(out_dir: Path, candidates: Path, loras: Path, group: str, datas
     plt.close(fig)
 
 
-def r1_bars(out_dir: Path, metrics: Path, groups: dict, n_boot: int = N_BOOT) -> None:
+def r1_bars(out_dir: Path, metrics: dict[str, str | Path], groups: dict, n_boot: int = N_BOOT) -> None:
     import matplotlib.pyplot as plt
 
     fig = r1_bars_figure(metrics, groups, n_boot)
@@ -107,12 +111,13 @@ def r1_bars(out_dir: Path, metrics: Path, groups: dict, n_boot: int = N_BOOT) ->
     plt.close(fig)
 
 
-def r1_bars_figure(metrics: Path, groups: dict, n_boot: int = N_BOOT):
-    """R@1 (or accuracy) by method, one panel per group; error bars: the tables' 95% intervals."""
+def r1_bars_figure(metrics: dict[str, str | Path], groups: dict, n_boot: int = N_BOOT):
+    """R@1 (or accuracy) by method, one panel per group; error bars: the tables' 95% intervals.
+    ``metrics``: ``"<group>/<method>"`` -> metric folder (``sglora.tables.load_group``)."""
     import matplotlib.pyplot as plt
 
     from .stats import group_stats
-    from .tables import NAMES, load_group
+    from .tables import load_group
 
     names = {"i2t_r1": "I2T R@1", "t2i_r1": "T2I R@1", "accuracy": "accuracy"}
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 5.0), squeeze=False)
@@ -132,7 +137,7 @@ def r1_bars_figure(metrics: Path, groups: dict, n_boot: int = N_BOOT):
                           capsize=2, color=f"C{j}", label=names[k])
             handles.setdefault(names[k], bars)
         ax.set_xticks(x)
-        ax.set_xticklabels([NAMES.get(m, m) for m in methods], rotation=35, ha="right", fontsize=9)
+        ax.set_xticklabels([method_label(m) for m in methods], rotation=35, ha="right", fontsize=9)
         # long titles wrap inside their panel instead of running into the next one
         ax.set_title("\n".join(textwrap.wrap(g.get("title", group), 48)), fontsize=10)
         ax.set_ylabel("percent")
@@ -142,22 +147,36 @@ def r1_bars_figure(metrics: Path, groups: dict, n_boot: int = N_BOOT):
     return fig
 
 
-def write_figures(out: str | Path, repository, metrics, candidates, loras, groups: dict,
+def write_figures(out: str | Path, repository: str | Path, metrics: dict[str, str | Path],
+                  candidates: dict[str, str | Path], loras: dict[str, str | Path], groups: dict,
                   samples_group: str | None = None) -> None:
-    """``samples_group``: the group whose first task the samples t-SNE shows (default: the
-    first unseen group, in ``groups`` order, that evaluates SG-LoRA and the Oracle)."""
+    """The three figures into ``out``. ``metrics``: ``"<group>/<method>"`` -> metric folder;
+    ``candidates``: ``"<group>/<method>"`` -> candidates file; ``loras``: ``"<dataset>/<task>"``
+    -> trained LoRA folder (the Oracles of the unseen groups). ``samples_group``: the group
+    whose first task the samples t-SNE shows (default: the first unseen group, in ``groups``
+    order, that evaluates SG-LoRA and the Oracle)."""
     import matplotlib
 
     matplotlib.use("Agg")
-    out, metrics, candidates, loras = Path(out), Path(metrics), Path(candidates), Path(loras)
+    out = Path(out)
     unseen = {g: v for g, v in groups.items() if v.get("unseen", True)}
-    experts_tsne(out, Path(repository), loras, _by_dataset(unseen))
+
+    def given(mapping: dict, key: str, flag: str):
+        if key not in mapping:
+            raise SGLoraError(f"figures: no {flag} {key}=PATH given")
+        return mapping[key]
+
+    oracles = [given(loras, f"{d}/{t}", "--loras") for d, tasks in _by_dataset(unseen).items() for t in tasks]
+    experts_tsne(out, Path(repository), oracles)
     eligible = [g for g, v in unseen.items() if "sglora" in v["methods"] and "oracle" in v["methods"]]
     if samples_group and samples_group not in eligible:
         raise SGLoraError(f"figures: group {samples_group!r} is not an unseen group with sglora and oracle ({eligible})")
     if eligible:
         g = samples_group or eligible[0]
-        samples_tsne(out, candidates, loras, g, groups[g]["dataset"], groups[g]["tasks"][0])
+        task = groups[g]["tasks"][0]
+        shown = {m: candidates[f"{g}/{m}"] for m in groups[g]["methods"] if f"{g}/{m}" in candidates}
+        given(candidates, f"{g}/sglora", "--candidates")
+        samples_tsne(out, shown, given(loras, f"{groups[g]['dataset']}/{task}", "--loras"), task)
     r1_bars(out, metrics, groups)
 
 
@@ -170,4 +189,4 @@ def _by_dataset(groups: dict) -> dict[str, list[str]]:
     return out
 
 
-__all__ = ["write_figures", "tsne", "json"]
+__all__ = ["write_figures", "tsne"]

@@ -12,12 +12,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from .cvae import CVAE
-from .io import SGLoraError, from_section, umask
+from .io import SGLoraError, Settings, setting, umask
 from .prior import Prior, PriorSpec, task_condition
 from .repository import ExpertTable
 
@@ -25,20 +26,15 @@ log = logging.getLogger("sglora")
 
 
 @dataclass
-class SamplingSpec:
-    """How SG-LoRA draws its LoRAs for a task."""
+class SamplingSpec(Settings):
+    """How SG-LoRA draws its LoRAs for a task (config section ``sampling``)."""
 
-    samples: int = 10  #: N samples per task and run (Figure 10 shows 50)
-    seed: int = 0  #: base sampling seed (a task's seed derives from it and the task id)
-    temperature: float = 1.0  #: scale of the latent noise; 0 = the decoded mean of p(z | c)
-    runs: int = 1  #: independent CVAE trainings (seeds cvae.seed, cvae.seed + 1, ...), each sampled
+    section: ClassVar[str] = "sampling"
 
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "SamplingSpec":
-        spec = from_section(cls, d, "sampling")
-        if spec.samples < 1 or spec.runs < 1 or spec.temperature < 0:
-            raise SGLoraError(f"sampling: need samples >= 1, runs >= 1, temperature >= 0; got {spec}")
-        return spec
+    samples: int = setting(10, "N samples per task and run (Figure 10 shows 50)", min=1)
+    seed: int = setting(0, "base sampling seed (a task's seed derives from it and the task id)")
+    temperature: float = setting(1.0, "scale of the latent noise; 0 = the decoded mean of p(z | c)", min=0)
+    runs: int = setting(1, "independent CVAE trainings (seeds cvae.seed, cvae.seed + 1, ...), each sampled", min=1)
 
 
 def task_seed(seed: int, task: str) -> int:

@@ -15,8 +15,9 @@ import re
 import shutil
 import tempfile
 import unicodedata
+from dataclasses import MISSING, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 
 class SGLoraError(Exception):
@@ -217,17 +218,75 @@ def save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str,
                 f.write(arrays[name].astype(arrays[name].dtype.newbyteorder("<"), copy=False).tobytes())
 
 
+def setting(default=MISSING, help: str = "", *, factory=None, min=None, max=None, above=None,
+            choices=None):
+    """A field of a settings dataclass that carries its help text and bounds (checked by
+    :class:`Settings` when the object is made). ``min``/``max``: inclusive bounds;
+    ``above``: exclusive lower bound; ``choices``: allowed values (for a list, of each
+    item). ``factory``: default factory for a mutable default."""
+    meta = {"help": help, "min": min, "max": max, "above": above, "choices": choices}
+    meta = {k: v for k, v in meta.items() if v is not None}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+class Settings:
+    """Base of every settings dataclass (``LoraSpec``, ``CVAESpec``, ...): one config section.
+
+    Each field is made with :func:`setting`, so it documents itself and states its bounds;
+    ``__post_init__`` checks them (an object built directly is checked like one read from
+    a config) and then :meth:`check` (cross-field rules). Errors name ``<section>.<field>``.
+    """
+
+    section: ClassVar[str] = ""
+
+    def __post_init__(self):
+        for f in fields(self):
+            check_value(f"{self.section}.{f.name}", getattr(self, f.name), f.metadata)
+        self.check()
+
+    def check(self) -> None:
+        """Rules between fields (override)."""
+
+    @classmethod
+    def from_dict(cls, values: dict | None):
+        """The settings of a config section (a dict), refusing unknown keys by name."""
+        return from_section(cls, values, cls.section)
+
+
+def check_value(name: str, value: Any, meta) -> None:
+    """Check ``value`` against a :func:`setting`'s bounds; an error names ``name``."""
+    if value is None:
+        return
+    choices = meta.get("choices")
+    if choices is not None:
+        items = value if isinstance(value, list) else [value]
+        bad = [v for v in items if v not in choices]
+        if bad or (isinstance(value, list) and not value):
+            what = "a non-empty subset" if isinstance(value, list) else "one"
+            raise SGLoraError(f"{name}: {value!r} is not {what} of {list(choices)}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if "min" in meta and value < meta["min"]:
+        raise SGLoraError(f"{name} must be >= {meta['min']}, got {value!r}")
+    if "max" in meta and value > meta["max"]:
+        raise SGLoraError(f"{name} must be <= {meta['max']}, got {value!r}")
+    if "above" in meta and not value > meta["above"]:
+        raise SGLoraError(f"{name} must be > {meta['above']}, got {value!r}")
+
+
 def from_section(cls, values: dict | None, section: str):
     """Build the dataclass ``cls`` from a config section, refusing unknown keys by name."""
     values = dict(values or {})
-    known = cls.__dataclass_fields__
+    known = [f.name for f in fields(cls)]
     unknown = set(values) - set(known)
     if unknown:
         raise SGLoraError(f"{section}: unknown key(s) {sorted(unknown)}; known keys: {sorted(known)}")
     return cls(**values)
 
 
-def json_object(text: str | None, flag: str = "option") -> dict[str, Any]:
+def json_object(text: str | None, flag: str) -> dict[str, Any]:
     """Parse a command-line JSON object (a config section); an error names the flag."""
     if not text:
         return {}

@@ -14,34 +14,35 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 
-from .io import SGLoraError, atomic_path, from_section, reading, save_safetensors
+from .io import SGLoraError, Settings, atomic_path, reading, save_safetensors, setting
 
 TOWER_PREFIX = {"vision": "vision_model", "text": "text_model"}
 
 
 @dataclass
-class LoraSpec:
-    """Which modules get a LoRA and how it is sized."""
+class LoraSpec(Settings):
+    """Which modules get a LoRA and how it is sized (config section ``lora``)."""
 
-    rank: int = 2  #: LoRA rank r (paper: 2)
-    alpha: float = 4.0  #: scaling numerator; the update is (alpha / rank) * B @ A
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"])  #: attention projections (paper: W_q, W_k, W_v)
-    towers: list[str] = field(default_factory=lambda: ["vision", "text"])  #: CLIP towers that get LoRA
-    init_seed: int = 0  #: shared initialisation of every LoRA of a run (aligns factor spaces)
+    section: ClassVar[str] = "lora"
 
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "LoraSpec":
-        spec = from_section(cls, d, "lora")
-        bad = set(spec.towers) - set(TOWER_PREFIX)
-        if bad or not spec.towers:
-            raise SGLoraError(f"lora.towers: {spec.towers} must be a non-empty subset of {sorted(TOWER_PREFIX)}")
-        return spec
+    rank: int = setting(2, "LoRA rank r (paper: 2)", min=1)
+    alpha: float = setting(4.0, "scaling numerator; the update is (alpha / rank) * B @ A", above=0)
+    target_modules: list[str] = setting(factory=lambda: ["q_proj", "k_proj", "v_proj"],
+                                        help="attention projections (paper: W_q, W_k, W_v)")
+    towers: list[str] = setting(factory=lambda: ["vision", "text"], help="CLIP towers that get LoRA",
+                                choices=tuple(TOWER_PREFIX))
+    init_seed: int = setting(0, "shared initialisation of every LoRA of a run (aligns factor spaces)")
+
+    def check(self) -> None:
+        if not self.target_modules:
+            raise SGLoraError("lora.target_modules: expected at least one module name")
 
     @property
     def scaling(self) -> float:

@@ -19,27 +19,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
-from .io import SGLoraError, from_section
+from .io import SGLoraError, Settings, setting
 
 
 @dataclass
-class PremiseSpec:
-    """Thresholds of the premises."""
+class PremiseSpec(Settings):
+    """Thresholds of the premises (config section ``premises``)."""
 
-    nearest_in_family: float = 0.9  #: least share of tasks whose description-nearest expert is of their family
-    oracle_gain: float = 10.0  #: least Oracle minus Zero-Shot R@1 (mean of I2T and T2I) per unseen group
-    enforce: bool | None = None  #: stop on a failed premise; None = only on embedded worlds
+    section: ClassVar[str] = "premises"
 
-    def __post_init__(self):
-        if not 0 <= self.nearest_in_family <= 1:
-            raise SGLoraError(f"premises.nearest_in_family must be in [0, 1], got {self.nearest_in_family}")
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "PremiseSpec":
-        return from_section(cls, d, "premises")
+    nearest_in_family: float = setting(0.9, "least share of tasks whose description-nearest expert is of their family",
+                                       min=0, max=1)
+    oracle_gain: float = setting(10.0, "least Oracle minus Zero-Shot R@1 (mean of I2T and T2I) per unseen group")
+    enforce: bool | None = setting(None, "stop on a failed premise; None = only on embedded worlds")
 
 
 def task_family(class_name: str) -> str | None:

@@ -4,13 +4,28 @@ contrastively on the world's (image, coarse caption) pairs."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from .backbone import pixel_values, tokenize
-from .io import atomic_path, write_json
+from .io import Settings, atomic_path, setting, write_json
 from .train import clip_loss, optimizer_step, positive_targets, same_text_targets, seed_everything
+
+
+@dataclass
+class PretrainSpec(Settings):
+    """How the embedded benchmark's small CLIP is pretrained (config section ``backbone.pretrain``)."""
+
+    section: ClassVar[str] = "backbone.pretrain"
+
+    epochs: int = setting(30, "passes over the (image, coarse caption) pairs", min=1)
+    batch_size: int = setting(64, "pairs per step", min=2)
+    lr: float = setting(2e-3, "peak AdamW learning rate (one-cycle schedule)", above=0)
+    sizes: dict | None = setting(None, "model sizes (sglora.tiny.build_clip: image_size, patch_size, hidden_size, "
+                                       "layers, heads, projection_dim, max_text_length, vocab_size)")
 
 
 def pretrain_clip(

@@ -15,26 +15,23 @@ modality of the embeddings (config section ``prior``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
-from .io import SGLoraError, from_section
+from .io import SGLoraError, Settings, setting
 
 
 @dataclass
-class PriorSpec:
-    """How the semantic prior aggregates experts."""
+class PriorSpec(Settings):
+    """How the semantic prior aggregates experts (config section ``prior``)."""
 
-    k: int = 4  #: top-K experts (paper: 4)
-    tau: float = 0.05  #: softmax temperature on cosine similarities
-    modality: str = "textual"  #: "textual" (description) or "visual" (mean image embedding), supp. Table 9
+    section: ClassVar[str] = "prior"
 
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "PriorSpec":
-        spec = from_section(cls, d, "prior")
-        if spec.k < 1 or spec.tau <= 0 or spec.modality not in ("textual", "visual"):
-            raise SGLoraError(f"prior: need k >= 1, tau > 0, modality textual|visual; got {spec}")
-        return spec
+    k: int = setting(4, "top-K experts (paper: 4)", min=1)
+    tau: float = setting(0.05, "softmax temperature on cosine similarities", above=0)
+    modality: str = setting("textual", '"textual" (description) or "visual" (mean image embedding), supp. Table 9',
+                            choices=("textual", "visual"))
 
 
 @dataclass

@@ -25,13 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from .io import SGLoraError
+from .methods import METHODS
 
-#: method -> the settings a selection grid may vary
-SETTINGS = {
-    "sglora": ("condition", "k", "tau", "temperature"),
-    "topk_weighted": ("k", "tau"),
-    "adaptersoup": ("k",),
-}
+#: method -> the settings a selection grid may vary (from the method registry)
+SETTINGS = {m.id: m.settings for m in METHODS.values() if m.settings}
 #: settings of SG-LoRA that need a CVAE of their own (the others act at sampling time)
 CVAE_SETTINGS = ("condition", "k", "tau")
 

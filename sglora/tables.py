@@ -25,25 +25,26 @@ from pathlib import Path
 import numpy as np
 
 from .io import SGLoraError, atomic_path, read_json
+from .methods import METHODS, label
 from .paper import PAPER_TABLES
 from .stats import N_BOOT, GroupStats, group_stats, n_runs
 
-NAMES = {
-    "zero_shot": "Zero-Shot CLIP", "oracle": "Oracle", "model_soups": "Model Soups", "adaptersoup": "AdapterSoup",
-    "topk_weighted": "Top-K LoRA Weighted", "mole": "MoLE", "pdiff": "P-diff", "cond_pdiff": "COND P-Diff",
-    "sglora": "SG-LoRA",
-}
 RETRIEVAL_COLS = ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"]
 COL_NAMES = {"i2t_r1": "I2T R@1", "i2t_r5": "I2T R@5", "i2t_r10": "I2T R@10", "t2i_r1": "T2I R@1",
              "t2i_r5": "T2I R@5", "t2i_r10": "T2I R@10", "accuracy": "Accuracy"}
-EXCLUDED_FROM_RANKING = ("oracle",)
 
 
-def load_group(metrics_root: Path, group: str, methods: list[str], tasks: list[str]) -> dict[str, dict[str, dict]]:
+def load_group(metrics: dict[str, str | Path], group: str, methods: list[str],
+               tasks: list[str]) -> dict[str, dict[str, dict]]:
+    """The metric files of a group: ``metrics`` maps ``"<group>/<method>"`` to the folder
+    'sglora evaluate' wrote (one ``<task>.json`` per task)."""
     out: dict[str, dict[str, dict]] = {}
     for m in methods:
+        folder = metrics.get(f"{group}/{m}")
+        if folder is None:
+            raise SGLoraError(f"metrics: no folder given for group {group!r}, method {m!r} (--metrics {group}/{m}=DIR)")
         for t in tasks:
-            path = metrics_root / group / m / f"{t}.json"
+            path = Path(folder) / f"{t}.json"
             if not path.exists():
                 raise SGLoraError(f"{path}: metrics file missing (method {m!r}, task {t!r})")
             res = json.loads(path.read_text())
@@ -61,7 +62,7 @@ def metric_cols(results: dict[str, dict[str, dict]]) -> list[str]:
 
 def method_label(method: str, per_task: dict[str, dict]) -> str:
     """"SG-LoRA (3 runs x 10 samples)", "SG-LoRA (mean of 10)" or "Top-K LoRA Weighted"."""
-    name, n, runs = NAMES.get(method, method), max(r["n"] for r in per_task.values()), n_runs(per_task)
+    name, n, runs = label(method), max(r["n"] for r in per_task.values()), n_runs(per_task)
     if runs > 1:
         return f"{name} ({runs} runs)" if n == runs else (
             f"{name} ({runs} runs x {n // runs} samples)" if n % runs == 0 else f"{name} ({runs} runs, {n} samples)")
@@ -95,7 +96,7 @@ def diagnostic_rows(results: dict[str, dict[str, dict]], cols: list[str]) -> lis
     for m, per_task in results.items():
         n = max(r["n"] for r in per_task.values())
         if n > 1:
-            row = {"method": m, "label": f"{NAMES.get(m, m)} (best of {n}), test-selected (diagnostic only)",
+            row = {"method": m, "label": f"{label(m)} (best of {n}), test-selected (diagnostic only)",
                    "kind": "best", "n": n, "runs": n_runs(per_task)}
             row.update({c: float(np.mean([r["best_of_n"][c] for r in per_task.values()])) for c in cols})
             rows.append(row)
@@ -104,7 +105,8 @@ def diagnostic_rows(results: dict[str, dict[str, dict]], cols: list[str]) -> lis
 
 def ranked(rows: list[dict]) -> list[str]:
     """Methods that compete for best: not the Oracle (it trains on the task), not paper rows."""
-    return [r["method"] for r in rows if r["kind"] in ("mean", "single") and r["method"] not in EXCLUDED_FROM_RANKING]
+    return [r["method"] for r in rows if r["kind"] in ("mean", "single")
+            and (r["method"] not in METHODS or METHODS[r["method"]].ranked)]
 
 
 def best_marks(rows: list[dict], cols: list[str], stats: dict[str, GroupStats]) -> dict[tuple[str, str], str]:
@@ -133,7 +135,7 @@ def paper_rows(key: str | None, cols: list[str]) -> list[dict]:
         raise SGLoraError(f"paper table {key!r} is unknown; known: {sorted(PAPER_TABLES)}")
     rows = []
     for m, vals in PAPER_TABLES[key]["rows"].items():
-        rows.append({"method": m, "label": f"{NAMES.get(m, m)} (paper)", "kind": "paper", "n": 0,
+        rows.append({"method": m, "label": f"{label(m)} (paper)", "kind": "paper", "n": 0,
                      **{c: vals.get(c, float("nan")) for c in cols}})
     return rows
 
@@ -165,7 +167,7 @@ def selection_note(selection: dict | None, methods: list[str]) -> str:
     chosen = [(m, selection[m]) for m in methods if selection and selection.get(m)]
     if not chosen:
         return ""
-    parts = [f"{NAMES.get(m, m)}: " + ", ".join(f"{k}={v if not isinstance(v, (dict, list)) else json.dumps(v)}"
+    parts = [f"{label(m)}: " + ", ".join(f"{k}={v if not isinstance(v, (dict, list)) else json.dumps(v)}"
                                                 for k, v in settings.items()) for m, settings in chosen]
     return "Settings chosen on the validation tasks: " + "; ".join(parts) + "."
 
@@ -244,7 +246,7 @@ def render(rows: list[dict], cols: list[str], title: str, marks: dict[tuple[str,
 def render_paired(rows: list[dict], cols: list[str], stats: dict[str, GroupStats], title: str,
                   method: str = "sglora", notes: list[str] = ()) -> dict[str, str]:
     """``method`` minus each other method of the group, per metric, with the paired interval."""
-    name = NAMES.get(method, method)
+    name = label(method)
     others = [r for r in rows if r["method"] != method and r["kind"] in ("mean", "single")]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -289,28 +291,29 @@ def per_task_table(results: dict[str, dict[str, dict]], cols: list[str]) -> str:
     primary = ["accuracy"] if cols == ["accuracy"] else ["i2t_r1", "t2i_r1"]
     methods = list(results)
     tasks = list(next(iter(results.values())))
-    head = "| Task | " + " | ".join(f"{NAMES.get(m, m)} {COL_NAMES[c]}" for m in methods for c in primary) + " |"
+    head = "| Task | " + " | ".join(f"{label(m)} {COL_NAMES[c]}" for m in methods for c in primary) + " |"
     lines = [head, "|---|" + "---:|" * (len(methods) * len(primary))]
     for t in tasks:
         lines.append(f"| {t} | " + " | ".join(_fmt(results[m][t]["mean"][c]) for m in methods for c in primary) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_tables(metrics_root: str | Path, out_dir: str | Path, groups: dict, selection: dict | None = None,
+def write_tables(metrics: dict[str, str | Path], out_dir: str | Path, groups: dict, selection: dict | None = None,
                  n_boot: int = N_BOOT, seed: int = 0) -> None:
     """For each group: ``<group>.{csv,md,tex}``, ``<group>.per_task.md``, ``<group>.diagnostic.md``
     and, where the group has SG-LoRA, ``<group>.paired.{csv,md}``. A group's ``paper`` key
     (``sglora.paper.PAPER_TABLES``) adds the published rows and a note on how our run differs
     (``paper_note`` adds to it). ``selection``: method -> settings chosen on the validation
-    tasks, footnoted under every table. ``n_boot``, ``seed``: the bootstrap's replicates and draws."""
-    metrics_root, out_dir = Path(metrics_root), Path(out_dir)
+    tasks, footnoted under every table. ``n_boot``, ``seed``: the bootstrap's replicates and draws.
+    ``metrics``: ``"<group>/<method>"`` -> metric folder (:func:`load_group`)."""
+    out_dir = Path(out_dir)
 
     def write(name: str, text: str) -> None:
         with atomic_path(out_dir / name) as tmp:
             tmp.write_text(text)
 
     for group, g in groups.items():
-        results = load_group(metrics_root, group, g["methods"], g["tasks"])
+        results = load_group(metrics, group, g["methods"], g["tasks"])
         rows, cols, stats = summarize_group(results, n_boot, seed)
         marks = best_marks(rows, cols, stats)
         notes = [_se_note(rows, cols), selection_note(selection, g["methods"]), paper_note(g)]

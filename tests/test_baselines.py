@@ -145,7 +145,7 @@ def test_train_mole_decreases_the_loss_and_evaluate_mole_writes_evaluate_json(wo
     out = world.root / "mole"
     spec = {"epochs": 6, "lr": 0.01, "batch_size": 8, "balance_weight": 0.01}
     assert main(["train-mole", "--backbone", world.backbone, "--manifest", str(world.manifest),
-                 "--tasks", ",".join(world.tasks), "--repository", str(world.repo.path), "--spec", json.dumps(spec),
+                 "--tasks", ",".join(world.tasks), "--repository", str(world.repo.path), "--mole", json.dumps(spec),
                  "--out", str(out), "--threads", "1"]) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["probe_after"]["loss"] < cfg["probe_before"]["loss"]
@@ -218,7 +218,7 @@ def _relative_error(rec, x):
 def test_pdiff_reconstructs_samples_shapes_and_determinism(world, capsys):
     out = world.root / "pdiff"
     assert main(["train-pdiff", "--repository", str(world.repo.path), "--tasks", ",".join(world.tasks),
-                 "--no-conditional", "--spec", json.dumps(PDIFF_SPEC), "--out", str(out), "--threads", "1"]) == 0
+                 "--no-conditional", "--pdiff", json.dumps(PDIFF_SPEC), "--out", str(out), "--threads", "1"]) == 0
     models, cfg = load_pdiff(out)
     assert sorted(models) == world.tasks and cfg["method"] == "pdiff"
     experts = world.repo.experts()
@@ -254,7 +254,7 @@ def test_pdiff_reconstructs_samples_shapes_and_determinism(world, capsys):
 def test_cond_pdiff_samples_follow_the_task_condition(world, capsys):
     out = world.root / "cond_pdiff"
     assert main(["train-pdiff", "--repository", str(world.repo.path), "--embeddings", str(world.embeddings_path),
-                 "--tasks", ",".join(world.tasks), "--conditional", "--spec", json.dumps(PDIFF_SPEC),
+                 "--tasks", ",".join(world.tasks), "--conditional", "--pdiff", json.dumps(PDIFF_SPEC),
                  "--out", str(out), "--threads", "1"]) == 0
     models, cfg = load_pdiff(out)
     assert list(models) == ["cond_pdiff"] and cfg["conditional"] and cfg["cond_dim"] > 0
@@ -287,11 +287,11 @@ def test_training_is_byte_identical_run_to_run(world, capsys):
     small = json.dumps({**PDIFF_SPEC, "ae_epochs": 20, "diffusion_epochs": 20, "T": 20})
     for run in ("a", "b"):
         main(["train-mole", "--backbone", world.backbone, "--manifest", str(world.manifest), "--tasks",
-              ",".join(world.tasks[:2]), "--repository", str(world.repo.path), "--spec",
+              ",".join(world.tasks[:2]), "--repository", str(world.repo.path), "--mole",
               json.dumps({"epochs": 1, "batch_size": 8, "probe_pairs": 4}), "--out", str(world.root / run / "mole"),
               "--threads", "1"])
         main(["train-pdiff", "--repository", str(world.repo.path), "--tasks", ",".join(world.tasks), "--conditional",
-              "--spec", small, "--out", str(world.root / run / "cond_pdiff"), "--threads", "1"])
+              "--pdiff", small, "--out", str(world.root / run / "cond_pdiff"), "--threads", "1"])
         main(["sample-pdiff", "--model", str(world.root / run / "cond_pdiff"), "--repository", str(world.repo.path),
               "--tasks", ",".join(world.tasks), "--out", str(world.root / run / "cond_pdiff.safetensors")])
     files = sorted(p.relative_to(world.root / "a") for p in (world.root / "a").rglob("*") if p.is_file())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
@@ -273,10 +272,9 @@ def test_option_errors(tmp_path):
 
 
 def test_cli(tmp_path, workdir, capsys):
-    from sglora.cli_data import register
+    from sglora.cli import build_parser, main
 
-    parser = argparse.ArgumentParser(prog="sglora")
-    register(parser.add_subparsers(dest="command", required=True))
+    parser = build_parser()
     assert "Figure 6" in parser._subparsers._group_actions[0].choices["caption"].description
     # manifest from a tiny Flickr30K layout
     root = tmp_path / "flickr"
@@ -286,10 +284,8 @@ def test_cli(tmp_path, workdir, capsys):
         {"images": [{"filename": "a.jpg", "split": "test", "sentences": [{"raw": "A dog."}]}]}
     ))  # fmt: skip
     out = tmp_path / "m.parquet"
-    args = parser.parse_args(["manifest", "--dataset", "flickr30k", "--root", str(root), "--out", str(out),
-                              "--option", "images_dir=imgs",
-                              "--config-json", '{"split_file": "karpathy.json"}'])  # fmt: skip
-    assert args.func(args) == 0
+    assert main(["manifest", "--dataset", "flickr30k", "--root", str(root), "--out", str(out),
+                 "--option", "images_dir=imgs", "--options", '{"split_file": "karpathy.json"}']) == 0  # fmt: skip
     assert json.loads(capsys.readouterr().out)["rows"] == 1
     assert read_manifest(out).column("captions").to_pylist() == [["A dog."]]
     # caption with the synthetic backend
@@ -297,8 +293,6 @@ def test_cli(tmp_path, workdir, capsys):
     paths = read_manifest(wtmp / "manifest.parquet").column("image_path").to_pylist()
     pq.write_table(pa.table({"image_path": paths, "captions": [["x y z"]] * 5}), wtmp / "c.parquet")
     options = json.dumps({"captions_file": str(wtmp / "c.parquet"), "progress": False})
-    args = parser.parse_args(["caption", "--manifest", str(wtmp / "manifest.parquet"), "--out", str(wtmp / "o.parquet"),
-                              "--backend", "synthetic", "--shard-dir", str(wtmp / "s"),
-                              "--options-json", options])  # fmt: skip
-    assert args.func(args) == 0
+    assert main(["caption", "--manifest", str(wtmp / "manifest.parquet"), "--out", str(wtmp / "o.parquet"),
+                 "--backend", "synthetic", "--shard-dir", str(wtmp / "s"), "--options", options]) == 0  # fmt: skip
     assert json.loads(capsys.readouterr().out)["images"] == 5

@@ -413,17 +413,12 @@ def test_registry_errors(tmp_path):
 
 
 def test_cli_manifest_passes_image_dir_to_cifar(tmp_path, capsys):
-    import argparse
+    from sglora.cli import main
 
-    from sglora.cli_data import register
-
-    parser = argparse.ArgumentParser(prog="sglora")
-    register(parser.add_subparsers(dest="command", required=True))
     root = write_cifar(tmp_path / "cifar", n=4)
     out = tmp_path / "m.parquet"
-    args = parser.parse_args(["manifest", "--dataset", "cifar100", "--root", str(root), "--out", str(out),
-                              "--image-dir", str(tmp_path / "png"), "--option", "max_images=1"])  # fmt: skip
-    assert args.func(args) == 0
+    assert main(["manifest", "--dataset", "cifar100", "--root", str(root), "--out", str(out),
+                 "--image-dir", str(tmp_path / "png"), "--option", "max_images=1"]) == 0  # fmt: skip
     summary = json.loads(capsys.readouterr().out)
     assert (summary["rows"], summary["tasks"], summary["bad_images"]) == (8, 2, [])
     paths = pq.read_table(out).column("image_path").to_pylist()

@@ -159,7 +159,7 @@ def test_only_steps_that_use_a_gpu_take_a_slot(tmp_path, monkeypatch):
     monkeypatch.setenv("SGLORA_GPU_SLOTS", str(tmp_path / "slots"))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     assert claim_gpu(parse(base + ["--device", "cpu"])) is None
-    assert claim_gpu(parse(["tables", "--metrics", "m", "--groups", "{}", "--out", "o"])) is None
+    assert claim_gpu(parse(["tables", "--metrics", "g/m=d", "--groups", "{}", "--out", "o"])) is None
     slot = claim_gpu(parse(base))
     assert slot.device == "3" and os.environ["CUDA_VISIBLE_DEVICES"] == "3"
     slot.release()

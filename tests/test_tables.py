@@ -56,6 +56,15 @@ def metrics(tmp_path_factory) -> Path:
     return root
 
 
+def folders(root: Path) -> dict[str, Path]:
+    """``"<group>/<method>"`` -> metric folder, as the tables rule passes them."""
+    return {f"{g.name}/{m.name}": m for g in root.iterdir() if g.is_dir() for m in g.iterdir() if m.is_dir()}
+
+
+def metrics_flag(root: Path) -> list[str]:
+    return ["--metrics", *(f"{k}={v}" for k, v in folders(root).items())]
+
+
 GROUPS = {
     "clear": {"title": "Clear winner", "dataset": "world", "tasks": TASKS,
               "methods": ["zero_shot", "oracle", "topk_weighted", "sglora"], "paper": "coco_in_dataset"},
@@ -73,7 +82,7 @@ def tables(metrics, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tables")
     sel = out / "selection.json"
     sel.write_text(json.dumps({"chosen": SELECTION, "scores": {}}))
-    assert main(["tables", "--metrics", str(metrics), "--groups", json.dumps(GROUPS), "--out", str(out),
+    assert main(["tables", *metrics_flag(metrics), "--groups", json.dumps(GROUPS), "--out", str(out),
                  "--selection", str(sel), "--bootstrap", "400"]) == 0
     return out
 
@@ -113,7 +122,7 @@ def test_bold_only_where_the_lead_is_resolved_else_tie_marked(tables, metrics):
 
 def test_paired_table_is_sglora_minus_each_method(tables, metrics):
     md = (tables / "clear.paired.md").read_text()
-    stats = group_stats(load_group(metrics, "clear", GROUPS["clear"]["methods"], TASKS), "i2t_r1", n_boot=400)
+    stats = group_stats(load_group(folders(metrics), "clear", GROUPS["clear"]["methods"], TASKS), "i2t_r1", n_boot=400)
     d = stats.difference("sglora", "topk_weighted")
     cell = md_row(md, "SG-LoRA − Top-K LoRA Weighted")[0]
     assert cell == f"{d.estimate:+.2f} [{d.lo:+.2f}, {d.hi:+.2f}]*" and d.hi < 0
@@ -150,7 +159,7 @@ def test_selection_and_paper_footnotes(tables):
 def test_selection_file_without_chosen_is_named(metrics, tmp_path, capsys):
     bad = tmp_path / "selection.json"
     bad.write_text(json.dumps({"scores": {}}))
-    assert main(["tables", "--metrics", str(metrics), "--groups", json.dumps({"nosg": GROUPS["nosg"]}),
+    assert main(["tables", *metrics_flag(metrics), "--groups", json.dumps({"nosg": GROUPS["nosg"]}),
                  "--out", str(tmp_path), "--selection", str(bad)]) == 2
     assert f"{bad}: expected a JSON object with key 'chosen'" in capsys.readouterr().err
 
@@ -165,12 +174,12 @@ def test_metrics_without_per_query_results_are_named(metrics, tmp_path):
     del res["ranks"]
     path.write_text(json.dumps(res))
     with pytest.raises(SGLoraError, match=f"{path}: no per-query results .* --forcerun evaluate"):
-        write_tables(old, tmp_path / "out", {"nosg": GROUPS["nosg"]}, n_boot=50)
+        write_tables(folders(old), tmp_path / "out", {"nosg": GROUPS["nosg"]}, n_boot=50)
 
 
 def test_tables_are_deterministic(metrics, tmp_path):
     for d in ("a", "b"):
-        write_tables(metrics, tmp_path / d, {"tie": GROUPS["tie"]}, n_boot=200)
+        write_tables(folders(metrics), tmp_path / d, {"tie": GROUPS["tie"]}, n_boot=200)
     for name in ("tie.md", "tie.csv", "tie.tex", "tie.paired.md", "tie.paired.csv"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
@@ -185,14 +194,14 @@ def test_r1_bars_show_the_intervals_and_titles_do_not_overlap(metrics):
 
     long = {g: {**spec, "title": "Embedded benchmark, cross-dataset (studio experts -> unseen sketch classes)"}
             for g, spec in GROUPS.items()}
-    fig = r1_bars_figure(metrics, long, n_boot=400)
+    fig = r1_bars_figure(folders(metrics), long, n_boot=400)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes]
     for left, right in zip(boxes, boxes[1:]):
         assert left.x1 < right.x0, "neighbouring panel titles overlap"
     # error bars: the I2T R@1 interval of each method of the first group
-    stats = group_stats(load_group(metrics, "clear", GROUPS["clear"]["methods"], TASKS), "i2t_r1", n_boot=400)
+    stats = group_stats(load_group(folders(metrics), "clear", GROUPS["clear"]["methods"], TASKS), "i2t_r1", n_boot=400)
     from matplotlib.container import BarContainer
 
     i2t = next(c for c in fig.axes[0].containers if isinstance(c, BarContainer))  # first bars: I2T R@1

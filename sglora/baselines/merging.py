@@ -12,10 +12,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..io import SGLoraError
+from ..methods import methods_where
 from ..prior import semantic_prior
 from ..repository import ExpertTable
 
-MERGING = ("model_soups", "adaptersoup", "topk_weighted")
+MERGING = tuple(methods_where(kind="merging"))
 
 
 def merge(method: str, experts: ExpertTable, query: np.ndarray, modality: str, k: int, tau: float,

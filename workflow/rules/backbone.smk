@@ -10,7 +10,7 @@ rule pretrain_backbone:
         directory(f"{R}/backbone"),
     params:
         worlds=expand(f"{R}/data/{{dataset}}/world", dataset=EMBEDDED),
-        options=as_json(config.get("backbone", {}).get("pretrain")),
+        pretrain=as_json(config.get("backbone", {}).get("pretrain")),
         seed=config.get("seed", 0),
     threads: max(THREADS, 2)
     resources:
@@ -25,7 +25,7 @@ rule pretrain_backbone:
         f"{R}/benchmarks/pretrain_backbone.tsv"
     shell:
         "sglora pretrain --worlds {params.worlds:q} --out {output:q} --seed {params.seed:q} "
-        "--threads {threads} --options {params.options:q} > {log:q} 2>&1"
+        "--threads {threads} --pretrain {params.pretrain:q} > {log:q} 2>&1"
 
 
 rule embed:

@@ -24,7 +24,7 @@ rule candidates_merging:
     output:
         f"{R}/candidates/{{group}}/{{method}}.safetensors",
     wildcard_constraints:
-        method="model_soups|adaptersoup|topk_weighted",
+        method="|".join(methods_where(kind="merging")),
     params:
         tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
         dataset=lambda w: GROUPS[w.group]["dataset"],
@@ -52,7 +52,7 @@ rule train_mole:
         directory(f"{R}/mole"),
     params:
         tasks=",".join(EXPERTS["tasks"]),
-        spec=as_json(config.get("mole")),
+        mole=as_json(config.get("mole")),
         backbone=backbone_param,
     threads: THREADS
     resources:
@@ -65,7 +65,7 @@ rule train_mole:
         f"{R}/benchmarks/train_mole.tsv"
     shell:
         "sglora train-mole --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
-        "--repository {input.repository:q} --spec {params.spec:q} --image-cache {input.images:q} --out {output:q} "
+        "--repository {input.repository:q} --mole {params.mole:q} --image-cache {input.images:q} --out {output:q} "
         "--threads {threads} > {log:q} 2>&1"
 
 
@@ -78,11 +78,11 @@ rule train_pdiff:
     output:
         directory(f"{R}/{{variant}}"),
     wildcard_constraints:
-        variant="pdiff|cond_pdiff",
+        variant="|".join(methods_where(candidates="sample-pdiff")),
     params:
         # P-diff: one model per seen task that a group evaluates; COND P-Diff: one model on all experts
         tasks=lambda w: ",".join(pdiff_tasks() if w.variant == "pdiff" else EXPERTS["tasks"]),
-        spec=lambda w: as_json(config.get(w.variant)),
+        pdiff=lambda w: as_json(config.get(w.variant)),
         flag=lambda w: "--conditional" if w.variant == "cond_pdiff" else "--no-conditional",
     threads: THREADS
     resources:
@@ -95,7 +95,7 @@ rule train_pdiff:
         f"{R}/benchmarks/train_{{variant}}.tsv"
     shell:
         "sglora train-pdiff --repository {input.repository:q} --embeddings {input.embeddings:q} "
-        "--tasks {params.tasks:q} {params.flag} --spec {params.spec:q} --out {output:q} > {log:q} 2>&1"
+        "--tasks {params.tasks:q} {params.flag} --pdiff {params.pdiff:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule candidates_pdiff:
@@ -106,7 +106,7 @@ rule candidates_pdiff:
     output:
         f"{R}/candidates/{{group}}/{{variant}}.safetensors",
     wildcard_constraints:
-        variant="pdiff|cond_pdiff",
+        variant="|".join(methods_where(candidates="sample-pdiff")),
     params:
         tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
     conda:

@@ -9,6 +9,9 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+sys.path.insert(0, str(Path(workflow.basedir)))  # the sglora package beside the Snakefile, installed or not
+from sglora.methods import METHODS, methods_where
+
 
 validate(config, "../schemas/config.schema.yaml")
 
@@ -25,7 +28,10 @@ def _check_config():
             raise ValueError(f"config: groups.{g}.dataset {spec['dataset']!r} is not a key of datasets ({sorted(names)})")
         if len(set(spec["tasks"])) != len(spec["tasks"]):
             raise ValueError(f"config: groups.{g}.tasks lists a task twice")
-        seen_only = {"pdiff", "cond_pdiff"} & set(spec["methods"])
+        unknown = [m for m in spec["methods"] if m not in METHODS]
+        if unknown:
+            raise ValueError(f"config: groups.{g}.methods: {unknown} are not methods of sglora/methods.py ({list(METHODS)})")
+        seen_only = set(methods_where(seen_only=True)) & set(spec["methods"])
         not_experts = [t for t in spec["tasks"] if t not in config["experts"]["tasks"]]
         if seen_only and (not_experts or spec["dataset"] != config["experts"]["dataset"]):
             raise ValueError(
@@ -80,7 +86,7 @@ def selection_grid():
     return grid
 
 
-SELECTABLE = ("sglora", "topk_weighted", "adaptersoup")
+SELECTABLE = tuple(m for m, v in METHODS.items() if v.settings)
 
 
 def selection_file(method):
@@ -269,7 +275,13 @@ def pdiff_tasks():
 
 
 def metric_dirs(wildcards=None):
-    return [f"{R}/metrics/{g}/{m}" for g, spec in GROUPS.items() for m in spec["methods"]]
+    """``"<group>/<method>"`` -> the metric folder of every evaluation."""
+    return {f"{g}/{m}": f"{R}/metrics/{g}/{m}" for g, spec in GROUPS.items() for m in spec["methods"]}
+
+
+def keyed(paths):
+    """A ``{key: path}`` map as the ``KEY=PATH`` items a `sglora` step takes (tables, figures)."""
+    return [f"{key}={path}" for key, path in paths.items()]
 
 
 def backbone_param(wildcards, input):
@@ -286,10 +298,19 @@ def parent(path, levels=1):
 
 
 def figure_loras():
-    """Oracle LoRA folders the figures draw (unseen groups that evaluate the Oracle)."""
-    return sorted(
-        {lora_dir(spec["dataset"], t) for spec in GROUPS.values() if spec.get("unseen", True) and "oracle" in spec["methods"] for t in spec["tasks"]}
-    )
+    """``"<dataset>/<task>"`` -> the Oracle LoRA folders the figures draw (unseen groups that evaluate the Oracle)."""
+    return {
+        f"{spec['dataset']}/{t}": lora_dir(spec["dataset"], t)
+        for spec in GROUPS.values() if spec.get("unseen", True) and "oracle" in spec["methods"] for t in spec["tasks"]
+    }
+
+
+def figure_candidates():
+    """``"<group>/<method>"`` -> the candidates files the figures may draw (written by `sglora candidates`)."""
+    return {
+        f"{g}/{m}": f"{R}/candidates/{g}/{m}.safetensors"
+        for g, spec in GROUPS.items() for m in spec["methods"] if METHODS[m].candidates == "candidates"
+    }
 
 
 def samples_group():

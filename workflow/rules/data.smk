@@ -33,7 +33,7 @@ rule manifest:
         f"{R}/logs/manifest/{{dataset}}.log",
     shell:
         "sglora manifest --dataset {params.kind:q} --root {params.root:q} --out {output:q} "
-        "--image-dir {params.images:q} --config-json {params.options:q} > {log:q} 2>&1"
+        "--image-dir {params.images:q} --options {params.options:q} > {log:q} 2>&1"
 
 
 
@@ -62,7 +62,7 @@ rule caption:
         f"{R}/benchmarks/caption/{{dataset}}.tsv"
     shell:
         "sglora caption --manifest {input:q} --out {output:q} --backend {params.backend:q} "
-        "--shard-dir {params.shards:q} --options-json {params.options:q} > {log:q} 2>&1"
+        "--shard-dir {params.shards:q} --options {params.options:q} > {log:q} 2>&1"
 
 
 

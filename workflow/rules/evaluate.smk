@@ -1,6 +1,7 @@
 # Evaluation: one metrics file per (method, task) of every group, LoRAs merged into the weights.
 
-CANDIDATE_METHODS = "oracle|model_soups|adaptersoup|topk_weighted|sglora|pdiff|cond_pdiff"
+# the methods evaluated from a candidates file (the registry, sglora/methods.py)
+CANDIDATE_METHODS = "|".join(m for m, v in METHODS.items() if v.candidates)
 
 
 rule evaluate:

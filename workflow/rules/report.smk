@@ -8,7 +8,7 @@ rule tables:
     each method with paired intervals; the test-selected best-of-N rows in a diagnostic table;
     every table footnotes the settings chosen on the validation tasks."""
     input:
-        metrics=metric_dirs(),
+        metrics=list(metric_dirs().values()),
         selection=f"{R}/selection/selection.json",
     output:
         csv=[
@@ -32,7 +32,7 @@ rule tables:
         ],
     params:
         groups=as_json(GROUPS),
-        metrics=lambda w, input: parent(input.metrics[0], 2),
+        metrics=keyed(metric_dirs()),
         out=lambda w, output: parent(output.csv[0]),
     conda:
         "../../envs/sglora.yaml"
@@ -46,11 +46,10 @@ rule tables:
 rule figures:
     """t-SNE of expert LoRAs, t-SNE of samples for one unseen task, R@1 by method."""
     input:
-        metrics=metric_dirs(),
-        loras=figure_loras(),
+        metrics=list(metric_dirs().values()),
+        loras=list(figure_loras().values()),
         repository=f"{R}/repository",
-        candidates=[f"{R}/candidates/{g}/{m}.safetensors" for g, spec in GROUPS.items() for m in spec["methods"]
-                    if m in ("sglora", "oracle", "model_soups", "adaptersoup", "topk_weighted")],
+        candidates=list(figure_candidates().values()),
     output:
         figures=[
             report(f"{R}/figures/{name}.png", caption=f"../report/{name}.rst", category="Figures")
@@ -59,9 +58,9 @@ rule figures:
         pdfs=[f"{R}/figures/{name}.pdf" for name in FIGURES],
     params:
         groups=as_json(GROUPS),
-        metrics=lambda w, input: parent(input.metrics[0], 2),
-        candidates=lambda w, input: parent(input.candidates[0], 2),
-        loras=lambda w, input: parent(input.loras[0], 2) if input.loras else f"{R}/loras",
+        metrics=keyed(metric_dirs()),
+        candidates=keyed(figure_candidates()),
+        loras=keyed(figure_loras()),
         samples_group=samples_group(),
         out=lambda w, output: parent(output.figures[0]),
     conda:

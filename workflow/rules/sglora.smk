@@ -148,7 +148,7 @@ rule premises:
         transfer=transfer_tasks(),
         headroom=[f"{g}={R}/metrics/{g}/zero_shot,{R}/metrics/{g}/oracle" for g in headroom_groups()],
         prior=as_json(config["prior"]),
-        spec=as_json(config.get("premises")),
+        premises=as_json(config.get("premises")),
         experts=EXPERTS["dataset"],
         device=config["device"],
         gallery=GALLERY,
@@ -163,5 +163,5 @@ rule premises:
         "sglora premises --backbone {params.backbone:q} --manifest {input.manifest:q} --experts-dataset {params.experts:q} "
         "--repository {input.repository:q} --embeddings {input.embeddings:q} --embedded {params.embedded:q} "
         "--unseen {params.unseen:q} --transfer {params.transfer:q} --headroom {params.headroom:q} --prior {params.prior:q} "
-        "--spec {params.spec:q} --image-cache {input.images:q} --gallery {params.gallery} --device {params.device:q} --out {output.json:q} "
+        "--premises {params.premises:q} --image-cache {input.images:q} --gallery {params.gallery} --device {params.device:q} --out {output.json:q} "
         "--markdown {output.md:q} > {log:q} 2>&1"

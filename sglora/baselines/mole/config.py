@@ -3,32 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from ...io import SGLoraError, from_section
+from ...io import SGLoraError, Settings, setting
 
 
 @dataclass
-class MoLESpec:
-    """How the MoLE gates are trained."""
+class MoLESpec(Settings):
+    """How the MoLE gates are trained (config section ``mole``)."""
 
-    epochs: int = 10  #: passes over the union of the seen tasks' training pairs
-    lr: float = 1e-3  #: Adam learning rate of the gates
-    batch_size: int = 32  #: image-caption pairs per step; every batch comes from one task
-    temperature: float = 1.0  #: tau of the gate softmax
-    balance_weight: float = 0.1  #: weight of the gating-balance loss -log prod_i q_i
-    pairs_per_task: int = 0  #: cap on training pairs per task (seeded subset); 0 = all
-    probe_pairs: int = 64  #: images per task on which the loss (with each of their captions) is measured before and after training
-    seed: int = 0  #: data order, caption choice, pair subsets
-    device: str = "auto"  #: "auto" = cuda if available else cpu
-    bf16: bool = True  #: autocast the backbone to bfloat16 on a GPU (gates stay float32)
+    section: ClassVar[str] = "mole"
 
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "MoLESpec":
-        spec = from_section(cls, d, "mole")
-        if spec.epochs < 1 or spec.batch_size < 1:
-            raise SGLoraError(f"mole: epochs and batch_size must be >= 1, got {spec.epochs}, {spec.batch_size}")
-        if spec.temperature <= 0 or spec.balance_weight < 0 or spec.lr <= 0:
-            raise SGLoraError(f"mole: need temperature > 0, balance_weight >= 0, lr > 0; got {spec}")
-        if spec.pairs_per_task < 0 or spec.probe_pairs < 0:
-            raise SGLoraError("mole: pairs_per_task and probe_pairs must be >= 0")
-        return spec
+    epochs: int = setting(10, "passes over the union of the seen tasks' training pairs", min=1)
+    lr: float = setting(1e-3, "Adam learning rate of the gates", above=0)
+    batch_size: int = setting(32, "image-caption pairs per step; every batch comes from one task", min=1)
+    temperature: float = setting(1.0, "tau of the gate softmax", above=0)
+    balance_weight: float = setting(0.1, "weight of the gating-balance loss -log prod_i q_i", min=0)
+    pairs_per_task: int = setting(0, "cap on training pairs per task (seeded subset); 0 = all", min=0)
+    probe_pairs: int = setting(64, "images per task on which the loss (with each of their captions) is measured "
+                               "before and after training", min=0)
+    seed: int = setting(0, "data order, caption choice, pair subsets")
+    device: str = setting("auto", '"auto" = cuda if available else cpu')
+    bf16: bool = setting(True, "autocast the backbone to bfloat16 on a GPU (gates stay float32)")

@@ -1,0 +1,52 @@
+"""Every method the pipeline compares, in one registry.
+
+The command line (``--method`` choices), the tables and figures (labels, row order,
+which rows compete for "best"), the selection grid (which settings a method may vary),
+the config checks and the Snakemake rules (which step writes a method's candidates) all
+read :data:`METHODS`. Adding a method is one entry here plus its module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KINDS = ("backbone", "trained", "merging", "generative")
+
+
+@dataclass(frozen=True)
+class Method:
+    id: str  #: the method's id in configs, file names and metric files
+    label: str  #: its name in tables and figures
+    kind: str  #: "backbone" (no LoRA), "trained" (on data), "merging" (of expert LoRAs) or "generative"
+    seen_only: bool = False  #: only for seen tasks (it needs the task among the experts)
+    ranked: bool = True  #: competes for "best" in the tables (not the Oracle: it trains on the task's own data)
+    candidates: str | None = "candidates"  #: the ``sglora`` step that writes its candidate LoRAs (None: none)
+    settings: tuple[str, ...] = ()  #: the settings a selection grid may vary (sglora/selection.py)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"method {self.id}: kind {self.kind!r} is not one of {KINDS}")
+
+
+#: in the tables' row order
+METHODS: dict[str, Method] = {m.id: m for m in (
+    Method("zero_shot", "Zero-Shot CLIP", "backbone", candidates=None),
+    Method("oracle", "Oracle", "trained", ranked=False),
+    Method("model_soups", "Model Soups", "merging"),
+    Method("adaptersoup", "AdapterSoup", "merging", settings=("k",)),
+    Method("topk_weighted", "Top-K LoRA Weighted", "merging", settings=("k", "tau")),
+    Method("mole", "MoLE", "trained", candidates=None),
+    Method("pdiff", "P-diff", "generative", seen_only=True, candidates="sample-pdiff"),
+    Method("cond_pdiff", "COND P-Diff", "generative", seen_only=True, candidates="sample-pdiff"),
+    Method("sglora", "SG-LoRA", "generative", settings=("condition", "k", "tau", "temperature")),
+)}
+
+
+def label(method: str) -> str:
+    """A method's label (its id if it is not registered)."""
+    return METHODS[method].label if method in METHODS else method
+
+
+def methods_where(**want) -> list[str]:
+    """Ids of the methods whose fields equal ``want`` (``methods_where(kind="merging")``), in registry order."""
+    return [m.id for m in METHODS.values() if all(getattr(m, k) == v for k, v in want.items())]

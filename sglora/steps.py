@@ -1,0 +1,534 @@
+"""Every pipeline step as one typed function: explicit input files and settings objects
+in, explicit output files out, a JSON-able summary returned.
+
+The Snakemake rules reach these through ``sglora <step>`` (``sglora/cli.py`` builds each
+subcommand from the function's signature: a parameter ``image_cache`` is the flag
+``--image-cache``, a settings object ``lora: LoraSpec`` is ``--lora JSON``, the config
+section of the same name); benchmarks and notebooks call them directly. A step knows
+nothing of the results folder's layout: every path it reads or writes is a parameter.
+
+Layers (tests/test_imports.py): ``cli`` -> ``steps`` -> domain modules -> ``io``/``methods``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated as A
+from typing import Callable
+
+from .baselines.mole import MoLESpec
+from .baselines.pdiff import PDiffSpec
+from .cvae import CVAESpec
+from .expert import TrainSpec
+from .generate import SamplingSpec
+from .pretrain import PretrainSpec
+from .prior import PriorSpec
+from .io import SGLoraError, read_json, write_json
+from .lora import LoraSpec
+from .methods import METHODS
+from .premises import PremiseSpec
+
+#: step name (``sglora <name>``) -> function, in ``sglora --help`` order
+STEPS: dict[str, Callable] = {}
+#: marks a parameter as positional on the command line
+POSITIONAL = {"positional": True}
+
+
+def step(name: str, device: str | Callable | None = None, show: Callable | None = None):
+    """Register a step. ``device``: the parameter that says where it runs (a device string
+    or a settings object with a ``device`` field), or a function of the arguments;
+    ``show``: how the CLI prints its result (default: one JSON line)."""
+
+    def register(fn):
+        fn.step_name, fn.device_of, fn.show = name, device, show
+        STEPS[name] = fn
+        return fn
+
+    return register
+
+
+def device_of(fn: Callable, kwargs: dict) -> str | None:
+    """The device setting a step will run on, read from its arguments; ``None``: no device."""
+    if fn.device_of is None:
+        return None
+    if callable(fn.device_of):
+        return fn.device_of(kwargs)
+    value = kwargs[fn.device_of]
+    return value if isinstance(value, str) else value.device
+
+
+Backbone = A[str, "model id or local folder"]
+Manifest = A[Path, "task manifest (Parquet)"]
+Manifests = A[dict[str, Path], "task manifests", {"metavar": "DATASET=FILE"}]
+SPLIT = {"split": ","}  #: a list that also takes comma-separated values
+Tasks = A[list[str], "task ids (comma-separated)", SPLIT]
+Out = A[Path, "output"]
+Threads = A[int | None, "torch threads and DataLoader workers"]
+Device = A[str, 'torch device: "auto" = cuda when available, else cpu']
+Cache = A[Path | None, "the dataset's image cache (sglora image-cache)"]
+Gallery = A[int, "retrieval within galleries of this many test images (0 = whole task)"]
+Dataset = A[str | None, "dataset of the tasks (to pick their embeddings)"]
+CVAEs = A[list[Path], "trained CVAE folders (every variant and run)"]
+
+
+# --- data ------------------------------------------------------------------------------
+
+@step("world")
+def world(out: A[Path, "output folder"], seed: A[int, "world seed (family looks and images)"] = 0,
+          options: A[dict, "JSON datasets.<name>.options: domain, classes, images_per_class, test_per_class, "
+                           "image_size, template"] = None) -> dict:
+    """Generate one domain of the embedded benchmark's synthetic world (images, manifest, captions)."""
+    from .world import generate_world
+
+    return generate_world(out, seed=seed, **(options or {}))
+
+
+@step("manifest")
+def manifest(dataset: A[str, "dataset kind: coco, pets, flowers, flickr30k, cifar100"],
+             root: A[Path, "folder the dataset was unpacked into"], out: A[Path, "manifest Parquet file to write"],
+             options: A[dict, "JSON datasets.<name>.options: the adapter's options (docs/datasets.md)"] = None,
+             option: A[list[str], "one adapter option KEY=VALUE (JSON value, else a string); wins over --options",
+                       {"metavar": "KEY=VALUE"}] = (),
+             image_dir: A[Path | None, "where adapters that write images (cifar100) put them; the option image_dir "
+                                       "wins; others ignore it"] = None) -> dict:
+    """Build a task manifest (Parquet, one row per image) from a dataset in the layout its
+    authors distribute (docs/datasets.md), e.g. ``sglora manifest --dataset pets --root
+    data/oxford-iiit-pet --out pets.parquet --option max_images=50``."""
+    from .datasets import adapter_options, bad_images, build_manifest
+    from .manifest import write_manifest
+
+    options = dict(options or {})
+    options.update(parse_option(o) for o in option)
+    if image_dir and "image_dir" in adapter_options(dataset):
+        options.setdefault("image_dir", str(image_dir))
+    table = build_manifest(dataset, str(root), **options)
+    write_manifest(out, table)
+    return {"manifest": str(out), "rows": table.num_rows, "tasks": len(set(table.column("task").to_pylist())),
+            "bad_images": bad_images(table)}
+
+
+def parse_option(text: str) -> tuple[str, object]:
+    """``"max_images=5"`` -> ``("max_images", 5)``; a value that is not JSON stays a string."""
+    import json
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise SGLoraError(f"--option {text!r}: expected KEY=VALUE")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def _caption_device(kw: dict) -> str | None:
+    from .captioning import parse_options
+
+    if kw["backend"] != "qwen2vl":
+        return None
+    return parse_options(kw["backend"], kw["options"] or {}).device or "auto"
+
+
+@step("caption", device=_caption_device)
+def caption(manifest: A[Path, "input manifest Parquet"],
+            out: A[Path, "output manifest Parquet (captions + provenance columns)"],
+            backend: A[str, "where captions come from (none: keep the dataset's captions, add provenance columns)",
+                       {"choices": ["qwen2vl", "synthetic", "none"]}],
+            shard_dir: A[Path, "folder for resumable caption shards"],
+            options: A[dict, "JSON datasets.<name>.captioner.options: model, demonstrations, captions_per_image, "
+                             "temperature, ... (docs/datasets.md)"] = None) -> dict:
+    """Fill the captions of a manifest. Backends: qwen2vl (in-context captioning,
+    supplementary Figure 6: instruction, two demonstrations, target), synthetic (captions
+    read from the Parquet file named by the option captions_file), none (keep the dataset's
+    captions). Work is split into shards under --shard-dir that a rerun skips."""
+    from .captioning import caption_manifest
+
+    return caption_manifest(manifest, out, backend, shard_dir, **(options or {}))
+
+
+@step("check-tasks")
+def check_tasks(manifest: Manifests, wanted: A[dict, 'JSON {"config key": {"dataset": ["task", ...]}}'],
+                out: A[Path, "JSON summary: images per task and split"]) -> dict:
+    """Check that every configured expert and evaluation task exists in its dataset with
+    captioned train and test images, before any training starts."""
+    from .manifest import check_tasks as check
+
+    counts = check({d: str(p) for d, p in manifest.items()}, wanted)
+    # only the checked tasks: the file of one task's check does not change with the others
+    checked: dict[str, set] = {}
+    for by in wanted.values():
+        for d, tasks in by.items():
+            checked.setdefault(d, set()).update(tasks)
+    write_json(out, {d: {t: n for t, n in per.items() if t in checked.get(d, ())} for d, per in counts.items()})
+    return {d: len(t) for d, t in counts.items()}
+
+
+@step("image-cache")
+def image_cache(backbone: A[str, "model id or local folder (its image processor sets the size)"], manifest: Manifest,
+                out: A[Path, "cache root; the cache goes to <out>/<processor key>/"],
+                threads: A[int | None, "decoding worker processes"] = None) -> dict:
+    """Decode, resize and crop every image of a manifest once, with the backbone's image
+    processor, into a uint8 cache that training, evaluation and embedding stream from."""
+    from .backbone import load_clip
+    from .images import build_cache
+    from .manifest import read_manifest
+
+    _, processor = load_clip(backbone)
+    paths = read_manifest(manifest).column("image_path").to_pylist()
+    return build_cache(paths, processor, out, workers=threads or 1)
+
+
+# --- backbone, experts, repository -----------------------------------------------------
+
+@step("pretrain")
+def pretrain(worlds: A[list[Path], "world folders written by 'sglora world'"],
+             out: A[Path, "output folder (save_pretrained layout)"], pretrain: PretrainSpec,
+             seed: A[int, "initialisation and data order"] = 0, threads: Threads = None) -> dict:
+    """Pretrain the embedded benchmark's small CLIP on coarse captions of all classes."""
+    from .pretrain import pretrain_clip
+    from .world import pretraining_pairs
+
+    pairs = pretraining_pairs([str(w) for w in worlds])
+    return pretrain_clip(out, pairs.images, pairs.texts, pairs.vocab, seed=seed, threads=threads,
+                         describes=pairs.describes, **asdict(pretrain))
+
+
+@step("embed", device="device")
+def embed(backbone: Backbone, manifest: Manifests, out: A[Path, "task embedding table (Parquet)"],
+          template: A[str, "description template, e.g. 'a photo of a <class name>'"] = "",
+          image_cache: A[dict[str, Path], "image caches (sglora image-cache)", {"metavar": "DATASET=DIR"}] = None,
+          device: Device = "auto", threads: A[int | None, "DataLoader workers"] = None) -> dict:
+    """Embed every task's description (text) and training images (visual) with the frozen backbone."""
+    from .embed import embed_tasks
+
+    return embed_tasks(backbone, {d: str(p) for d, p in manifest.items()}, out, template=template or None,
+                       device=device, caches={d: str(p) for d, p in (image_cache or {}).items()}, workers=threads or 0)
+
+
+@step("train-lora", device="training")
+def train_lora(backbone: Backbone, manifest: Manifest, task: A[str, "task id"],
+               out: A[Path, "output folder: snapshots.safetensors, adapter/, training.json"],
+               lora: LoraSpec, training: TrainSpec, image_cache: Cache = None, threads: Threads = None) -> dict:
+    """Train one task's LoRA (an expert for a seen task, the Oracle for an unseen one)."""
+    from .expert import train_lora as train
+
+    info = train(backbone, manifest, task, out, lora, training, threads=threads, cache=image_cache)
+    return {k: info[k] for k in ("task", "pairs", "dim", "snapshots")} | {"final_loss": info["losses"][-1]}
+
+
+@step("assemble")
+def assemble(loras: A[list[Path], "trained LoRA folders (folder name = task id)"],
+             embeddings: A[Path, "task embedding table"], out: A[Path, "repository folder"],
+             dataset: A[str | None, "dataset of the experts (to pick their embeddings)"] = None) -> dict:
+    """Stream expert LoRAs into the Parquet expert repository."""
+    from .embed import read_embeddings
+    from .repository import assemble as build
+
+    experts = [{"task": Path(d).name, "lora_dir": str(d)} for d in loras]
+    return build(out, experts, read_embeddings(embeddings, dataset))
+
+
+# --- SG-LoRA ---------------------------------------------------------------------------
+
+@step("train-cvae", device="cvae")
+def train_cvae(repository: A[Path, "expert repository folder"], out: A[Path, "CVAE folder"], cvae: CVAESpec,
+               prior: PriorSpec, threads: Threads = None) -> dict:
+    """Train the conditional VAE on all snapshots of the repository."""
+    import numpy as np
+
+    from .cvae import save_cvae
+    from .cvae import train_cvae as train
+    from .prior import training_conditions
+    from .repository import Repository
+
+    repo = Repository(repository)
+    experts = repo.experts()
+    tasks, vecs = [], []
+    for t, v in repo.iter_snapshots():
+        tasks += t
+        vecs.append(v)
+    index = np.array([experts.tasks.index(t) for t in tasks])
+    cm, cv = training_conditions(experts.embedding(prior.modality), experts.mu, experts.var, prior.k, prior.tau,
+                                 cvae.condition)
+    model, history = train(np.concatenate(vecs), index, cm, cv, cvae, threads=threads)
+    save_cvae(out, model, {"prior": asdict(prior), "condition": cvae.condition, "history": history,
+                           "repository": str(repository)})
+    return history[-1]
+
+
+def _chosen(path: Path | None, method: str) -> dict:
+    """A method's settings chosen on the validation tasks (``{}`` without a selection file)."""
+    return read_json(path).get("chosen", {}).get(method, {}) if path else {}
+
+
+@step("candidates")
+def candidates(method: A[str, "the method", {"choices": [m for m, v in METHODS.items() if v.candidates == "candidates"]}],
+               out: A[Path, "candidates file (.safetensors)"], tasks: Tasks = (), dataset: Dataset = None,
+               repository: A[Path | None, "expert repository folder"] = None,
+               embeddings: A[Path | None, "task embedding table"] = None,
+               cvae: A[list[Path], "trained CVAE folders (sglora): the runs of every variant; those matching the "
+                                   "chosen settings are used"] = (),
+               prior: PriorSpec = None, sampling: SamplingSpec = None,
+               selection: A[Path | None, "selection.json: the settings chosen on the validation tasks"] = None,
+               seen: A[bool, "the tasks are experts (seen tasks): build their condition as in the CVAE's training, "
+                             "and leave a task out of its own merge"] = False,
+               adapters: A[Path | None, "also write each sample as a PEFT adapter folder here (sglora)"] = None,
+               loras: A[list[Path], "trained LoRA folders (oracle; folder name = task id)"] = ()) -> dict:
+    """Write a method's candidate LoRA(s) for each task of a group (sglora samples, oracle,
+    model_soups, adaptersoup, topk_weighted)."""
+    from .candidates import save_candidates
+    from .embed import read_embeddings
+    from .repository import Repository
+    from .selection import TrainedCVAEs, method_candidates
+
+    if method == "oracle":
+        from .expert import read_snapshots
+
+        vecs, layout = {}, None
+        for d in loras:
+            snaps, layout = read_snapshots(d)
+            vecs[Path(d).name] = snaps[-1:]
+        save_candidates(out, vecs, layout, method, {t: {"kind": "trained on the task's own data"} for t in vecs})
+        return {"method": method, "tasks": len(vecs)}
+    repo = Repository(repository)
+    experts = repo.experts()
+    settings = _chosen(selection, method)
+    emb = read_embeddings(embeddings, dataset)
+    vecs, info = method_candidates(method, settings, list(tasks), experts, emb, prior or PriorSpec(),
+                                   sampling or SamplingSpec(), cvaes=TrainedCVAEs(cvae) if method == "sglora" else None,
+                                   seen=seen)
+    for t in info:
+        info[t]["settings"] = settings
+    if method == "sglora" and adapters:
+        from .lora import save_adapter
+
+        for t, v in vecs.items():
+            for i, vec in enumerate(v):
+                save_adapter(Path(adapters) / t / f"sample_{i:03d}", vec, repo.layout, repo.lora, repo.backbone,
+                             {"task": t, "description": emb[t]["description"], "seed": info[t]["seeds"][info[t]["runs"][i]],
+                              "run": info[t]["runs"][i], "sample": i, "experts": info[t]["experts"], "kind": "sglora"})
+        Path(adapters).mkdir(parents=True, exist_ok=True)
+    save_candidates(out, vecs, repo.layout, method, info)
+    return {"method": method, "tasks": len(vecs), "settings": settings}
+
+
+@step("select", device="device")
+def select(backbone: Backbone, manifest: A[Path, "task manifest of the validation tasks' dataset"],
+           tasks: A[list[str], "validation task ids (comma-separated)", SPLIT],
+           grid: A[dict, 'JSON {"method": {"setting": [values, ...]}}'],
+           repository: A[Path, "expert repository folder"], embeddings: A[Path, "task embedding table"],
+           out: A[Path, "the method's selection file (JSON)"], dataset: Dataset = None, cvae: CVAEs = (),
+           prior: PriorSpec = None, sampling: SamplingSpec = None, lora: LoraSpec = None,
+           image_cache: Cache = None, gallery: Gallery = 0, device: Device = "auto", threads: Threads = None) -> dict:
+    """Choose every method's settings on the validation tasks (writes selection.json)."""
+    from .embed import read_embeddings
+    from .repository import Repository
+    from .selection import TrainedCVAEs, select_settings
+
+    repo = Repository(repository)
+    res = select_settings(backbone, manifest, list(tasks), grid, repo.experts(), read_embeddings(embeddings, dataset),
+                          prior or PriorSpec(), sampling or SamplingSpec(), (lora or LoraSpec()).scaling, repo.layout,
+                          cvaes=TrainedCVAEs(cvae) if cvae else None, threads=threads, device=device,
+                          cache=image_cache, gallery=gallery)
+    res["dataset"] = dataset
+    write_json(out, res)
+    return res["chosen"]
+
+
+@step("selection-summary")
+def selection_summary(selections: A[list[Path], "per-method selection files"],
+                      out: A[Path, "selection.json"]) -> dict:
+    """Merge the per-method selection files into selection.json."""
+    from .selection import merge_selections
+
+    res = merge_selections([read_json(f) for f in selections])
+    write_json(out, res)
+    return res["chosen"]
+
+
+@step("export-cvae")
+def export_cvae(cvae: CVAEs, selection: A[Path, "selection.json"], out: A[Path, "CVAE folder"]) -> dict:
+    """Copy the CVAE of SG-LoRA's chosen settings (run 0) for 'sglora generate'."""
+    from .selection import export_chosen
+
+    return export_chosen(cvae, read_json(selection), out)
+
+
+def _show_premises(res: dict) -> str:
+    from .premises import render_premises
+
+    return render_premises(res)
+
+
+@step("premises", device="device", show=_show_premises)
+def premises(backbone: Backbone, manifest: A[Path, "task manifest of the experts' dataset"],
+             experts_dataset: A[str, "the experts' dataset name"], repository: A[Path, "expert repository folder"],
+             embeddings: A[Path, "task embedding table"],
+             unseen: A[list[str], "unseen tasks (groups and validation; comma-separated)", SPLIT],
+             out: A[Path, "premises.json"], markdown: A[Path, "premises.md"], premises: PremiseSpec,
+             embedded: A[list[str], "embedded datasets (their classes have families)"] = (),
+             transfer: A[list[str], "unseen tasks of the experts' dataset"] = (),
+             headroom: A[dict[str, str], "metric folders of each group's Zero-Shot and Oracle",
+                         {"metavar": "GROUP=ZERO_SHOT_DIR,ORACLE_DIR"}] = None,
+             prior: PriorSpec = None, image_cache: Cache = None, gallery: Gallery = 0,
+             device: Device = "auto") -> dict:
+    """Check the benchmark's premises (description-nearest expert in family, Oracle
+    headroom, family transfer); on embedded worlds a failed premise is an error."""
+    from .embed import read_embeddings
+    from .io import atomic_path
+    from .premises import check_premises, render_premises, task_family
+    from .repository import Repository
+
+    repo = Repository(repository)
+    experts = repo.experts()
+    emb = read_embeddings(embeddings)
+    embedded = set(embedded)
+    families = {t: (task_family(r["task_name"]) if r["dataset"] in embedded else None) for t, r in emb.items()}
+    enforce = premises.enforce if premises.enforce is not None else experts_dataset in embedded
+    metrics = {group: tuple(dirs.split(",")) for group, dirs in (headroom or {}).items()}
+    res = check_premises(backbone, manifest, emb, experts, repo.layout, repo.lora.scaling,
+                         {"groups": list(unseen), "transfer": list(transfer)}, families, metrics, premises, enforce,
+                         modality=(prior or PriorSpec()).modality, device=device, cache=image_cache, gallery=gallery)
+    write_json(out, res)
+    with atomic_path(markdown) as tmp:
+        tmp.write_text(render_premises(res))
+    return res
+
+
+def _show_generated(res: dict) -> str:
+    lines = [f"description: {res['description']}", "experts used (top-K, alpha):"]
+    lines += [f"  {e['name']:<30} sim={e['similarity']:.3f}  alpha={e['alpha']:.3f}" for e in res["experts"]]
+    return "\n".join(lines + [f"wrote {d}" for d in res["adapters"]])
+
+
+@step("generate", show=_show_generated)
+def generate(description: A[str, 'e.g. "a photo of a zebra"', POSITIONAL],
+             out: A[Path, "adapter folder (or parent of sample_NNN folders)"],
+             overwrite: A[bool, "write into an existing non-empty --out, replacing only the adapter files written "
+                                "here"] = False,
+             samples: A[int, "adapters to write"] = 1, seed: A[int, "sampling seed"] = 0,
+             repository: A[Path, "expert repository (default: the embedded run's)"] = Path("results/embedded/repository"),
+             cvae: A[Path, "exported CVAE (default: the embedded run's)"] = Path("results/embedded/cvae/selected"),
+             backbone: A[str | None, "defaults to the repository's backbone"] = None) -> dict:
+    """Generate LoRA adapter(s) for any text description with the trained SG-LoRA."""
+    from .generate import generate as run
+
+    return run(description, repository, cvae, out, samples=samples, seed=seed, backbone=backbone, overwrite=overwrite)
+
+
+# --- evaluation and report -------------------------------------------------------------
+
+@step("evaluate", device="device")
+def evaluate(backbone: Backbone, manifest: Manifest, tasks: Tasks, method: A[str, "method id (written into the JSON)"],
+             out: A[Path, "folder for <task>.json"], group: A[str, "evaluation group name written into the JSON"] = "",
+             candidates: A[Path | None, "candidates file; omit for zero-shot CLIP"] = None, lora: LoraSpec = None,
+             image_cache: Cache = None, gallery: Gallery = 0, threads: Threads = None, device: Device = "auto") -> dict:
+    """Evaluate a method's LoRA(s) (merged into the weights) on each task's test split."""
+    from .evaluate import evaluate_method
+
+    return evaluate_method(backbone, manifest, list(tasks), method, out, candidates, (lora or LoraSpec()).scaling,
+                           group=group, threads=threads, device=device, cache=image_cache, gallery=gallery)
+
+
+Metrics = A[dict[str, Path], "each group's metric folders ('sglora evaluate')", {"metavar": "GROUP/METHOD=DIR"}]
+Groups = A[dict, "JSON of the evaluation groups (config groups)"]
+
+
+@step("tables", show=lambda res: None)
+def tables(metrics: Metrics, groups: Groups, out: A[Path, "tables folder"],
+           selection: A[Path | None, "selection.json: its 'chosen' settings are footnoted"] = None,
+           bootstrap: A[int, "bootstrap replicates of the 95% intervals"] = 2000) -> None:
+    """Write the metric tables (CSV, Markdown, LaTeX) from the metric folders."""
+    from .tables import read_selection, write_tables
+
+    write_tables(metrics, out, groups, selection=read_selection(selection) if selection else None, n_boot=bootstrap)
+
+
+@step("figures", show=lambda res: None)
+def figures(repository: A[Path, "expert repository folder"], metrics: Metrics,
+            candidates: A[dict[str, Path], "candidates files", {"metavar": "GROUP/METHOD=FILE"}],
+            loras: A[dict[str, Path], "the unseen groups' Oracle LoRA folders", {"metavar": "DATASET/TASK=DIR"}],
+            groups: Groups, out: A[Path, "figures folder"],
+            samples_group: A[str, "group whose first task the samples t-SNE shows (Figure 10)"] = "") -> None:
+    """Draw the figures (t-SNE of expert LoRAs, of samples, R@1 bars)."""
+    from .figures import write_figures
+
+    write_figures(out, repository=repository, metrics=metrics, candidates=candidates, loras=loras or {},
+                  groups=groups, samples_group=samples_group or None)
+
+
+# --- learned baselines -----------------------------------------------------------------
+
+
+@step("train-mole", device="mole")
+def train_mole(backbone: A[str, "model id or local folder (the repository's backbone)"],
+               manifest: A[Path, "task manifest with the seen tasks' training pairs"],
+               tasks: A[list[str], "seen task ids to train the gates on (comma-separated)", SPLIT],
+               repository: A[Path, "expert repository folder (the N expert LoRAs)"], out: A[Path, "output folder"],
+               mole: MoLESpec, image_cache: Cache = None, threads: Threads = None) -> dict:
+    """MoLE baseline: train the per-layer gates that mix the repository's expert LoRAs (their
+    mean snapshots), on the union of the seen tasks' training pairs (contrastive loss +
+    gating-balance loss; backbone and experts frozen). Writes gates.safetensors,
+    experts.safetensors, config.json."""
+    from .baselines.mole import train_mole as train
+
+    info = train(backbone, manifest, list(tasks), repository, out, mole, threads=threads, cache=image_cache)
+    return {"experts": len(info["experts"]), "tasks": len(info["tasks"]), "final": info["history"][-1],
+            "probe_before": info["probe_before"], "probe_after": info["probe_after"]}
+
+
+@step("evaluate-mole", device="device")
+def evaluate_mole(backbone: Backbone, manifest: A[Path, "task manifest with the tasks' test pairs"], tasks: Tasks,
+                  mole: A[Path, "trained MoLE folder (train-mole)"], out: A[Path, "folder for <task>.json"],
+                  group: A[str, "evaluation group name written into the JSON"] = "", image_cache: Cache = None,
+                  gallery: Gallery = 0, threads: Threads = None, device: Device = "auto") -> dict:
+    """MoLE baseline: evaluate the gated model on each task's test split (the gate depends on
+    the input, so it is not merged into the weights) and write <out>/<task>.json like
+    'sglora evaluate'."""
+    from .baselines.mole import evaluate_mole as run
+
+    return run(backbone, manifest, list(tasks), mole, out, group=group, threads=threads, device=device,
+               cache=image_cache, gallery=gallery)
+
+
+def _embeddings(path: Path | None, dataset: str | None):
+    if not path:
+        return None
+    from .embed import read_embeddings
+
+    return read_embeddings(path, dataset)
+
+
+@step("train-pdiff", device="pdiff")
+def train_pdiff(repository: A[Path, "expert repository folder (the snapshots)"], tasks: A[list[str], "seen task ids (comma-separated)", SPLIT],
+                out: A[Path, "output folder (<model>.safetensors, config.json)"], pdiff: PDiffSpec,
+                conditional: A[bool, "COND P-Diff (one text-conditioned model) instead of P-diff (one model per "
+                                     "task)"] = False,
+                embeddings: A[Path | None, "task embedding table (COND P-Diff conditions; defaults to the "
+                                           "repository's embeddings)"] = None,
+                dataset: Dataset = None, threads: A[int | None, "CPU threads"] = None) -> dict:
+    """P-diff / COND P-Diff baselines: train a parameter autoencoder + latent DDPM on the
+    repository's snapshots; one unconditional model per task (P-diff, --no-conditional)
+    or one model for all tasks conditioned on their text embeddings (COND P-Diff,
+    --conditional). Seen-task baselines (supp. Table 13). --pdiff takes the config section
+    pdiff or cond_pdiff."""
+    from .baselines.pdiff import train_pdiff as train
+
+    return train(repository, list(tasks), out, pdiff, conditional, embeddings=_embeddings(embeddings, dataset),
+                 threads=threads)
+
+
+@step("sample-pdiff")
+def sample_pdiff(model: A[Path, "trained P-diff folder (train-pdiff)"],
+                 repository: A[Path, "expert repository (the LoRA layout)"], tasks: Tasks,
+                 out: A[Path, "candidates file (.safetensors)"],
+                 embeddings: A[Path | None, "task embedding table (COND P-Diff conditions)"] = None,
+                 dataset: Dataset = None,
+                 samples: A[int | None, "N samples per task (default: the spec's samples)"] = None,
+                 seed: A[int | None, "sampling seed (default: the spec's seed)"] = None) -> dict:
+    """P-diff / COND P-Diff baselines: sample N LoRAs per task (seeded per task) from a
+    trained model and write a candidates file (method pdiff or cond_pdiff) for 'sglora evaluate'."""
+    from .baselines.pdiff import sample_pdiff as run
+
+    return run(model, repository, list(tasks), out, embeddings=_embeddings(embeddings, dataset), samples=samples,
+               seed=seed)

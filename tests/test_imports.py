@@ -1,0 +1,125 @@
+"""The library's import graph: one direction, no cycles, a thin command line.
+
+Layers, top to bottom (a module imports only from its own layer or below):
+
+    cli, __main__   argument parsing only (sglora/cli.py)
+    steps           one typed function per pipeline step (sglora/steps.py)
+    domain          every other module: the method, baselines, datasets, metrics
+    base            io (files, settings dataclasses), methods (the registry), paper (numbers)
+
+Imports inside functions count too: a lazy import is still a dependency.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from conftest import ROOT
+
+PACKAGE = ROOT / "sglora"
+LAYERS = {"sglora.cli": 3, "sglora.__main__": 3, "sglora.steps": 2,
+          "sglora.io": 0, "sglora.methods": 0, "sglora.paper": 0, "sglora": 0}
+DOMAIN = 1
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """The sglora modules ``name`` imports (anywhere in the file)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            # `from . import x` names a module; `from .m import f` names m
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+        else:
+            continue
+        for t in targets:
+            while t and t not in known:  # sglora.x.y -> the module that exists
+                t = t.rpartition(".")[0]
+            if t and t != name:
+                found.add(t)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    return {name: imports(name, path, set(mods)) for name, path in mods.items()}
+
+
+def layer(name: str) -> int:
+    return LAYERS.get(name, DOMAIN)
+
+
+def test_no_upward_imports():
+    wrong = [f"{m} (layer {layer(m)}) imports {d} (layer {layer(d)})"
+             for m, deps in graph().items() for d in sorted(deps) if layer(d) > layer(m)]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_base_modules_import_no_other_sglora_module():
+    g = graph()
+    wrong = {m: sorted(g[m]) for m, lv in LAYERS.items() if lv == 0 and m != "sglora" and g.get(m)}
+    assert not wrong, wrong
+
+
+def test_no_import_cycles():
+    g = graph()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        stack.append(m)
+        for d in sorted(g[m]):
+            if state.get(d) == 1:
+                return stack[stack.index(d):] + [d]
+            if d not in state and (cycle := visit(d)):
+                return cycle
+        stack.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(g):
+        if m not in state:
+            cycle = visit(m)
+            assert cycle is None, " -> ".join(cycle)
+
+
+def test_the_library_never_imports_snakemake():
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] == "snakemake" for n in names), path
+
+
+def test_cli_only_parses_arguments():
+    lines = (PACKAGE / "cli.py").read_text().splitlines()
+    assert len(lines) <= 160, f"sglora/cli.py has {len(lines)} lines; step logic belongs in sglora/steps.py"
+    assert graph()["sglora.cli"] <= {"sglora.steps", "sglora.io", "sglora.backbone", "sglora.devices"}
+
+
+def test_python_m_sglora_works_like_sglora():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "sglora", "--help"], capture_output=True, text=True, check=True,
+                         cwd=ROOT).stdout
+    assert "train-lora" in out and "generate" in out
