@@ -7,7 +7,8 @@ Layers, top to bottom (a module imports only from its own layer or below):
     domain          every other module: the method, baselines, datasets, metrics
     base            io (files, settings dataclasses), methods (the registry), paper (numbers)
 
-Imports inside functions count too: a lazy import is still a dependency.
+Imports inside functions count too: a lazy import is still a dependency. Imports under
+``if TYPE_CHECKING:`` do not: they never run (annotations only).
 """
 
 from __future__ import annotations
@@ -38,7 +39,13 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
     """The sglora modules ``name`` imports (anywhere in the file)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and getattr(block.test, "id", getattr(block.test, "attr", None)) == "TYPE_CHECKING"
+                   for stmt in block.body for n in ast.walk(stmt)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
