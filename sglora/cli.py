@@ -466,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
         baseline_cli = None
     if baseline_cli is not None:
         baseline_cli.register(sub)
+    from . import cli_studies
+
+    cli_studies.register(sub)
     return p
 
 
