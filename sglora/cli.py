@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="STEP")
     for name, fn in steps.STEPS.items():
         doc = inspect.getdoc(fn) or name
-        sp = sub.add_parser(name, help=doc.split("\n\n")[0].replace("\n", " "), description=doc)
+        sp = sub.add_parser(name, help=doc.split("\n\n")[0].replace("\n", " ").replace("%", "%%"), description=doc)
         sp.set_defaults(step=fn)
         hints = typing.get_type_hints(fn, include_extras=True)
         for pname, param in inspect.signature(fn).parameters.items():

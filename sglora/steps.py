@@ -532,3 +532,57 @@ def sample_pdiff(model: A[Path, "trained P-diff folder (train-pdiff)"],
 
     return run(model, repository, list(tasks), out, embeddings=_embeddings(embeddings, dataset), samples=samples,
                seed=seed)
+
+
+# --- studies (workflow/studies/) ---------------------------------------------------------
+
+@step("study-config")
+def study_config(base: A[Path, "the base pipeline config (YAML)"],
+                 experts_per_family: A[int, "experts kept per family (the first ones listed)"],
+                 results: A[str, "the size's results folder"], out: A[Path, "the derived config (YAML)"]) -> dict:
+    """Repository-size study: one size's pipeline config, the base config with the first N
+    experts of every family and its own results folder."""
+    import yaml
+
+    from .io import atomic_path
+    from .studies import size_config
+
+    try:
+        cfg = yaml.safe_load(Path(base).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise SGLoraError(f"{base}: cannot read the base config ({err})") from err
+    cfg = size_config(cfg, experts_per_family, results)
+    with atomic_path(out) as tmp:
+        tmp.write_text(yaml.safe_dump(cfg, sort_keys=True))
+    return {"experts_per_family": experts_per_family, "experts": cfg["experts"]["tasks"]}
+
+
+@step("study-collect")
+def study_collect(config: A[Path, "the size's pipeline config (its experts are recorded)"],
+                  experts_per_family: A[int, "the size"],
+                  metrics: A[dict[str, Path], "metrics files of the compared methods", {"metavar": "METHOD/TASK=FILE"}],
+                  out: Out) -> dict:
+    """Repository-size study: one size's compared metrics files, collected into one JSON."""
+    import yaml
+
+    from .studies import collect_size
+
+    experts = yaml.safe_load(Path(config).read_text())["experts"]["tasks"]
+    write_json(out, collect_size(experts_per_family, experts, metrics))
+    return {"experts_per_family": experts_per_family, "files": len(metrics)}
+
+
+@step("study-summary")
+def study_summary(sizes: A[list[Path], "collected size files (sglora study-collect)"],
+                  markdown: A[Path, "the table (Markdown)"], out: A[Path, "the table's numbers (JSON)"],
+                  figures: A[Path, "figure folder (repository_size.png/.pdf)"],
+                  against: A[list[str], "methods SG-LoRA is compared with"] = ("topk_weighted", "oracle"),
+                  title: A[str, "the table's title"] = "Repository size",
+                  bootstrap: A[int, "bootstrap replicates of the 95% intervals"] = 2000) -> dict:
+    """Repository-size study: SG-LoRA minus each compared method per size, with paired 95%
+    intervals (table, JSON, figure)."""
+    from .studies import write_study
+
+    rows = write_study([read_json(f) for f in sizes], list(against), markdown, out, figures, title=title,
+                       n_boot=bootstrap)
+    return {"rows": len(rows)}

@@ -130,3 +130,17 @@ def test_python_m_sglora_works_like_sglora():
     out = subprocess.run([sys.executable, "-m", "sglora", "--help"], capture_output=True, text=True, check=True,
                          cwd=ROOT).stdout
     assert "train-lora" in out and "generate" in out
+
+
+def test_every_step_prints_its_help(capsys):
+    """Help texts are %-formatted by argparse: a step whose docstring says "95%" must still print."""
+    import pytest
+
+    from sglora.cli import build_parser
+    from sglora.steps import STEPS
+
+    for name in [None, *STEPS]:
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args(["--help"] if name is None else [name, "--help"])
+        assert exit_.value.code == 0, name
+    assert "study-summary" in capsys.readouterr().out
