@@ -1,0 +1,127 @@
+"""LoRA spaces (sglora/spaces.py): the product-space merges against plain references,
+and a rank-K·r adapter that PEFT loads with the weighted average of the updates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sglora.lora import Layout, LoraSpec, delta_weights, merged, save_adapter
+from sglora.spaces import adapter_spec, layout_rank, pad_rank, product_merge, svd_merge, with_rank
+
+
+def toy_layout(modules=("m.q_proj", "m.v_proj"), out_dim=6, in_dim=5, r=2) -> Layout:
+    keys, shapes = [], []
+    for mod in modules:
+        keys += [f"base_model.model.{mod}.lora_A.weight", f"base_model.model.{mod}.lora_B.weight"]
+        shapes += [(r, in_dim), (out_dim, r)]
+    return Layout(keys, shapes)
+
+
+def reference_average(vectors, weights, layout, scaling):
+    """Σ_k w_k s B_k A_k per module, with plain loops."""
+    out = {}
+    for v, w in zip(vectors, weights):
+        for mod, d in delta_weights(v, layout, scaling).items():
+            out[mod] = out.get(mod, 0) + w * d.double().numpy()
+    return out
+
+
+def test_product_merge_is_the_weighted_average_of_the_updates():
+    rng = np.random.default_rng(0)
+    layout = toy_layout()
+    vecs = rng.normal(size=(3, layout.dim)).astype(np.float32)
+    w = np.array([0.5, 0.3, 0.2])
+    v, lay = product_merge(vecs, w, layout)
+    assert layout_rank(lay) == 6 and lay.dim == 3 * layout.dim
+    got = delta_weights(v, lay, 2.0)
+    ref = reference_average(vecs, w, layout, 2.0)
+    for mod in ref:
+        np.testing.assert_allclose(got[mod].numpy(), ref[mod], rtol=1e-5, atol=1e-5)
+
+
+def test_svd_merge_is_the_truncated_svd_of_the_average():
+    rng = np.random.default_rng(1)
+    layout = toy_layout()
+    vecs = rng.normal(size=(4, layout.dim)).astype(np.float32)
+    w = np.full(4, 0.25)
+    v = svd_merge(vecs, w, layout)
+    ref = reference_average(vecs, w, layout, 1.0)
+    got = delta_weights(v, layout, 1.0)
+    for mod, d in ref.items():
+        U, S, Vt = np.linalg.svd(d)
+        np.testing.assert_allclose(got[mod].numpy(), (U[:, :2] * S[:2]) @ Vt[:2], rtol=1e-4, atol=1e-5)
+    # one expert: the same update (other factors)
+    one = svd_merge(vecs[:1], [1.0], layout)
+    for mod, d in delta_weights(vecs[0], layout, 1.0).items():
+        np.testing.assert_allclose(delta_weights(one, layout, 1.0)[mod].numpy(), d.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_pad_rank_keeps_the_update():
+    rng = np.random.default_rng(2)
+    layout = toy_layout()
+    v = rng.normal(size=layout.dim).astype(np.float32)
+    p, lay = pad_rank(v, layout, 5)
+    assert lay == with_rank(layout, 5)
+    for mod, d in delta_weights(v, layout, 1.5).items():
+        np.testing.assert_allclose(delta_weights(p, lay, 1.5)[mod].numpy(), d.numpy(), atol=1e-6)
+
+
+def test_rank_kr_adapter_loads_in_peft_and_merges_to_the_average(tiny_clip, tmp_path):
+    from peft import PeftModel
+
+    from sglora.backbone import load_clip
+    from sglora.lora import initial_vector
+
+    spec = LoraSpec()
+    base, _ = load_clip(tiny_clip)
+    _, layout = initial_vector(base, spec)
+    rng = np.random.default_rng(3)
+    vecs = (0.05 * rng.normal(size=(3, layout.dim))).astype(np.float32)
+    w = np.array([0.6, 0.3, 0.1])
+    v, lay = product_merge(vecs, w, layout)
+    out = save_adapter(tmp_path / "adapter", v, lay, adapter_spec(spec, lay), tiny_clip)
+    ref = reference_average(vecs, w, layout, spec.scaling)
+    before = {n: p.detach().clone() for n, p in load_clip(tiny_clip)[0].named_parameters()}
+    model = PeftModel.from_pretrained(load_clip(tiny_clip)[0], str(out)).merge_and_unload()
+    after = dict(model.named_parameters())
+    for mod, d in ref.items():
+        delta = (after[f"{mod}.weight"] - before[f"{mod}.weight"]).detach().double().numpy()
+        np.testing.assert_allclose(delta, d, rtol=1e-4, atol=1e-6)
+    # evaluation merges the candidate with the run's scaling and its own layout: the same update
+    with merged(base, v, lay, spec.scaling):
+        for mod, d in ref.items():
+            got = (base.get_submodule(mod).weight - before[f"{mod}.weight"]).detach().double().numpy()
+            np.testing.assert_allclose(got, d, rtol=1e-4, atol=1e-6)
+
+
+def test_factor_space_is_the_paper_merge(tiny_repo, tiny_embeddings):
+    from sglora.baselines.merging import merge
+    from sglora.embed import read_embeddings
+    from sglora.generate import PriorSpec
+    from sglora.repository import Repository
+    from sglora.spaces import space_candidates
+
+    repo = Repository(tiny_repo)
+    experts, emb = repo.experts(), read_embeddings(tiny_embeddings)
+    prior = PriorSpec(k=2, tau=0.05)
+    for method in ("model_soups", "adaptersoup", "topk_weighted"):
+        vecs, lay, _ = space_candidates(method, "factors", ["calla_lily"], experts, repo.layout, emb, prior)
+        ref, _ = merge(method, experts, emb["calla_lily"]["text_embedding"], "textual", 2, 0.05)
+        assert lay == repo.layout and vecs["calla_lily"][0].tobytes() == ref.tobytes()
+        pv, play, _ = space_candidates(method, "product", ["calla_lily"], experts, repo.layout, emb, prior)
+        k = 4 if method == "model_soups" else 2
+        assert layout_rank(play) == k * layout_rank(repo.layout)
+
+
+@pytest.mark.parametrize("bad", ["weights", "space"])
+def test_errors_name_the_problem(bad):
+    from sglora.io import SGLoraError
+    from sglora.spaces import merge_in_space
+
+    layout = toy_layout()
+    with pytest.raises(SGLoraError, match="product merge" if bad == "weights" else "space"):
+        if bad == "weights":
+            product_merge(np.zeros((2, layout.dim)), [1.0], layout)
+        else:
+            merge_in_space("topk_weighted", "bogus", None, layout, np.zeros(3), "textual", 1, 0.1)
