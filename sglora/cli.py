@@ -466,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
         baseline_cli = None
     if baseline_cli is not None:
         baseline_cli.register(sub)
+    from . import cli_generators  # issue #15: generator baselines, LoRA spaces, novelty
+
+    cli_generators.register(sub)
     return p
 
 

@@ -31,7 +31,7 @@ from .stats import N_BOOT, GroupStats, group_stats, n_runs
 NAMES = {
     "zero_shot": "Zero-Shot CLIP", "oracle": "Oracle", "model_soups": "Model Soups", "adaptersoup": "AdapterSoup",
     "topk_weighted": "Top-K LoRA Weighted", "mole": "MoLE", "pdiff": "P-diff", "cond_pdiff": "COND P-Diff",
-    "sglora": "SG-LoRA",
+    "sglora": "SG-LoRA", "prior_sampling": "Prior sampling", "noisy_expert": "Noisy nearest expert",
 }
 RETRIEVAL_COLS = ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"]
 COL_NAMES = {"i2t_r1": "I2T R@1", "i2t_r5": "I2T R@5", "i2t_r10": "I2T R@10", "t2i_r1": "T2I R@1",

@@ -84,6 +84,21 @@ def test_dag_writes_tables_and_figures(tiny_run):
     assert "SG-LoRA − MoLE" in (tiny_run / "tables" / "in_dataset.paired.md").read_text()
     tex = (tiny_run / "tables" / "in_dataset.tex").read_text()
     assert "\\toprule" in tex and ("\\textbf{" in tex or "$^\\dagger$" in tex)
+    # issue #15: the generator baselines in every unseen table, the spaces and the novelty per group
+    for group in ("in_dataset", "cross_dataset"):
+        md = (tiny_run / "tables" / f"{group}.md").read_text()
+        assert "| Prior sampling (2 runs x 3 samples) | " in md and "| Noisy nearest expert (2 runs x 3 samples) | " in md
+        paired = (tiny_run / "tables" / f"{group}.paired.md").read_text()
+        assert "SG-LoRA − Prior sampling" in paired and "SG-LoRA − Noisy nearest expert" in paired
+        spaces = (tiny_run / "spaces" / f"{group}.md").read_text()
+        for method in ("Model Soups", "AdapterSoup", "Top-K LoRA Weighted"):
+            for space in ("factors", "product", "product_svd"):
+                assert f"| {method} | {space} | " in spaces
+    for group in ("in_dataset", "cross_dataset", "seen"):
+        nov = json.loads((tiny_run / "novelty" / f"{group}.json").read_text())
+        assert "sglora" in nov["methods"] and (tiny_run / "novelty" / f"{group}.png").read_bytes()[:4] == b"\x89PNG"
+        assert "novelty of generated LoRAs" in (tiny_run / "novelty" / f"{group}.md").read_text()
+    assert set(json.loads((tiny_run / "novelty" / "seen.json").read_text())["methods"]) == {"sglora", "pdiff", "cond_pdiff"}
     for name in ("experts_tsne", "samples_tsne", "r1_bars"):
         assert (tiny_run / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert (tiny_run / "figures" / f"{name}.pdf").read_bytes()[:4] == b"%PDF"
@@ -107,11 +122,13 @@ def test_changing_one_cvae_setting_reruns_only_its_dependents(tiny_run, tmp_path
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(cfg))
     rules = planned_rules(snakemake("-n", "--quiet", "rules", results=tiny_run, config=changed))
+    # the generator baselines follow SG-LoRA (its prior, its spread), and so does the novelty of generated LoRAs
     assert set(rules) == {"train_cvae", "select", "selection_summary", "export_cvae", "sample_sglora", "evaluate",
-                          "tables", "figures", "all"}, rules
+                          "tables", "figures", "all", "candidates_generator", "novelty"}, rules
     assert rules["train_cvae"] == 4  # 2 condition modes of the selection grid x 2 runs
     assert rules["select"] == 1  # SG-LoRA's selection only: the merging baselines keep theirs
-    assert rules["evaluate"] == 3  # SG-LoRA in each of the three groups, no other method
+    assert rules["evaluate"] == 7  # SG-LoRA in each of the three groups, prior sampling and noisy expert in two
+    assert rules["candidates_generator"] == 4 and rules["novelty"] == 3
     assert rules["sample_sglora"] == 3
 
 

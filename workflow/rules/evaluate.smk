@@ -1,6 +1,6 @@
 # Evaluation: one metrics file per (method, task) of every group, LoRAs merged into the weights.
 
-CANDIDATE_METHODS = "oracle|model_soups|adaptersoup|topk_weighted|sglora|pdiff|cond_pdiff"
+CANDIDATE_METHODS = "oracle|model_soups|adaptersoup|topk_weighted|sglora|pdiff|cond_pdiff|prior_sampling|noisy_expert"
 
 
 rule evaluate:
