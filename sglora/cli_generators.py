@@ -116,6 +116,32 @@ def cmd_novelty(a):
     print(render_novelty(res, title, NAMES))
 
 
+def cmd_select_training(a):
+    from .expert import TrainSpec
+    from .io import write_json
+    from .lora import LoraSpec
+    from .trainer_selection import select_training
+
+    res = select_training(a.backbone, a.manifest, _list(a.tasks), LoraSpec.from_dict(_json(a.lora, "--lora")),
+                          TrainSpec.from_dict(_json(a.training, "--training")), _json(a.grid, "--grid"),
+                          threads=a.threads, device=a.device, cache=a.image_cache, gallery=a.gallery)
+    write_json(a.out, res)
+    print(json.dumps(res["chosen"]))
+
+
+def cmd_compare_runs(a):
+    from .io import atomic_path, read_json
+    from .space_compare import runs_table
+
+    runs = dict(x.split("=", 1) for x in a.runs)
+    sels = {k: read_json(v).get("chosen", {}) for k, v in (x.split("=", 1) for x in a.selections)}
+    text = runs_table(runs, a.group, _list(a.methods), _list(a.tasks), a.title or a.group, sels, a.reference,
+                      a.bootstrap)["md"]
+    with atomic_path(a.out) as tmp:
+        tmp.write_text(text)
+    print(text)
+
+
 def register(subparsers) -> None:
     """Add this module's subcommands to ``sglora``'s subparsers."""
 
@@ -194,3 +220,26 @@ def register(subparsers) -> None:
     s.add_argument("--out", required=True, help="novelty JSON")
     s.add_argument("--markdown", required=True, help="novelty table (Markdown)")
     s.add_argument("--figure", required=True, help="figure (.png; a .pdf beside it)")
+
+    s = add("select-training", cmd_select_training,
+            "Choose the LoRA trainer's settings (e.g. the lr of the frozen_a space) on the validation tasks: one LoRA "
+            "per grid point and task, trained on the task's own pairs, its final snapshot scored on its test split.")
+    s.add_argument("--tasks", required=True, help="comma-separated validation task ids")
+    s.add_argument("--grid", required=True, help='JSON grid, e.g. {"lr": [0.003, 0.01, 0.03]}')
+    s.add_argument("--lora", help="JSON LoRA spec")
+    s.add_argument("--training", help="JSON training spec (the settings the grid does not vary)")
+    evaluation(s)
+    s.add_argument("--out", required=True, help="selection JSON")
+
+    s = add("compare-runs", cmd_compare_runs,
+            "Two runs of one world in different LoRA spaces (e.g. the default factors run and a frozen_a run): every "
+            "method of a group in each, with paired differences to the reference run.")
+    s.add_argument("--runs", nargs="+", required=True, metavar="SPACE=METRICS_ROOT")
+    s.add_argument("--selections", nargs="*", default=[], metavar="SPACE=SELECTION_JSON")
+    s.add_argument("--reference", default="factors")
+    s.add_argument("--group", required=True)
+    s.add_argument("--methods", required=True, help="comma-separated methods")
+    s.add_argument("--tasks", required=True)
+    s.add_argument("--title", default="")
+    s.add_argument("--bootstrap", type=int, default=2000)
+    s.add_argument("--out", required=True, help="table (Markdown)")

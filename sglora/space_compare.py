@@ -189,3 +189,49 @@ def write_space_table(metrics_dir, selection: dict, tasks: list[str], title: str
     for path, key in ((out_md, "md"), (out_csv, "csv")):
         with atomic_path(path) as tmp:
             tmp.write_text(text[key])
+
+
+def runs_table(runs: dict[str, str | Path], group: str, methods: list[str], tasks: list[str], title: str,
+               selections: dict[str, dict] | None = None, reference: str = "factors", n_boot: int = 2000,
+               seed: int = 0) -> dict[str, str]:
+    """Two runs of one world that differ in their LoRA space (e.g. ``factors`` = the default
+    run, ``frozen_a`` = experts trained with A frozen): each method of ``group`` in each run,
+    the validation-chosen settings, the test R@1 with 95% intervals, and the paired
+    difference to the ``reference`` run (the same test queries: same world, same seeds).
+    ``runs``: space -> the run's metrics root; ``selections``: space -> its ``chosen`` settings."""
+    from .stats import group_stats
+    from .tables import NAMES, metric_cols
+
+    if reference not in runs:
+        raise SGLoraError(f"compare runs: the reference space {reference!r} is not among {sorted(runs)}")
+    results = {}
+    for space, root in runs.items():
+        for m in methods:
+            for t in tasks:
+                path = Path(root) / group / m / f"{t}.json"
+                if not path.exists():
+                    raise SGLoraError(f"{path}: metrics file missing (run {space!r}, method {m!r}, task {t!r}); "
+                                      "run that configuration first")
+                import json
+
+                results.setdefault(f"{m}@{space}", {})[t] = json.loads(path.read_text())
+    cols = ["accuracy"] if metric_cols(results) == ["accuracy"] else ["i2t_r1", "t2i_r1"]
+    stats = {c: group_stats(results, c, n_boot, seed) for c in cols}
+    head = {"i2t_r1": "I2T R@1", "t2i_r1": "T2I R@1", "accuracy": "Accuracy"}
+    md = [f"**{title}: LoRA spaces, run against run**", "",
+          "| Method | Space | Settings (validation) | " + " | ".join(head[c] for c in cols) + " | "
+          + " | ".join(f"{head[c]} − {reference}" for c in cols) + " |", "|---|---|---|" + "---:|" * (2 * len(cols))]
+    for m in methods:
+        for space in runs:
+            name, ref = f"{m}@{space}", f"{m}@{reference}"
+            settings = (selections or {}).get(space, {}).get(m, {})
+            shown = ", ".join(f"{k}={v}" for k, v in settings.items()) or "-"
+            diffs = [stats[c].difference(name, ref) for c in cols]
+            md.append(f"| {NAMES.get(m, m)} | {space} | {shown} | " + " | ".join(str(stats[c].interval(name)) for c in cols)
+                      + " | " + " | ".join("-" if space == reference else
+                                          f"{d.estimate:+.2f} [{d.lo:+.2f}, {d.hi:+.2f}]" + ("*" if d.excludes_zero() else "")
+                                          for d in diffs) + " |")
+    md += ["", f"Each run chose its settings on its own validation tasks. Cells: mean over tasks [95% bootstrap interval "
+           f"over tasks, test queries and runs]; − {reference}: paired difference to the same method of the {reference} "
+           "run (same tasks and test queries) [paired 95% interval]; *: the interval excludes 0."]
+    return {"md": "\n".join(md) + "\n"}

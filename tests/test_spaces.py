@@ -125,3 +125,40 @@ def test_errors_name_the_problem(bad):
             product_merge(np.zeros((2, layout.dim)), [1.0], layout)
         else:
             merge_in_space("topk_weighted", "bogus", None, layout, np.zeros(3), "textual", 1, 0.1)
+
+
+def test_frozen_a_trains_only_b_and_its_factor_average_is_the_update_average(tiny_world, tiny_clip, tmp_path):
+    """training.freeze_a: every snapshot keeps A at the shared init, B moves; averaging such
+    LoRAs' factors is averaging their updates (the frozen_a space)."""
+    import json
+
+    from conftest import TINY_TRAIN
+    from sglora.backbone import load_clip
+    from sglora.expert import TrainSpec, read_snapshots, train_lora
+    from sglora.lora import initial_vector
+    from sglora.spaces import factor_pairs
+
+    spec = LoraSpec()
+    snaps = {}
+    for task in ("scottish_terrier", "tiger_lily"):
+        train_lora(tiny_clip, tiny_world / "manifest.parquet", task, tmp_path / task, spec,
+                   TrainSpec.from_dict({**TINY_TRAIN, "freeze_a": True}), threads=1, progress=False)
+        snaps[task], layout = read_snapshots(tmp_path / task)
+        assert json.loads((tmp_path / task / "training.json").read_text())["training"]["freeze_a"] is True
+    init, _ = initial_vector(load_clip(tiny_clip)[0], spec)
+    a_idx = [i for _, a, _ in factor_pairs(layout) for i in range(layout.offsets[a], layout.offsets[a] + layout.sizes[a])]
+    for s in snaps.values():
+        assert np.array_equal(s[:, a_idx], np.tile(init[a_idx], (len(s), 1)))
+        assert not np.allclose(s[-1], init)
+    two = np.stack([snaps["scottish_terrier"][-1], snaps["tiger_lily"][-1]])
+    mean = two.mean(0)
+    ref = reference_average(two, [0.5, 0.5], layout, spec.scaling)
+    for mod, d in delta_weights(mean, layout, spec.scaling).items():
+        np.testing.assert_allclose(d.double().numpy(), ref[mod], rtol=1e-4, atol=1e-7)
+
+
+def test_factors_training_json_has_no_freeze_a_key(tiny_experts):
+    import json
+
+    info = json.loads((next(iter(tiny_experts.values())) / "training.json").read_text())
+    assert "freeze_a" not in info["training"]

@@ -111,6 +111,42 @@ def test_dag_writes_tables_and_figures(tiny_run):
     assert {"seed", "run", "experts", "task"} <= set(meta) and abs(sum(e["alpha"] for e in meta["experts"]) - 1) < 1e-6
 
 
+def test_trainer_selection_chose_the_lr_of_every_lora(tiny_run):
+    import json
+
+    sel = json.loads((tiny_run / "selection" / "training.json").read_text())
+    assert [r["settings"] for r in sel["scores"]["training"]] == [{"lr": 0.01}, {"lr": 0.02}]
+    lr = sel["chosen"]["training"]["lr"]
+    for lora in (tiny_run / "loras").glob("*/*"):
+        assert json.loads((lora / "training.json").read_text())["training"]["lr"] == lr
+
+
+def test_compare_runs_puts_two_runs_side_by_side(tiny_run, tmp_path):
+    """The frozen_a preset's run-against-run table, here the tiny run against itself: zero differences."""
+    out = tmp_path / "runs.md"
+    subprocess.run([str(BIN / "sglora"), "compare-runs", "--runs", f"factors={tiny_run / 'metrics'}",
+                    f"frozen_a={tiny_run / 'metrics'}", "--selections", f"factors={tiny_run / 'selection/selection.json'}",
+                    "--group", "in_dataset", "--methods", "topk_weighted,sglora,noisy_expert",
+                    "--tasks", "yorkshire_terrier,calla_lily", "--out", str(out)], check=True, capture_output=True)
+    text = out.read_text()
+    assert "| Top-K LoRA Weighted | frozen_a | " in text and "+0.00 [+0.00, +0.00]" in text
+
+
+def test_frozen_a_preset_plans_its_lr_selection_and_the_comparison(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config/embedded/space_frozen_a.yaml").read_text())
+    other = tmp_path / "default"
+    for g in ("in_dataset", "cross_dataset"):
+        for m in cfg["groups"][g]["methods"]:
+            (other / "metrics" / g / m).mkdir(parents=True)
+    (other / "selection").mkdir()
+    (other / "selection" / "selection.json").write_text("{}")
+    cfg["compare_runs"] = {"factors": str(other)}
+    path = tmp_path / "frozen_a.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    rules = planned_rules(snakemake("-n", "--quiet", "rules", results=tmp_path / "results", config=path))
+    assert rules["select_training"] == 1 and rules["compare_runs"] == 2 and "spaces_select" not in rules
+
+
 def test_noop_rerun_does_nothing(tiny_run):
     proc = snakemake("-n", results=tiny_run)
     assert "Nothing to be done" in proc.stdout + proc.stderr

@@ -161,3 +161,65 @@ rule novelty:
         "--candidates {params.candidates:q} --metrics {params.metrics:q} --prior {params.prior:q} "
         "--image-cache {input.images:q} --gallery {params.gallery} --device {params.device:q} --out {output.json:q} "
         "--markdown {output.md:q} --figure {output.png:q} --threads {threads} > {log:q} 2>&1"
+
+
+checkpoint select_training:
+    """The trainer's settings (trainer_selection, e.g. the learning rate of the frozen_a space)
+    chosen on the validation tasks: one LoRA per grid point and validation task, trained on that
+    task's own pairs and scored on its test split. Every expert and Oracle then trains with them."""
+    input:
+        manifest=manifest(VALIDATION["dataset"]),
+        images=image_cache(VALIDATION["dataset"]),
+        checks=[check_file(VALIDATION["dataset"], t) for t in VALIDATION["tasks"]],
+        backbone=backbone_input(),
+    output:
+        f"{R}/selection/training.json",
+    params:
+        tasks=",".join(VALIDATION["tasks"]),
+        grid=as_json(TRAINER_GRID),
+        lora=as_json(config["lora"]),
+        training=as_json(config["training"]),
+        backbone=backbone_param,
+        device=config["device"],
+        gallery=GALLERY,
+    threads: THREADS
+    resources:
+        gpu=lambda w: res("train_lora", "gpu", 1 if PRETRAINED else 0),
+        mem_mb=lambda w: res("train_lora", "mem_mb", 4000),
+        runtime=lambda w: res("train_lora", "runtime", 30),
+    conda:
+        "../../envs/sglora.yaml"
+    log:
+        f"{R}/logs/select_training.log",
+    benchmark:
+        f"{R}/benchmarks/select_training.tsv"
+    shell:
+        "sglora select-training --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
+        "--grid {params.grid:q} --lora {params.lora:q} --training {params.training:q} --image-cache {input.images:q} "
+        "--gallery {params.gallery} --device {params.device:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule compare_runs:
+    """This run against another run of the same world in another LoRA space (e.g. frozen_a
+    against the default factors run): every method, with paired differences."""
+    input:
+        own=lambda w: [f"{R}/metrics/{w.group}/{m}" for m in compared_methods(w.group)],
+        other=lambda w: other_run_metrics(w.group),
+        selection=f"{R}/selection/selection.json",
+        other_selection=[f"{root.rstrip('/')}/selection/selection.json" for root in COMPARE_RUNS.values()],
+    output:
+        report(f"{R}/spaces/runs/{{group}}.md", caption="../report/spaces.rst", category="LoRA spaces"),
+    params:
+        runs=lambda w: [f"{RUN_SPACE}={R}/metrics"] + [f"{s}={root.rstrip('/')}/metrics" for s, root in COMPARE_RUNS.items()],
+        selections=lambda w: [f"{RUN_SPACE}={R}/selection/selection.json"]
+        + [f"{s}={root.rstrip('/')}/selection/selection.json" for s, root in COMPARE_RUNS.items()],
+        methods=lambda w: ",".join(compared_methods(w.group)),
+        tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
+        title=lambda w: GROUPS[w.group].get("title", w.group),
+    conda:
+        "../../envs/sglora.yaml"
+    log:
+        f"{R}/logs/compare_runs/{{group}}.log",
+    shell:
+        "sglora compare-runs --runs {params.runs:q} --selections {params.selections:q} --group {wildcards.group:q} "
+        "--methods {params.methods:q} --tasks {params.tasks:q} --title {params.title:q} --out {output:q} > {log:q} 2>&1"
