@@ -147,14 +147,15 @@ def test_frozen_a_preset_plans_its_lr_selection_and_the_comparison(tmp_path):
     assert rules["select_training"] == 1 and rules["compare_runs"] == 2 and "spaces_select" not in rules
 
 
-def test_spaces_config_is_the_default_plus_its_section():
-    """config/embedded/spaces.yaml shares config.yaml's results folder: anything else that
+def test_analysis_config_is_the_default_plus_its_sections():
+    """config/embedded/analysis.yaml shares config.yaml's results folder: anything else that
     differed would rerun the default's steps (or mix two worlds in one folder)."""
     default = yaml.safe_load((ROOT / "config.yaml").read_text())
-    spaces = yaml.safe_load((ROOT / "config/embedded/spaces.yaml").read_text())
-    assert spaces.pop("spaces") == {"compare": ["factors", "product", "product_svd"],
-                                    "methods": ["model_soups", "adaptersoup", "topk_weighted"]}
-    assert spaces == default and "spaces" not in default
+    analysis = yaml.safe_load((ROOT / "config/embedded/analysis.yaml").read_text())
+    assert analysis.pop("spaces") == {"compare": ["factors", "product", "product_svd"],
+                                      "methods": ["model_soups", "adaptersoup", "topk_weighted"]}
+    assert analysis.pop("novelty") is True
+    assert analysis == default and "spaces" not in default and "novelty" not in default
 
 
 def test_noop_rerun_does_nothing(tiny_run):

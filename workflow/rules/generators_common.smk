@@ -19,7 +19,10 @@ def space_groups():
 
 
 def novelty_groups():
-    """Groups with generated LoRAs (SG-LoRA's samples among them: the novelty uses its CVAE's space)."""
+    """With `novelty: true`, the groups with generated LoRAs (SG-LoRA's samples among them: the
+    novelty uses its CVAE's space)."""
+    if not config.get("novelty"):
+        return []
     return [g for g, spec in GROUPS.items() if "sglora" in spec["methods"]]
 
 
