@@ -194,7 +194,7 @@ def render_novelty(res: dict, title: str, names: dict[str, str] | None = None) -
 
     md = [f"**{title}: novelty of generated LoRAs**", "",
           "| Method | d(nearest snapshot), normalised | ÷ within-expert | d(nearest snapshot), ΔW | ÷ within-expert | "
-          "nearest snapshot of the description-nearest expert | rank agreement (Spearman) | R@1 agreement |",
+          "nearest snapshot of the description-nearest expert (seen tasks: their own) | rank agreement (Spearman) | R@1 agreement |",
           "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for m, r in res["methods"].items():
         s = r["summary"]
@@ -296,8 +296,10 @@ def novelty_of_group(backbone: str, manifest: str | Path, tasks: list[str], repo
     key = "text_embedding" if modality == "textual" else "visual_embedding"
     nearest_expert = {}
     for t in tasks:
-        exclude = experts.tasks.index(t) if seen and t in experts.tasks else None
-        idx, _, _ = expert_weights(embeddings[t][key], experts.embedding(modality), 1, 1.0, exclude)
+        if seen and t in experts.tasks:  # a seen task's generator was trained to reproduce its own expert
+            nearest_expert[t] = t
+            continue
+        idx, _, _ = expert_weights(embeddings[t][key], experts.embedding(modality), 1, 1.0)
         nearest_expert[t] = experts.tasks[idx[0]]
     model, processor = load_clip(backbone, device=pick_device(device))
     cache_q: dict[str, dict[int, dict]] = {}

@@ -133,7 +133,8 @@ def space_table(metrics_dir: str | Path, selection: dict, tasks: list[str], titl
     from .stats import group_stats
     from .tables import NAMES, metric_cols
 
-    names = [row_name(m, s) for m, by in selection["chosen"].items() for s in by]
+    order = _ordered(selection)
+    names = [row_name(m, s) for m, s in order]
     results = _load(Path(metrics_dir), names, tasks)
     cols = ["accuracy"] if metric_cols(results) == ["accuracy"] else ["i2t_r1", "t2i_r1"]
     stats = {c: group_stats(results, c, n_boot, seed) for c in cols}
@@ -147,20 +148,20 @@ def space_table(metrics_dir: str | Path, selection: dict, tasks: list[str], titl
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["method", "space", "settings", "validation"] + [f"{c}{x}" for c in cols for x in ("", "_lo", "_hi")]
                + [f"{c}_minus_factors{x}" for c in cols for x in ("", "_lo", "_hi")])
-    for method, by in selection["chosen"].items():
-        for space, settings in by.items():
-            name, ref = row_name(method, space), row_name(method, "factors")
-            val = next(r["score"] for r in selection["scores"][method][space] if r["settings"] == settings)
-            ivs = [stats[c].interval(name) for c in cols]
-            diffs = [stats[c].difference(name, ref) for c in cols]
-            shown = ", ".join(f"{k}={v}" for k, v in settings.items()) or "-"
-            md.append(f"| {NAMES.get(method, method)} | {space} | {shown} | {val:.2f} | "
-                      + " | ".join(str(iv) for iv in ivs) + " | "
-                      + " | ".join("-" if space == "factors" else
-                                   f"{d.estimate:+.2f} [{d.lo:+.2f}, {d.hi:+.2f}]" + ("*" if d.excludes_zero() else "")
-                                   for d in diffs) + " |")
-            w.writerow([method, space, shown, f"{val:.4f}"] + [f"{x:.4f}" for iv in ivs for x in (iv.estimate, iv.lo, iv.hi)]
-                       + [f"{x:.4f}" for d in diffs for x in (d.estimate, d.lo, d.hi)])
+    for method, space in order:
+        settings = selection["chosen"][method][space]
+        name, ref = row_name(method, space), row_name(method, "factors")
+        val = next(r["score"] for r in selection["scores"][method][space] if r["settings"] == settings)
+        ivs = [stats[c].interval(name) for c in cols]
+        diffs = [stats[c].difference(name, ref) for c in cols]
+        shown = ", ".join(f"{k}={v}" for k, v in settings.items()) or "-"
+        md.append(f"| {NAMES.get(method, method)} | {space} | {shown} | {val:.2f} | "
+                  + " | ".join(str(iv) for iv in ivs) + " | "
+                  + " | ".join("-" if space == "factors" else
+                               f"{d.estimate:+.2f} [{d.lo:+.2f}, {d.hi:+.2f}]" + ("*" if d.excludes_zero() else "")
+                               for d in diffs) + " |")
+        w.writerow([method, space, shown, f"{val:.4f}"] + [f"{x:.4f}" for iv in ivs for x in (iv.estimate, iv.lo, iv.hi)]
+                   + [f"{x:.4f}" for d in diffs for x in (d.estimate, d.lo, d.hi)])
     md += ["", "Spaces: factors = the paper's flat [A, B] vector averaged coordinate-wise; product = the exact "
            "weighted average of the updates B·A as one adapter of rank K·r; product_svd = that average truncated "
            "to rank r by SVD. Each (method, space) has its settings chosen on the validation tasks within its space "
@@ -168,6 +169,12 @@ def space_table(metrics_dir: str | Path, selection: dict, tasks: list[str], titl
            "tasks and test queries]; − factors: paired difference to the same method in the factor space "
            "[paired 95% interval]; *: the interval excludes 0."]
     return {"md": "\n".join(md) + "\n", "csv": buf.getvalue()}
+
+
+def _ordered(selection: dict) -> list[tuple[str, str]]:
+    """(method, space) rows in the order of ``MERGING`` and ``SPACES`` (the selection JSON is key-sorted)."""
+    chosen = selection["chosen"]
+    return [(m, s) for m in MERGING if m in chosen for s in SPACES if s in chosen[m]]
 
 
 def _load(root: Path, names: list[str], tasks: list[str]) -> dict[str, dict[str, dict]]:

@@ -162,3 +162,28 @@ def test_factors_training_json_has_no_freeze_a_key(tiny_experts):
 
     info = json.loads((next(iter(tiny_experts.values())) / "training.json").read_text())
     assert "freeze_a" not in info["training"]
+
+
+def test_space_table_rows_follow_the_method_and_space_order(tmp_path):
+    """The selection JSON is key-sorted; the table lists methods and spaces in their own order,
+    each space with its paired difference to the factor space."""
+    import json
+
+    from sglora.space_compare import space_table
+
+    rng = np.random.default_rng(4)
+    ranks = {d: rng.integers(1, 6, size=(1, 10)).tolist() for d in ("i2t", "t2i")}
+    chosen = {"topk_weighted": {"factors": {"k": 1}, "product": {"k": 2}}, "model_soups": {"factors": {}, "product": {}}}
+    for m, by in chosen.items():
+        for s in by:
+            d = tmp_path / f"{m}.{s}"
+            d.mkdir()
+            (d / "t.json").write_text(json.dumps({"kind": "retrieval", "n": 1, "ranks": ranks,
+                                                   "mean": {"i2t_r1": 0.0, "t2i_r1": 0.0}}))
+    scores = {m: {s: [{"settings": v, "score": 1.0}] for s, v in by.items()} for m, by in chosen.items()}
+    md = space_table(tmp_path, {"chosen": dict(sorted(chosen.items())), "scores": scores}, ["t"], "T", n_boot=50)["md"]
+    rows = [ln for ln in md.splitlines() if ln.startswith("| Model") or ln.startswith("| Top")]
+    assert [r.split(" | ")[:2] for r in rows] == [["| Model Soups", "factors"], ["| Model Soups", "product"],
+                                                  ["| Top-K LoRA Weighted", "factors"], ["| Top-K LoRA Weighted", "product"]]
+    assert rows[1].endswith("+0.00 [+0.00, +0.00] | +0.00 [+0.00, +0.00] |") and rows[0].endswith("| - | - |")
+    assert "| k=2 |" in rows[3]
