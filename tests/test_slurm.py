@@ -166,7 +166,8 @@ def slurm(tmp_path_factory):
     shim.write_text(f"#!/bin/sh\nSLURM_CONF={conf} exec {_which('srun')} \"$@\"\n")
     shim.chmod(0o755)
     env = {"PATH": f"{d / 'bin'}:{BIN}:{SYSTEM_PATH}", "SLURM_CONF": str(conf), "HOME": str(d),
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "LANG": "C.UTF-8"}  # fmt: skip
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "LANG": "C.UTF-8",
+           "PYTHONPATH": str(ROOT)}  # the jobs' `sglora` runs this checkout, as in test_workflow.py  # fmt: skip
     procs: list[subprocess.Popen] = []
 
     def start(name: str, *args: str) -> None:
