@@ -26,13 +26,16 @@ include: "workflow/rules/sglora.smk"
 include: "workflow/rules/baselines.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/generators_common.smk"
+include: "workflow/rules/generators.smk"
 
 
 # Light rules run where snakemake runs (on a cluster: the submit host), never as cluster jobs.
-localrules: world, manifest, check_tasks, embed, assemble, candidates_oracle, candidates_merging, candidates_pdiff, sample_sglora, export_cvae, selection_summary, tables, figures, all
+localrules: world, manifest, check_tasks, embed, assemble, candidates_oracle, candidates_merging, candidates_pdiff, sample_sglora, export_cvae, selection_summary, tables, figures, candidates_generator, compare_runs, all
 
 
 rule all:
     input:
         all_outputs(),
+        issue15_outputs(),
     default_target: True

@@ -39,6 +39,7 @@ class TrainSpec(Settings):
     seed: int = setting(0, "data order and caption choice (the LoRA init comes from lora.init_seed)")
     device: str = setting("auto", '"auto" = cuda if available else cpu')
     bf16: bool = setting(True, "autocast to bfloat16 on a GPU (ignored on the CPU)")
+    freeze_a: bool = setting(False, "train only B; every A stays at the shared initialisation (the frozen_a LoRA space)")
 
     def check(self) -> None:
         if not 1 <= self.snapshots <= self.epochs:
@@ -93,6 +94,10 @@ def train_lora(
     flat = [c for caps in captions for c in caps]
     enc = tokenize(processor, flat)
     start = np.cumsum([0] + [len(c) for c in captions[:-1]])
+    if train.freeze_a:  # the frozen_a space: A is the shared init, so averaging B averages ΔW = s·B·A
+        for name, p in peft_model.named_parameters():
+            if "lora_A" in name:
+                p.requires_grad_(False)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
     gen = torch.Generator().manual_seed(train.seed)
@@ -123,8 +128,11 @@ def train_lora(
 
 
 def _write(out_dir, snaps, layout, lora, train, backbone, task, losses, n_pairs) -> dict:
+    training = asdict(train)
+    if not train.freeze_a:  # written only when set: a factors-space run's training.json stays as it was
+        training.pop("freeze_a")
     info = {"task": task, "losses": losses, "pairs": n_pairs, "dim": layout.dim, "snapshots": len(snaps),
-            "lora": asdict(lora), "training": asdict(train), "backbone": backbone}
+            "lora": asdict(lora), "training": training, "backbone": backbone}
     with atomic_path(out_dir, directory=True) as tmp:
         save_safetensors(tmp / "snapshots.safetensors", {"snapshots": snaps.astype(np.float32)},
                          {"layout": layout.to_json(), "task": task, "lora": json.dumps(asdict(lora), sort_keys=True)})

@@ -34,7 +34,7 @@ class StudySpec(Settings):
 
     section: ClassVar[str] = "study"
 
-    base: str = setting("config/repository_size.yaml", "the full pipeline config whose experts are subsampled")
+    base: str = setting("config/studies/repository_size_base.yaml", "the full pipeline config whose experts are subsampled")
     results: str = setting("results/repository_size", "the study's folder; size N runs in <results>/experts-<N>")
     sizes: list[int] = setting(factory=lambda: [1, 2, 4], help="experts per family, distinct, each >= 1")
     group: str = setting("in_dataset", "the evaluation group of the base config that is compared")

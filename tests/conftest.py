@@ -127,3 +127,17 @@ def tiny_repo(tmp_path_factory, tiny_experts, tiny_embeddings) -> Path:
     assemble(out, [{"task": t, "lora_dir": d} for t, d in tiny_experts.items()], read_embeddings(tiny_embeddings),
              progress=False)
     return out
+
+
+def initial_lora(model, spec):
+    """The shared initialisation of every LoRA of ``spec`` on ``model`` (a copy of it is
+    wrapped): ``(vector, layout)``, the zero point of comparisons in the tests."""
+    import copy
+
+    from peft import get_peft_model_state_dict
+
+    from sglora.lora import Layout, add_lora
+
+    peft_model = add_lora(copy.deepcopy(model), spec)
+    layout = Layout.of(peft_model)
+    return layout.to_vector(get_peft_model_state_dict(peft_model)), layout

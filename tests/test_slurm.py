@@ -43,9 +43,9 @@ PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 COMMANDS = ["munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "sinfo", "scontrol"]
 # Rules of config/tiny.yaml's DAG, by where they must run.
 LOCAL = {"world", "check_tasks", "embed", "assemble", "candidates_oracle", "candidates_merging", "candidates_pdiff",
-         "sample_sglora", "export_cvae", "selection_summary", "tables", "figures", "all"}  # fmt: skip
+         "sample_sglora", "export_cvae", "selection_summary", "tables", "figures", "candidates_generator", "all"}  # fmt: skip
 REMOTE = {"caption", "pretrain_backbone", "image_cache", "train_lora", "train_cvae", "select", "premises", "train_mole",
-          "train_pdiff", "evaluate", "evaluate_zero_shot", "evaluate_mole"}  # fmt: skip
+          "train_pdiff", "evaluate", "evaluate_zero_shot", "evaluate_mole", "novelty", "spaces_select", "spaces_evaluate", "select_training"}  # fmt: skip
 
 
 def _which(cmd: str) -> str | None:
@@ -166,7 +166,8 @@ def slurm(tmp_path_factory):
     shim.write_text(f"#!/bin/sh\nSLURM_CONF={conf} exec {_which('srun')} \"$@\"\n")
     shim.chmod(0o755)
     env = {"PATH": f"{d / 'bin'}:{BIN}:{SYSTEM_PATH}", "SLURM_CONF": str(conf), "HOME": str(d),
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "LANG": "C.UTF-8"}  # fmt: skip
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "LANG": "C.UTF-8",
+           "PYTHONPATH": str(ROOT)}  # the jobs' `sglora` runs this checkout, as in test_workflow.py  # fmt: skip
     procs: list[subprocess.Popen] = []
 
     def start(name: str, *args: str) -> None:

@@ -101,6 +101,21 @@ def test_dag_writes_tables_and_figures(tiny_run):
     assert "SG-LoRA − MoLE" in (tiny_run / "tables" / "in_dataset.paired.md").read_text()
     tex = (tiny_run / "tables" / "in_dataset.tex").read_text()
     assert "\\toprule" in tex and ("\\textbf{" in tex or "$^\\dagger$" in tex)
+    # issue #15: the generator baselines in every unseen table, the spaces and the novelty per group
+    for group in ("in_dataset", "cross_dataset"):
+        md = (tiny_run / "tables" / f"{group}.md").read_text()
+        assert "| Prior sampling (2 runs x 3 samples) | " in md and "| Noisy nearest expert (2 runs x 3 samples) | " in md
+        paired = (tiny_run / "tables" / f"{group}.paired.md").read_text()
+        assert "SG-LoRA − Prior sampling" in paired and "SG-LoRA − Noisy nearest expert" in paired
+        spaces = (tiny_run / "spaces" / f"{group}.md").read_text()
+        for method in ("Model Soups", "AdapterSoup", "Top-K LoRA Weighted"):
+            for space in ("factors", "product", "product_svd"):
+                assert f"| {method} | {space} | " in spaces
+    for group in ("in_dataset", "cross_dataset", "seen"):
+        nov = json.loads((tiny_run / "novelty" / f"{group}.json").read_text())
+        assert "sglora" in nov["methods"] and (tiny_run / "novelty" / f"{group}.png").read_bytes()[:4] == b"\x89PNG"
+        assert "novelty of generated LoRAs" in (tiny_run / "novelty" / f"{group}.md").read_text()
+    assert set(json.loads((tiny_run / "novelty" / "seen.json").read_text())["methods"]) == {"sglora", "pdiff", "cond_pdiff"}
     for name in ("experts_tsne", "samples_tsne", "r1_bars"):
         assert (tiny_run / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert (tiny_run / "figures" / f"{name}.pdf").read_bytes()[:4] == b"%PDF"
@@ -111,6 +126,53 @@ def test_dag_writes_tables_and_figures(tiny_run):
 
     _, meta = read_adapter(adapters[0])
     assert {"seed", "run", "experts", "task"} <= set(meta) and abs(sum(e["alpha"] for e in meta["experts"]) - 1) < 1e-6
+
+
+def test_trainer_selection_chose_the_lr_of_every_lora(tiny_run):
+    import json
+
+    sel = json.loads((tiny_run / "selection" / "training.json").read_text())
+    assert [r["settings"] for r in sel["scores"]["training"]] == [{"lr": 0.01}, {"lr": 0.02}]
+    lr = sel["chosen"]["training"]["lr"]
+    for lora in (tiny_run / "loras").glob("*/*"):
+        assert json.loads((lora / "training.json").read_text())["training"]["lr"] == lr
+
+
+def test_compare_runs_puts_two_runs_side_by_side(tiny_run, tmp_path):
+    """The frozen_a preset's run-against-run table, here the tiny run against itself: zero differences."""
+    out = tmp_path / "runs.md"
+    subprocess.run([str(BIN / "sglora"), "compare-runs", "--runs", f"factors={tiny_run / 'metrics'}",
+                    f"frozen_a={tiny_run / 'metrics'}", "--selections", f"factors={tiny_run / 'selection/selection.json'}",
+                    "--group", "in_dataset", "--methods", "topk_weighted,sglora,noisy_expert",
+                    "--tasks", "yorkshire_terrier,calla_lily", "--out", str(out)], check=True, capture_output=True)
+    text = out.read_text()
+    assert "| Top-K LoRA Weighted | frozen_a | " in text and "+0.00 [+0.00, +0.00]" in text
+
+
+def test_frozen_a_preset_plans_its_lr_selection_and_the_comparison(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config/embedded/space_frozen_a.yaml").read_text())
+    other = tmp_path / "default"
+    for g in ("in_dataset", "cross_dataset"):
+        for m in cfg["groups"][g]["methods"]:
+            (other / "metrics" / g / m).mkdir(parents=True)
+    (other / "selection").mkdir()
+    (other / "selection" / "selection.json").write_text("{}")
+    cfg["compare_runs"] = {"factors": str(other)}
+    path = tmp_path / "frozen_a.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    rules = planned_rules(snakemake("-n", "--quiet", "rules", results=tmp_path / "results", config=path))
+    assert rules["select_training"] == 1 and rules["compare_runs"] == 2 and "spaces_select" not in rules
+
+
+def test_analysis_config_is_the_default_plus_its_sections():
+    """config/embedded/analysis.yaml shares config.yaml's results folder: anything else that
+    differed would rerun the default's steps (or mix two worlds in one folder)."""
+    default = yaml.safe_load((ROOT / "config.yaml").read_text())
+    analysis = yaml.safe_load((ROOT / "config/embedded/analysis.yaml").read_text())
+    assert analysis.pop("spaces") == {"compare": ["factors", "product", "product_svd"],
+                                      "methods": ["model_soups", "adaptersoup", "topk_weighted"]}
+    assert analysis.pop("novelty") is True
+    assert analysis == default and "spaces" not in default and "novelty" not in default
 
 
 def test_noop_rerun_does_nothing(tiny_run):
@@ -124,11 +186,13 @@ def test_changing_one_cvae_setting_reruns_only_its_dependents(tiny_run, tmp_path
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(cfg))
     rules = planned_rules(snakemake("-n", "--quiet", "rules", results=tiny_run, config=changed))
+    # the generator baselines follow SG-LoRA (its prior, its spread), and so does the novelty of generated LoRAs
     assert set(rules) == {"train_cvae", "select", "selection_summary", "export_cvae", "sample_sglora", "evaluate",
-                          "tables", "figures", "all"}, rules
+                          "tables", "figures", "all", "candidates_generator", "novelty"}, rules
     assert rules["train_cvae"] == 4  # 2 condition modes of the selection grid x 2 runs
     assert rules["select"] == 1  # SG-LoRA's selection only: the merging baselines keep theirs
-    assert rules["evaluate"] == 3  # SG-LoRA in each of the three groups, no other method
+    assert rules["evaluate"] == 7  # SG-LoRA in each of the three groups, prior sampling and noisy expert in two
+    assert rules["candidates_generator"] == 4 and rules["novelty"] == 3
     assert rules["sample_sglora"] == 3
 
 

@@ -9,11 +9,12 @@ rule train_lora:
         check=lambda w: check_file(w.dataset, w.task),
         backbone=backbone_input(),
         images=lambda w: image_cache(w.dataset),
+        trainer=lambda w: trainer_selection_input(w),
     output:
         directory(f"{R}/loras/{{dataset}}/{{task}}"),
     params:
         lora=as_json(config["lora"]),
-        training=as_json(config["training"]),
+        training=lambda w: training_section(w),
         backbone=backbone_param,
     threads: THREADS
     resources:
