@@ -266,7 +266,8 @@ def novelty_of_group(backbone: str, manifest: str | Path, tasks: list[str], repo
 
     import torch
 
-    from .backbone import load_clip, pick_device
+    from .backbone import load_clip
+    from .devices import pick_device
     from .candidates import load_candidates
     from .cvae import load_cvae
     from .evaluate import load_task

@@ -55,7 +55,8 @@ def select_spaces(backbone: str, manifest: str | Path, tasks: list[str], methods
     "score", "per_task"}]}}, "tasks", "criterion"}``."""
     import torch
 
-    from .backbone import load_clip, pick_device
+    from .backbone import load_clip
+    from .devices import pick_device
     from .evaluate import evaluate_vectors, load_task
     from .selection import primary_score
 
@@ -98,7 +99,8 @@ def evaluate_spaces(backbone: str, manifest: str | Path, tasks: list[str], selec
     (the format of ``sglora evaluate``). Returns ``{row: {task: mean metrics}}``."""
     import torch
 
-    from .backbone import load_clip, pick_device
+    from .backbone import load_clip
+    from .devices import pick_device
     from .candidates import save_candidates
     from .evaluate import evaluate_queries, load_task, summarize
 

@@ -29,7 +29,8 @@ def select_training(backbone: str, manifest: str | Path, tasks: list[str], lora,
 
     Returns ``{"chosen": {"training": settings}, "scores": {"training": [{"settings", "score",
     "per_task"}]}, "tasks", "criterion"}``."""
-    from .backbone import load_clip, pick_device
+    from .backbone import load_clip
+    from .devices import pick_device
     from .evaluate import evaluate_vectors, load_task
     from .expert import read_snapshots, train_lora
     from .selection import grid_points, primary_score
