@@ -16,8 +16,15 @@ SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").r
 
 def settings_classes() -> dict[str, type]:
     """config section (dotted) -> its settings dataclass, for every subclass of Settings."""
-    import sglora.steps  # noqa: F401 (imports every module that defines settings)
+    import importlib
+    import pkgutil
+
+    import sglora
     from sglora.io import Settings
+
+    for mod in pkgutil.walk_packages(sglora.__path__, "sglora."):  # every module that may define settings
+        if not mod.name.endswith("__main__"):  # that one runs the command line
+            importlib.import_module(mod.name)
 
     def all_subclasses(cls):
         for sub in cls.__subclasses__():
@@ -31,9 +38,13 @@ def settings_classes() -> dict[str, type]:
 
 #: settings sections that sit inside a map (one per dataset)
 NESTED = {"captioner.options": "datasets.*.captioner.options"}
+#: settings that are a whole config of their own (a study's), with its own schema
+OWN_SCHEMA = {"study": "repository_size.schema.yaml"}
 
 
 def section(path: str) -> dict:
+    if path in OWN_SCHEMA:
+        return yaml.safe_load((ROOT / "workflow" / "schemas" / OWN_SCHEMA[path]).read_text())
     node = SCHEMA
     for key in NESTED.get(path, path).split("."):
         node = node["additionalProperties"] if key == "*" else node["properties"][key]

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from snakemake.utils import validate
 
 from sglora.studies import StudySpec
 
@@ -21,6 +22,7 @@ if not workflow.overwrite_configfiles:
     configfile: "config/studies/repository_size.yaml"
 
 
+validate(config, "../schemas/repository_size.schema.yaml")
 STUDY = StudySpec.from_dict(config)
 R = STUDY.results.rstrip("/")
 MAIN = str(Path(workflow.basedir).parents[1] / "Snakefile")
