@@ -66,7 +66,8 @@ def sglora_candidates(cvaes: list, tasks: list[str], experts, embeddings: dict[s
     ``cvaes`` (one per run, i.e. per training seed), stacked: ``({task: (runs x samples) x D}, info)``.
 
     ``info[task]["runs"]`` labels every sample with its run, so intervals can resample runs.
-    With ``seen`` the condition of a task is built exactly as in the CVAE's training."""
+    With ``seen`` the condition of a task is built exactly as in the CVAE's training. With
+    ``sampling.average`` each run gives one candidate, the mean of its N decoded samples."""
     from .generate import describe_prior, sample_loras, task_seed
 
     key = "text_embedding" if prior.modality == "textual" else "visual_embedding"
@@ -77,11 +78,15 @@ def sglora_candidates(cvaes: list, tasks: list[str], experts, embeddings: dict[s
             s = task_seed(sampling.seed + r, t)
             v, p = sample_loras(cvae, experts, _embedding(embeddings, t)[key], prior, sampling.samples, s,
                                 seen_task=t if seen else None, temperature=sampling.temperature)
+            if sampling.average:
+                v = v.astype(np.float64).mean(0, keepdims=True).astype(np.float32)
             parts.append(v)
             runs += [r] * len(v)
             if r == 0:
                 info[t] = {"experts": describe_prior(p, experts), "seeds": [], "temperature": sampling.temperature,
                            "condition": cvae.spec.condition}
+                if sampling.average:
+                    info[t]["average"] = sampling.samples
             info[t]["seeds"].append(s)
         vecs[t] = np.concatenate(parts)
         info[t]["runs"] = runs

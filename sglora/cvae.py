@@ -16,6 +16,15 @@ Design choices (each a config key, see ``CVAESpec``):
 - *Residual decoder*: the decoder predicts the deviation from mu*, X_hat = mu* + g(z, c);
   with ``residual: false`` it predicts X directly.
 
+Generator variants (issue #15; off by default, each chosen on the validation tasks):
+
+- ``augment``: A extra conditions per expert (:func:`sglora.prior.augmented_conditions`);
+  each snapshot of a batch takes its expert's training condition or one of its A, uniformly.
+- ``describe``: the task's description embedding d (L2-normalised, scaled by sqrt(E) so its
+  coordinates are O(1) like the standardised (mu*, sigma*)) is part of the condition
+  network's input: c = (mu*, sigma*, d). Training uses each expert's own d_n, sampling the
+  task's. The condition layer then reads 2D + E values (``embed_dim`` in ``config.json``).
+
 The network p(z | c) is the *condition prior*, named so apart from the semantic prior
 (:mod:`sglora.prior`), which builds the condition c itself.
 
@@ -57,6 +66,9 @@ class CVAESpec(Settings):
     epochs: int = setting(300, "passes over all snapshots", min=1)
     lr: float = setting(1e-3, "Adam learning rate", above=0)
     batch_size: int = setting(64, "snapshots per step", min=1)
+    augment: int = setting(0, "extra conditions per expert from random subsets of the other experts and random "
+                           "K, tau (0 = the paper's one condition per expert)", min=0)
+    describe: bool = setting(False, "the description embedding d is part of the condition (c = (mu*, sigma*, d))")
     seed: int = setting(0, "initialisation and data order")
     device: str = setting("auto", '"auto" = cuda if available else cpu')
 
@@ -75,12 +87,21 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def describe_features(embedding: torch.Tensor) -> torch.Tensor:
+    """A description embedding as condition input: unit norm, scaled by sqrt(E)."""
+    e = embedding.float()
+    return e / (e.norm(dim=-1, keepdim=True) + 1e-12) * e.shape[-1] ** 0.5
+
+
 class CVAE(nn.Module):
-    def __init__(self, dim: int, spec: CVAESpec):
+    def __init__(self, dim: int, spec: CVAESpec, embed_dim: int = 0):
         super().__init__()
+        if spec.describe and embed_dim < 1:
+            raise SGLoraError("cvae.describe: the CVAE needs the size of the description embeddings (embed_dim)")
         self.dim, self.spec = dim, spec
+        self.embed_dim = embed_dim if spec.describe else 0
         h, L, cd = spec.hidden, spec.latent, spec.cond_dim
-        self.condition = nn.Sequential(nn.Linear(2 * dim, cd), nn.ReLU())
+        self.condition = nn.Sequential(nn.Linear(2 * dim + self.embed_dim, cd), nn.ReLU())
         self.encoder = _mlp([dim + cd, h, 2 * L])  # 2 layers
         self.condition_prior = _mlp([cd, h, 2 * L])  # 2 layers
         self.decoder = _mlp([L + cd, h, h, dim])  # 3 layers
@@ -95,11 +116,19 @@ class CVAE(nn.Module):
             self.shift.copy_(x.double().mean(0).float())
             self.scale.copy_(std.clamp_min(floor).float())
 
-    def cond(self, mu: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(condition embedding, normalised mu*)."""
+    def cond(self, mu: torch.Tensor, var: torch.Tensor,
+             embedding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(condition embedding, normalised mu*); ``embedding``: the task's d (``describe`` only)."""
         mu_n = (mu - self.shift) / self.scale
         sd_n = var.clamp_min(0).sqrt() / self.scale
-        return self.condition(torch.cat([mu_n, sd_n], -1)), mu_n
+        parts = [mu_n, sd_n]
+        if self.embed_dim:
+            if embedding is None or embedding.shape[-1] != self.embed_dim:
+                got = None if embedding is None else embedding.shape[-1]
+                raise SGLoraError(f"cvae.describe: the condition needs a description embedding of {self.embed_dim} "
+                                  f"values, got {got}")
+            parts.append(describe_features(embedding).expand(mu_n.shape[0], -1))
+        return self.condition(torch.cat(parts, -1)), mu_n
 
     # the three networks ----------------------------------------------------------
     def posterior(self, x_n, h):
@@ -114,10 +143,10 @@ class CVAE(nn.Module):
         out = self.decoder(torch.cat([z, h], -1))
         return mu_n + out if self.spec.residual else out
 
-    def loss(self, x, mu, var) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def loss(self, x, mu, var, embedding=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(total, reconstruction, KL) averaged over the batch; reconstruction is the
         squared error summed over coordinates, in normalised units."""
-        h, mu_n = self.cond(mu, var)
+        h, mu_n = self.cond(mu, var, embedding)
         x_n = (x - self.shift) / self.scale
         qm, qlv = self.posterior(x_n, h)
         z = qm + torch.randn_like(qm) * (0.5 * qlv).exp()
@@ -128,11 +157,15 @@ class CVAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, mu, var, n: int, generator: torch.Generator | None = None,
-               temperature: float = 1.0) -> torch.Tensor:
-        """``n`` LoRA vectors for one condition (mu*, var*): z ~ p(z | c), X = decode."""
+               temperature: float = 1.0, embedding=None) -> torch.Tensor:
+        """``n`` LoRA vectors for one condition (mu*, var*): z ~ p(z | c), X = decode.
+        ``embedding``: the task's description embedding d (read only with ``describe``)."""
         mu = torch.tensor(np.asarray(mu), dtype=torch.float32, device=self.shift.device)[None]
         var = torch.tensor(np.asarray(var), dtype=torch.float32, device=self.shift.device)[None]
-        h, mu_n = self.cond(mu, var)
+        emb = None
+        if self.embed_dim and embedding is not None:
+            emb = torch.tensor(np.asarray(embedding), dtype=torch.float32, device=self.shift.device)[None]
+        h, mu_n = self.cond(mu, var, emb)
         pm, plv = self.condition_prior_params(h)
         eps = torch.randn((n, pm.shape[-1]), generator=generator, device="cpu").to(pm.device)
         z = pm + temperature * eps * (0.5 * plv).exp()
@@ -141,9 +174,16 @@ class CVAE(nn.Module):
 
 
 def train_cvae(snapshots: np.ndarray, expert_index: np.ndarray, cond_mu: np.ndarray, cond_var: np.ndarray,
-               spec: CVAESpec, threads: int | None = None, progress: bool = True) -> tuple[CVAE, list[dict]]:
+               spec: CVAESpec, threads: int | None = None, progress: bool = True,
+               pools: tuple[np.ndarray, np.ndarray] | None = None,
+               embeddings: np.ndarray | None = None) -> tuple[CVAE, list[dict]]:
     """Train on all snapshots; snapshot i belongs to expert ``expert_index[i]`` whose
-    condition is ``(cond_mu, cond_var)[expert_index[i]]``."""
+    condition is ``(cond_mu, cond_var)[expert_index[i]]``.
+
+    ``pools`` (``spec.augment``): ``(N, A, D)`` extra conditions per expert; each snapshot of
+    a batch then takes, uniformly, its expert's condition or one of its A (drawn from a
+    generator of its own, so the rest of training draws as without pools).
+    ``embeddings`` (``spec.describe``): ``(N, E)`` the experts' description embeddings."""
     from tqdm import tqdm
 
     from .devices import pick_device
@@ -155,10 +195,21 @@ def train_cvae(snapshots: np.ndarray, expert_index: np.ndarray, cond_mu: np.ndar
     cm = torch.as_tensor(cond_mu, dtype=torch.float32)
     cv = torch.as_tensor(cond_var, dtype=torch.float32)
     idx = torch.as_tensor(expert_index, dtype=torch.long)
-    model = CVAE(x.shape[1], spec)
+    if spec.describe and embeddings is None:
+        raise SGLoraError("cvae.describe: training needs the experts' description embeddings")
+    emb = torch.as_tensor(embeddings, dtype=torch.float32).to(device) if spec.describe else None
+    model = CVAE(x.shape[1], spec, embed_dim=emb.shape[1] if spec.describe else 0)
     model.fit_normalization(x)
     model.to(device)
     x, cm, cv, idx = x.to(device), cm.to(device), cv.to(device), idx.to(device)
+    pick = None
+    if spec.augment:
+        if pools is None or pools[0].shape[:2] != (len(cm), spec.augment):
+            raise SGLoraError(f"cvae.augment={spec.augment}: training needs {spec.augment} extra conditions per expert")
+        # slot 0: the expert's training condition, slots 1..A: its pool
+        cm = torch.cat([cm[:, None], torch.as_tensor(pools[0], dtype=torch.float32).to(device)], 1)
+        cv = torch.cat([cv[:, None], torch.as_tensor(pools[1], dtype=torch.float32).to(device)], 1)
+        pick = torch.Generator().manual_seed(spec.seed + 1_000_003)
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
     gen = torch.Generator().manual_seed(spec.seed)
     history = []
@@ -170,13 +221,21 @@ def train_cvae(snapshots: np.ndarray, expert_index: np.ndarray, cond_mu: np.ndar
         n = 0
         for i in range(0, len(order), spec.batch_size):
             b = order[i : i + spec.batch_size]
-            loss, rec, kl = model.loss(x[b], cm[idx[b]], cv[idx[b]])
+            if pick is None:
+                c_mu, c_var = cm[idx[b]], cv[idx[b]]
+            else:
+                slot = torch.randint(0, spec.augment + 1, (len(b),), generator=pick).to(device)
+                c_mu, c_var = cm[idx[b], slot], cv[idx[b], slot]
+            loss, rec, kl = model.loss(x[b], c_mu, c_var, emb[idx[b]] if emb is not None else None)
             optimizer_step(opt, loss, "cvae", epoch, history)
             tot, rec_s, kl_s, n = tot + loss.item() * len(b), rec_s + rec.item() * len(b), kl_s + kl.item() * len(b), n + len(b)
         history.append({"epoch": epoch + 1, "loss": tot / n, "reconstruction": rec_s / n, "kl": kl_s / n})
         bar.set_postfix(loss=f"{tot / n:.3g}", kl=f"{kl_s / n:.3g}")
     return model.eval().cpu(), history
 
+
+#: the variant settings of CVAESpec and their "off" values (config.json omits them when off)
+VARIANT_DEFAULTS = {"augment": 0, "describe": False}
 
 #: module-name prefix in :class:`CVAE` -> prefix in ``model.safetensors`` (the checkpoint format)
 CHECKPOINT_NAMES = {"condition_prior.": "prior."}
@@ -195,10 +254,17 @@ def _renamed(state: dict, names: dict[str, str]) -> dict:
 
 def save_cvae(out_dir: str | Path, model: CVAE, extra: dict) -> None:
     """``model.safetensors`` (weights and normalisation, in the checkpoint format of the
-    module docstring) + ``config.json``, atomically."""
+    module docstring) + ``config.json``, atomically. The variant keys (``augment``,
+    ``describe``, and ``embed_dim``) are written only when on: a default CVAE's
+    ``config.json`` is that of the first release, and an old one reads as the default."""
+    spec = asdict(model.spec)
+    for key, off in VARIANT_DEFAULTS.items():
+        if spec[key] == off:
+            del spec[key]
+    sizes = {"embed_dim": model.embed_dim} if model.embed_dim else {}
     with atomic_path(out_dir, directory=True) as tmp:
         save_safetensors(tmp / "model.safetensors", _renamed(model.state_dict(), CHECKPOINT_NAMES))
-        write_json(tmp / "config.json", {"dim": model.dim, "cvae": asdict(model.spec), **extra})
+        write_json(tmp / "config.json", {"dim": model.dim, **sizes, "cvae": spec, **extra})
 
 
 def load_cvae(model_dir: str | Path) -> tuple[CVAE, dict]:
@@ -210,19 +276,19 @@ def load_cvae(model_dir: str | Path) -> tuple[CVAE, dict]:
         raise SGLoraError(f"{model_dir}: not a trained CVAE (needs config.json and model.safetensors)")
     with reading(cfg_path, "CVAE config (JSON with 'dim' and 'cvae')"):
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        model = CVAE(int(cfg["dim"]), CVAESpec.from_dict(cfg["cvae"]))
+        model = CVAE(int(cfg["dim"]), CVAESpec.from_dict(cfg["cvae"]), int(cfg.get("embed_dim", 0)))
     with reading(weights, "CVAE weights file (safetensors matching config.json)"):
         model.load_state_dict(_renamed(load_file(str(weights)), {v: k for k, v in CHECKPOINT_NAMES.items()}))
     return model.eval(), cfg
 
 
-def cvae_parameters(dim: int, spec: CVAESpec) -> int:
+def cvae_parameters(dim: int, spec: CVAESpec, embed_dim: int = 0) -> int:
     """Number of weights of a CVAE for a LoRA of ``dim`` values (for planning GPU memory)."""
     h, L, cd = spec.hidden, spec.latent, spec.cond_dim
     lin = lambda a, b: a * b + b  # noqa: E731
-    return (lin(2 * dim, cd) + lin(dim + cd, h) + lin(h, 2 * L) + lin(cd, h) + lin(h, 2 * L)
+    return (lin(2 * dim + (embed_dim if spec.describe else 0), cd) + lin(dim + cd, h) + lin(h, 2 * L) + lin(cd, h) + lin(h, 2 * L)
             + lin(L + cd, h) + lin(h, h) + lin(h, dim))
 
 
-__all__ = ["CVAE", "CVAESpec", "CHECKPOINT_NAMES", "gaussian_kl", "train_cvae", "save_cvae", "load_cvae",
+__all__ = ["CVAE", "CVAESpec", "CHECKPOINT_NAMES", "VARIANT_DEFAULTS", "describe_features", "gaussian_kl", "train_cvae", "save_cvae", "load_cvae",
            "cvae_parameters"]

@@ -34,6 +34,7 @@ class SamplingSpec(Settings):
     samples: int = setting(10, "N samples per task and run (Figure 10 shows 50)", min=1)
     seed: int = setting(0, "base sampling seed (a task's seed derives from it and the task id)")
     temperature: float = setting(1.0, "scale of the latent noise; 0 = the decoded mean of p(z | c)", min=0)
+    average: bool = setting(False, "a task's candidate is the mean of the N decoded samples (one LoRA per run)")
     runs: int = setting(1, "independent CVAE trainings (seeds cvae.seed, cvae.seed + 1, ...), each sampled", min=1)
 
 
@@ -51,7 +52,8 @@ def sample_loras(cvae: CVAE, experts: ExpertTable, query: np.ndarray, prior: Pri
     ``seen_task`` names the task when it is one of the repository's experts: its condition
     is then built exactly as the CVAE built it in training (``cvae.spec.condition``), e.g.
     without the task itself under ``loo``. ``temperature`` scales the latent noise
-    (0 = the decoded mean of p(z | c))."""
+    (0 = the decoded mean of p(z | c)). ``query`` is also the description embedding d of
+    a CVAE trained with ``cvae.describe``."""
     if cvae.dim != experts.mu.shape[1]:
         raise SGLoraError(f"the CVAE generates LoRAs of {cvae.dim} values, the repository's experts have "
                           f"{experts.mu.shape[1]}: the CVAE was trained for another repository")
@@ -65,7 +67,7 @@ def sample_loras(cvae: CVAE, experts: ExpertTable, query: np.ndarray, prior: Pri
     mu, var, p = task_condition(query, experts.embedding(prior.modality), experts.mu, experts.var, prior.k, prior.tau,
                                 cvae.spec.condition, expert=expert)
     gen = torch.Generator().manual_seed(seed)
-    return cvae.sample(mu, var, n, generator=gen, temperature=temperature).numpy(), p
+    return cvae.sample(mu, var, n, generator=gen, temperature=temperature, embedding=query).numpy(), p
 
 
 def describe_prior(p: Prior, experts: ExpertTable) -> list[dict]:
@@ -111,7 +113,8 @@ def generate(description: str, repository: str | Path, cvae_dir: str | Path, out
              overwrite: bool = False) -> dict:
     """Write ``samples`` adapter folders for a free-text task description.
 
-    With one sample the adapter is ``out`` itself; with more, ``out/sample_000`` ... .
+    With one sample the adapter is ``out`` itself; with more, ``out/sample_000`` ... . A CVAE
+    exported with ``sampling.average`` writes one adapter, the mean of the ``samples`` draws.
     An existing non-empty ``out`` is refused unless ``overwrite``; nothing the command
     did not write is ever removed.
     """
@@ -143,6 +146,8 @@ def generate(description: str, repository: str | Path, cvae_dir: str | Path, out
     experts = repo.experts()
     temperature = float(cfg.get("sampling", {}).get("temperature", 1.0))
     vectors, p = sample_loras(cvae, experts, query, prior, samples, seed, temperature=temperature)
+    if cfg.get("sampling", {}).get("average"):  # chosen on validation: one adapter, the mean of the samples
+        vectors, samples = vectors.astype(np.float64).mean(0, keepdims=True).astype(np.float32), 1
     used = describe_prior(p, experts)
     names = ["adapter"] if samples == 1 else [f"sample_{i:03d}" for i in range(samples)]
     out.parent.mkdir(parents=True, exist_ok=True)

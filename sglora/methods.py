@@ -38,7 +38,8 @@ METHODS: dict[str, Method] = {m.id: m for m in (
     Method("mole", "MoLE", "trained", candidates=None),
     Method("pdiff", "P-diff", "generative", seen_only=True, candidates="sample-pdiff"),
     Method("cond_pdiff", "COND P-Diff", "generative", seen_only=True, candidates="sample-pdiff"),
-    Method("sglora", "SG-LoRA", "generative", settings=("condition", "k", "tau", "temperature")),
+    Method("sglora", "SG-LoRA", "generative", settings=("condition", "k", "tau", "augment", "describe",
+                                                               "temperature", "average")),
     Method("prior_sampling", "Prior sampling", "generative", candidates="generator-candidates"),
     Method("noisy_expert", "Noisy nearest expert", "generative", candidates="generator-candidates"),
 )}

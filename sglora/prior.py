@@ -123,3 +123,35 @@ def training_conditions(keys: np.ndarray, mu: np.ndarray, var: np.ndarray, k: in
     """The condition (mu*, var*) of each training expert, by ``mode`` (see ``task_condition``)."""
     conds = [task_condition(keys[n], keys, mu, var, k, tau, mode, expert=n)[:2] for n in range(len(keys))]
     return np.stack([c[0] for c in conds]), np.stack([c[1] for c in conds])
+
+
+#: the temperatures of augmented conditions, as multiples of prior.tau
+AUGMENT_TAU_FACTORS = (0.5, 1.0, 2.0)
+
+
+def augmented_conditions(keys: np.ndarray, mu: np.ndarray, var: np.ndarray, k: int, tau: float, count: int,
+                         seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` extra conditions per expert (``cvae.augment``): ``(N, count, D)`` arrays of
+    (mu*, var*).
+
+    Condition a of expert n is the semantic prior of d_n over a random subset of the *other*
+    experts (size uniform in 1..N-1), with K' uniform in 1..``k`` and tau' drawn from
+    ``tau`` x :data:`AUGMENT_TAU_FACTORS`: the CVAE then sees thousands of conditions, each
+    one a leave-one-out aggregate as at test time, instead of N. Drawn from a NumPy
+    generator of ``seed`` alone (no torch RNG is touched), in the order expert, condition."""
+    n_exp = len(keys)
+    if n_exp < 2:
+        raise SGLoraError("cvae.augment needs at least 2 experts (a condition aggregates the other experts)")
+    rng = np.random.default_rng(seed)
+    out_mu = np.empty((n_exp, count, mu.shape[1]), np.float32)
+    out_var = np.empty_like(out_mu)
+    for n in range(n_exp):
+        others = np.array([e for e in range(n_exp) if e != n])
+        for a in range(count):
+            size = int(rng.integers(1, n_exp))  # 1 .. N-1
+            subset = np.sort(rng.choice(others, size=size, replace=False))
+            k_a = int(rng.integers(1, k + 1))
+            tau_a = tau * AUGMENT_TAU_FACTORS[int(rng.integers(len(AUGMENT_TAU_FACTORS)))]
+            p = semantic_prior(keys[n], keys[subset], mu[subset], var[subset], k_a, tau_a)
+            out_mu[n, a], out_var[n, a] = p.mu, p.var
+    return out_mu, out_var

@@ -11,7 +11,8 @@ the metrics are computed for ``tasks`` (the validation tasks) only.
 Settings a method can vary:
 
 - ``sglora``: ``condition`` (the CVAE's training condition), ``k`` and ``tau`` (the
-  semantic prior; a CVAE is trained per combination of these three), ``temperature``
+  semantic prior), ``augment`` and ``describe`` (generator variants, sglora/cvae.py); a
+  CVAE is trained per combination of these five; ``temperature`` and ``average``
   (sampling only);
 - ``topk_weighted``: ``k``, ``tau``; ``adaptersoup``: ``k``.
 """
@@ -30,7 +31,9 @@ from .methods import METHODS
 #: method -> the settings a selection grid may vary (from the method registry)
 SETTINGS = {m.id: m.settings for m in METHODS.values() if m.settings}
 #: settings of SG-LoRA that need a CVAE of their own (the others act at sampling time)
-CVAE_SETTINGS = ("condition", "k", "tau")
+CVAE_SETTINGS = ("condition", "k", "tau", "augment", "describe")
+#: the CVAE variant settings and their "off" values (a CVAE's config.json omits them when off)
+VARIANT_OFF = {"augment": 0, "describe": False}
 
 
 def check_grid(grid: dict[str, dict[str, list]], where: str = "selection") -> None:
@@ -53,10 +56,11 @@ def grid_points(axes: dict[str, list]) -> list[dict]:
 
 def cvae_variants(axes: dict[str, list], condition: str, k: int, tau: float) -> list[dict]:
     """The CVAE trainings SG-LoRA's grid needs: one per combination of condition, k, tau
-    (defaults where the grid does not vary them)."""
+    (defaults where the grid does not vary them), and of augment, describe where the grid
+    names them (absent: off, and absent from the variant)."""
     base = {"condition": [condition], "k": [k], "tau": [tau]}
     base.update({key: v for key, v in (axes or {}).items() if key in CVAE_SETTINGS})
-    return grid_points({key: base[key] for key in CVAE_SETTINGS})
+    return grid_points({key: base[key] for key in CVAE_SETTINGS if key in base})
 
 
 def apply_settings(settings: dict, prior, sampling):
@@ -64,6 +68,8 @@ def apply_settings(settings: dict, prior, sampling):
     prior = replace(prior, **{k: settings[k] for k in ("k", "tau") if k in settings})
     if "temperature" in settings:
         sampling = replace(sampling, temperature=float(settings["temperature"]))
+    if "average" in settings:
+        sampling = replace(sampling, average=bool(settings["average"]))
     return prior, sampling
 
 
@@ -85,21 +91,31 @@ class TrainedCVAEs:
     def default_condition(self) -> str:
         return next(iter(self.configs.values()))["cvae"]["condition"]
 
-    def variant(self, condition: str, k: int, tau: float, modality: str | None = None) -> list[tuple[int, str]]:
-        """``(seed, folder)`` of the trainings of one variant, by seed (any modality if None)."""
+    def default_variant(self) -> dict:
+        """The variant settings of the first CVAE (what candidates use without a selection)."""
+        cvae = next(iter(self.configs.values()))["cvae"]
+        return {key: cvae.get(key, off) for key, off in VARIANT_OFF.items()}
+
+    def variant(self, condition: str, k: int, tau: float, modality: str | None = None,
+                **variant) -> list[tuple[int, str]]:
+        """``(seed, folder)`` of the trainings of one variant, by seed (any modality if None);
+        ``variant``: augment, describe (absent: off)."""
+        want = {key: variant.get(key, off) for key, off in VARIANT_OFF.items()}
         return sorted(
             (cfg["cvae"]["seed"], d) for d, cfg in self.configs.items()
             if cfg["cvae"]["condition"] == condition and cfg["prior"]["k"] == k
-            and abs(cfg["prior"]["tau"] - tau) < 1e-12 and modality in (None, cfg["prior"]["modality"]))
+            and abs(cfg["prior"]["tau"] - tau) < 1e-12 and modality in (None, cfg["prior"]["modality"])
+            and all(cfg["cvae"].get(key, off) == want[key] for key, off in VARIANT_OFF.items()))
 
-    def pick(self, condition: str, prior, runs: int, where: str = "") -> list:
+    def pick(self, condition: str, prior, runs: int, where: str = "", **variant) -> list:
         """The models of one variant, ordered by training seed; exactly ``runs`` must exist."""
         from .cvae import load_cvae
 
-        found = self.variant(condition, prior.k, prior.tau, prior.modality)
+        found = self.variant(condition, prior.k, prior.tau, prior.modality, **variant)
         if len(found) != runs:
+            extra = "".join(f", {key}={value}" for key, value in variant.items())
             raise SGLoraError(f"{where}: {len(found)} trained CVAE(s) for condition={condition}, k={prior.k}, "
-                              f"tau={prior.tau}, modality={prior.modality}; sampling.runs needs {runs}")
+                              f"tau={prior.tau}, modality={prior.modality}{extra}; sampling.runs needs {runs}")
         for _, d in found:
             if d not in self._models:
                 self._models[d] = load_cvae(d)[0]
@@ -116,7 +132,8 @@ def method_candidates(method: str, settings: dict, tasks: list[str], experts, em
         if cvaes is None:
             raise SGLoraError("sglora candidates need trained CVAEs")
         condition = settings.get("condition", cvaes.default_condition())
-        models = cvaes.pick(condition, prior, sampling.runs, where="sglora")
+        variant = {key: settings.get(key, default) for key, default in cvaes.default_variant().items()}
+        models = cvaes.pick(condition, prior, sampling.runs, where="sglora", **variant)
         return sglora_candidates(models, tasks, experts, embeddings, prior, sampling, seen=seen)
     return merging_candidates(method, tasks, experts, embeddings, prior, seen=seen)
 
@@ -170,7 +187,8 @@ def select_settings(backbone: str, manifest: str | Path, tasks: list[str], grid:
 
 def export_chosen(cvae_dirs: list[str | Path], selection: dict, out: str | Path) -> dict:
     """Copy run 0 of SG-LoRA's chosen CVAE variant to ``out``, with the chosen sampling
-    temperature recorded in its ``config.json`` (``sampling.temperature``)."""
+    temperature recorded in its ``config.json`` (``sampling.temperature``, and
+    ``sampling.average`` when chosen)."""
     import json
     import shutil
 
@@ -180,14 +198,17 @@ def export_chosen(cvae_dirs: list[str | Path], selection: dict, out: str | Path)
     if not chosen:
         raise SGLoraError("selection: no settings chosen for sglora")
     store = TrainedCVAEs(cvae_dirs)
-    match = store.variant(chosen["condition"], chosen["k"], chosen["tau"])
+    match = store.variant(chosen["condition"], chosen["k"], chosen["tau"],
+                          **{key: chosen[key] for key in VARIANT_OFF if key in chosen})
     if not match:
         raise SGLoraError(f"selection: no trained CVAE for the chosen settings {chosen}")
     src = Path(match[0][1])
     with atomic_path(out, directory=True) as tmp:
         shutil.copyfile(src / "model.safetensors", tmp / "model.safetensors")
-        cfg = store.configs[str(src)] | {"sampling": {"temperature": float(chosen.get("temperature", 1.0))},
-                                         "selected": chosen}
+        sampling = {"temperature": float(chosen.get("temperature", 1.0))}
+        if chosen.get("average"):
+            sampling["average"] = True
+        cfg = store.configs[str(src)] | {"sampling": sampling, "selected": chosen}
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     return {"source": str(src), "chosen": chosen}
 

@@ -239,7 +239,7 @@ def train_cvae(repository: A[Path, "expert repository folder"], out: A[Path, "CV
 
     from .cvae import save_cvae
     from .cvae import train_cvae as train
-    from .prior import training_conditions
+    from .prior import augmented_conditions, training_conditions
     from .repository import Repository
 
     repo = Repository(repository)
@@ -249,9 +249,12 @@ def train_cvae(repository: A[Path, "expert repository folder"], out: A[Path, "CV
         tasks += t
         vecs.append(v)
     index = np.array([experts.tasks.index(t) for t in tasks])
-    cm, cv = training_conditions(experts.embedding(prior.modality), experts.mu, experts.var, prior.k, prior.tau,
-                                 cvae.condition)
-    model, history = train(np.concatenate(vecs), index, cm, cv, cvae, threads=threads)
+    keys = experts.embedding(prior.modality)
+    cm, cv = training_conditions(keys, experts.mu, experts.var, prior.k, prior.tau, cvae.condition)
+    pools = (augmented_conditions(keys, experts.mu, experts.var, prior.k, prior.tau, cvae.augment, seed=cvae.seed)
+             if cvae.augment else None)
+    model, history = train(np.concatenate(vecs), index, cm, cv, cvae, threads=threads, pools=pools,
+                           embeddings=keys if cvae.describe else None)
     save_cvae(out, model, {"prior": asdict(prior), "condition": cvae.condition, "history": history,
                            "repository": str(repository)})
     return history[-1]
@@ -353,6 +356,27 @@ def export_cvae(cvae: CVAEs, selection: A[Path, "selection.json"], out: A[Path, 
     from .selection import export_chosen
 
     return export_chosen(cvae, read_json(selection), out)
+
+
+@step("ablation")
+def ablation(selection: A[Path, "SG-LoRA's selection file (selection/sglora.json)"],
+             paper: A[dict, 'JSON the paper-faithful settings, e.g. {"k": 4, "tau": 0.05, "temperature": 1.0}'],
+             markdown: A[Path, "the ablation table (Markdown)"], csv: A[Path, "the ablation table (CSV)"],
+             title: A[str, "the table's title"] = "SG-LoRA generator variants (validation tasks)",
+             bootstrap: A[int, "bootstrap replicates of the 95% intervals"] = 2000) -> dict:
+    """The ablation table of SG-LoRA's grid: every point's validation score, the chosen and
+    the paper-faithful points marked (like supplementary Tables 11-12)."""
+    from .ablation import ablation_rows, render_ablation
+    from .io import atomic_path
+
+    sel = read_json(selection)
+    rows = ablation_rows(sel, paper, n_boot=bootstrap)
+    text = render_ablation(rows, paper, title, tasks=len(sel.get("tasks") or []))
+    for path, body in ((markdown, text["md"]), (csv, text["csv"])):
+        with atomic_path(path) as tmp:
+            tmp.write_text(body)
+    return {"points": len(rows), "chosen": next(r["settings"] for r in rows if r["chosen"]),
+            "paper_in_grid": any(r["paper"] for r in rows)}
 
 
 def _show_premises(res: dict) -> str:

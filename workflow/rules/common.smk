@@ -72,9 +72,15 @@ GALLERY = config.get("evaluation", {}).get("gallery", 0)
 SAMPLING = {"samples": 10, "seed": 0, "temperature": 1.0, "runs": 1, **config["sampling"]}
 
 
+# SG-LoRA's generator variants (issue #15) and their "off" values: (config section, key) -> off
+VARIANTS = {"augment": ("cvae", 0), "describe": ("cvae", False), "average": ("sampling", False)}
+
+
 def selection_grid():
     """Every method's grid (config ``selection``); SG-LoRA's is completed with the defaults
-    (cvae.condition, prior.k, prior.tau, sampling.temperature) for the settings it does not vary."""
+    (cvae.condition, prior.k, prior.tau, sampling.temperature) for the settings it does not vary.
+    A generator variant (augment, describe, average) is an axis only when the grid names it or
+    the config turns it on, so a config without variants has the grid (and files) it had before."""
     grid = {m: dict(axes) for m, axes in config.get("selection", {}).items()}
     defaults = {
         "condition": [config["cvae"].get("condition", "loo")],
@@ -82,8 +88,21 @@ def selection_grid():
         "tau": [config["prior"].get("tau", 0.05)],
         "temperature": [SAMPLING["temperature"]],
     }
+    for key, (section, off) in VARIANTS.items():
+        value = config.get(section, {}).get(key, off)
+        if key in grid.get("sglora", {}) or value != off:
+            defaults[key] = [value]
     grid["sglora"] = {key: grid.get("sglora", {}).get(key, default) for key, default in defaults.items()}
     return grid
+
+
+def paper_point():
+    """SG-LoRA's paper-faithful grid point: the paper's sampling (temperature 1, N samples
+    each a candidate) and generator (one condition per expert, no description in it), with
+    the config's own condition, k and tau (config.yaml's are the paper's k = 4, tau = 0.05)."""
+    point = {"condition": config["cvae"].get("condition", "loo"), "k": config["prior"].get("k", 4),
+             "tau": config["prior"].get("tau", 0.05), "temperature": 1.0}
+    return point | {key: off for key, (_, off) in VARIANTS.items()}
 
 
 SELECTABLE = tuple(m for m, v in METHODS.items() if v.settings)
@@ -99,15 +118,23 @@ def selection_input(method):
 
 
 def _variant_name(v):
-    return f"{v['condition']}-k{v['k']}-tau{v['tau']}"
+    """cvae/<condition>-k<k>-tau<tau>[-aug<A>][-describe<0|1>]: a variant key is in the name
+    only when the grid has it (the folders of a config without variants keep their names)."""
+    name = f"{v['condition']}-k{v['k']}-tau{v['tau']}"
+    if "augment" in v:
+        name += f"-aug{int(v['augment'])}"
+    if "describe" in v:
+        name += f"-describe{int(bool(v['describe']))}"
+    return name
 
 
-# The CVAE trainings SG-LoRA's grid needs: one per (condition, k, tau), each for every run.
+# The CVAE trainings SG-LoRA's grid needs: one per (condition, k, tau[, augment, describe]), each for every run.
+_CVAE_KEYS = [key for key in ("condition", "k", "tau", "augment", "describe") if key in selection_grid()["sglora"]]
 CVAE_VARIANTS = {
     _variant_name(v): v
     for v in (
-        dict(zip(("condition", "k", "tau"), combo))
-        for combo in itertools.product(*(selection_grid()["sglora"][key] for key in ("condition", "k", "tau")))
+        dict(zip(_CVAE_KEYS, combo))
+        for combo in itertools.product(*(selection_grid()["sglora"][key] for key in _CVAE_KEYS))
     )
 }
 
@@ -209,7 +236,8 @@ FIGURES = ("experts_tsne", "samples_tsne", "r1_bars")  # <name>.png and .pdf, wr
 def all_outputs():
     """What a run ends with: every group's table, the figures, the premises, the chosen CVAE."""
     return ([f"{R}/tables/{g}.md" for g in GROUPS] + [f"{R}/figures/{name}.png" for name in FIGURES]
-            + [f"{R}/premises/premises.json", f"{R}/cvae/selected", f"{R}/selection/selection.json"])
+            + [f"{R}/premises/premises.json", f"{R}/cvae/selected", f"{R}/selection/selection.json",
+               f"{R}/tables/ablation.md"])
 
 
 # sorted: a rule's params must not change when the config only lists its groups in another order

@@ -4,7 +4,8 @@
 
 rule train_cvae:
     """Train the conditional VAE (Eq. 8) on every snapshot of the repository, for one
-    variant (condition, k, tau) and one run (seed cvae.seed + run)."""
+    variant (condition, k, tau, and augment, describe when the grid has them) and one run
+    (seed cvae.seed + run)."""
     input:
         f"{R}/repository",
     output:
@@ -13,7 +14,9 @@ rule train_cvae:
         run=r"\d+",
     params:
         cvae=lambda w: as_json(
-            config["cvae"] | {"condition": CVAE_VARIANTS[w.variant]["condition"], "seed": config["cvae"].get("seed", 0) + int(w.run)}
+            config["cvae"]
+            | {key: CVAE_VARIANTS[w.variant][key] for key in ("condition", "augment", "describe") if key in CVAE_VARIANTS[w.variant]}
+            | {"seed": config["cvae"].get("seed", 0) + int(w.run)}
         ),
         prior=lambda w: as_json(config["prior"] | {"k": CVAE_VARIANTS[w.variant]["k"], "tau": CVAE_VARIANTS[w.variant]["tau"]}),
     threads: THREADS
@@ -126,6 +129,25 @@ rule export_cvae:
         f"{R}/logs/export_cvae.log",
     shell:
         "sglora export-cvae --cvae {input.cvae:q} --selection {input.selection:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule ablation:
+    """SG-LoRA's generator variants: every grid point's validation score, the chosen one and
+    the paper-faithful one marked (tables/ablation.{md,csv}, like supplementary Tables 11-12)."""
+    input:
+        selection_file("sglora"),
+    output:
+        md=report(f"{R}/tables/ablation.md", caption="../report/ablation.rst", category="Tables"),
+        csv=f"{R}/tables/ablation.csv",
+    params:
+        paper=as_json(paper_point()),
+    conda:
+        "../../envs/sglora.yaml"
+    log:
+        f"{R}/logs/ablation.log",
+    shell:
+        "sglora ablation --selection {input:q} --paper {params.paper:q} --markdown {output.md:q} "
+        "--csv {output.csv:q} > {log:q} 2>&1"
 
 
 rule premises:
