@@ -197,7 +197,7 @@ def train_cvae(snapshots: np.ndarray, expert_index: np.ndarray, cond_mu: np.ndar
     idx = torch.as_tensor(expert_index, dtype=torch.long)
     if spec.describe and embeddings is None:
         raise SGLoraError("cvae.describe: training needs the experts' description embeddings")
-    emb = torch.as_tensor(embeddings, dtype=torch.float32).to(device) if spec.describe else None
+    emb = torch.tensor(np.array(embeddings, dtype=np.float32)).to(device) if spec.describe else None
     model = CVAE(x.shape[1], spec, embed_dim=emb.shape[1] if spec.describe else 0)
     model.fit_normalization(x)
     model.to(device)
