@@ -201,14 +201,15 @@ def write_space_table(metrics_dir, selection: dict, tasks: list[str], title: str
             tmp.write_text(text[key])
 
 
-def runs_table(runs: dict[str, str | Path], group: str, methods: list[str], tasks: list[str], title: str,
+def runs_table(runs: dict[str, dict[str, str | Path]], group: str, methods: list[str], tasks: list[str], title: str,
                selections: dict[str, dict] | None = None, reference: str = "factors", n_boot: int = 2000,
                seed: int = 0) -> dict[str, str]:
     """Two runs of one world that differ in their LoRA space (e.g. ``factors`` = the default
     run, ``frozen_a`` = experts trained with A frozen): each method of ``group`` in each run,
     the validation-chosen settings, the test R@1 with 95% intervals, and the paired
     difference to the ``reference`` run (the same test queries: same world, same seeds).
-    ``runs``: space -> the run's metrics root; ``selections``: space -> its ``chosen`` settings."""
+    ``runs``: space -> method -> the run's metrics folder of that method (``<task>.json``
+    files); ``selections``: space -> its ``chosen`` settings."""
     from .stats import group_stats
     from .methods import label
     from .tables import metric_cols
@@ -216,10 +217,12 @@ def runs_table(runs: dict[str, str | Path], group: str, methods: list[str], task
     if reference not in runs:
         raise SGLoraError(f"compare runs: the reference space {reference!r} is not among {sorted(runs)}")
     results = {}
-    for space, root in runs.items():
+    for space, folders in runs.items():
         for m in methods:
+            if m not in folders:
+                raise SGLoraError(f"compare runs: no metrics folder of method {m!r} for the run {space!r}")
             for t in tasks:
-                path = Path(root) / group / m / f"{t}.json"
+                path = Path(folders[m]) / f"{t}.json"
                 if not path.exists():
                     raise SGLoraError(f"{path}: metrics file missing (run {space!r}, method {m!r}, task {t!r}); "
                                       "run that configuration first")

@@ -760,7 +760,7 @@ def select_training(backbone: Backbone, manifest: Manifest, tasks: A[list[str], 
 
 
 @step("compare-runs")
-def compare_runs(runs: A[dict[str, Path], "metrics folder of each run", {"metavar": "SPACE=METRICS_ROOT"}],
+def compare_runs(runs: A[dict[str, Path], "each run's metrics folder of each method", {"metavar": "SPACE/METHOD=DIR"}],
                  group: A[str, "evaluation group"], methods: A[list[str], "methods", SPLIT], tasks: Tasks,
                  out: A[Path, "table (Markdown)"],
                  selections: A[dict[str, Path], "each run's selection.json", {"metavar": "SPACE=FILE"}] = None,
@@ -773,7 +773,13 @@ def compare_runs(runs: A[dict[str, Path], "metrics folder of each run", {"metava
     from .space_compare import runs_table
 
     sels = {k: read_json(v).get("chosen", {}) for k, v in (selections or {}).items()}
-    text = runs_table({k: str(v) for k, v in runs.items()}, group, list(methods), list(tasks), title or group, sels,
+    folders: dict[str, dict[str, str]] = {}
+    for key, folder in runs.items():
+        space, sep, method = key.partition("/")
+        if not (sep and space and method):
+            raise SGLoraError(f"--runs: {key!r} is not SPACE/METHOD")
+        folders.setdefault(space, {})[method] = str(folder)
+    text = runs_table(folders, group, list(methods), list(tasks), title or group, sels,
                       reference, bootstrap)["md"]
     with atomic_path(out) as tmp:
         tmp.write_text(text)

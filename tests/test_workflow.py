@@ -141,9 +141,11 @@ def test_trainer_selection_chose_the_lr_of_every_lora(tiny_run):
 def test_compare_runs_puts_two_runs_side_by_side(tiny_run, tmp_path):
     """The frozen_a preset's run-against-run table, here the tiny run against itself: zero differences."""
     out = tmp_path / "runs.md"
-    subprocess.run([str(BIN / "sglora"), "compare-runs", "--runs", f"factors={tiny_run / 'metrics'}",
-                    f"frozen_a={tiny_run / 'metrics'}", "--selections", f"factors={tiny_run / 'selection/selection.json'}",
-                    "--group", "in_dataset", "--methods", "topk_weighted,sglora,noisy_expert",
+    methods = ["topk_weighted", "sglora", "noisy_expert"]
+    runs = [f"{space}/{m}={tiny_run / 'metrics' / 'in_dataset' / m}" for space in ("factors", "frozen_a") for m in methods]
+    subprocess.run([str(BIN / "sglora"), "compare-runs", "--runs", *runs,
+                    "--selections", f"factors={tiny_run / 'selection/selection.json'}",
+                    "--group", "in_dataset", "--methods", ",".join(methods),
                     "--tasks", "yorkshire_terrier,calla_lily", "--out", str(out)], check=True, capture_output=True)
     text = out.read_text()
     assert "| Top-K LoRA Weighted | frozen_a | " in text and "+0.00 [+0.00, +0.00]" in text

@@ -210,7 +210,8 @@ rule compare_runs:
     output:
         report(f"{R}/spaces/runs/{{group}}.md", caption="../report/spaces.rst", category="LoRA spaces"),
     params:
-        runs=lambda w: [f"{RUN_SPACE}={R}/metrics"] + [f"{s}={root.rstrip('/')}/metrics" for s, root in COMPARE_RUNS.items()],
+        runs=lambda w: [f"{RUN_SPACE}/{m}={R}/metrics/{w.group}/{m}" for m in compared_methods(w.group)]
+        + [f"{s}/{m}={root.rstrip('/')}/metrics/{w.group}/{m}" for s, root in COMPARE_RUNS.items() for m in compared_methods(w.group)],
         selections=lambda w: [f"{RUN_SPACE}={R}/selection/selection.json"]
         + [f"{s}={root.rstrip('/')}/selection/selection.json" for s, root in COMPARE_RUNS.items()],
         methods=lambda w: ",".join(compared_methods(w.group)),
