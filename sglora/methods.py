@@ -40,6 +40,7 @@ METHODS: dict[str, Method] = {m.id: m for m in (
     Method("cond_pdiff", "COND P-Diff", "generative", seen_only=True, candidates="sample-pdiff"),
     Method("sglora", "SG-LoRA", "generative", settings=("condition", "k", "tau", "augment", "describe",
                                                                "temperature", "average")),
+    Method("sglora_paper", "SG-LoRA (paper-faithful)", "generative"),
     Method("prior_sampling", "Prior sampling", "generative", candidates="generator-candidates"),
     Method("noisy_expert", "Noisy nearest expert", "generative", candidates="generator-candidates"),
 )}

@@ -162,14 +162,21 @@ def read_selection(path: str | Path) -> dict:
     return doc["chosen"]
 
 
-def selection_note(selection: dict | None, methods: list[str]) -> str:
-    """"Settings chosen on the validation tasks: SG-LoRA: condition=loo, temperature=0.5; ..."""
+def _settings_text(settings: dict) -> str:
+    return ", ".join(f"{k}={v if not isinstance(v, (dict, list)) else json.dumps(v)}" for k, v in settings.items())
+
+
+def selection_note(selection: dict | None, methods: list[str], paper: dict | None = None) -> str:
+    """"Settings chosen on the validation tasks: SG-LoRA: condition=loo, temperature=0.5; ...",
+    and, when the group has the ``sglora_paper`` row, the fixed point it samples at (``paper``)."""
     chosen = [(m, selection[m]) for m in methods if selection and selection.get(m)]
-    if not chosen:
-        return ""
-    parts = [f"{label(m)}: " + ", ".join(f"{k}={v if not isinstance(v, (dict, list)) else json.dumps(v)}"
-                                                for k, v in settings.items()) for m, settings in chosen]
-    return "Settings chosen on the validation tasks: " + "; ".join(parts) + "."
+    notes = []
+    if chosen:
+        parts = [f"{label(m)}: " + _settings_text(settings) for m, settings in chosen]
+        notes.append("Settings chosen on the validation tasks: " + "; ".join(parts) + ".")
+    if paper and "sglora_paper" in methods:
+        notes.append(f"{label('sglora_paper')}: fixed at the paper's settings, not selected: {_settings_text(paper)}.")
+    return " ".join(notes)
 
 
 def _fmt(v: float | None) -> str:
@@ -299,12 +306,13 @@ def per_task_table(results: dict[str, dict[str, dict]], cols: list[str]) -> str:
 
 
 def write_tables(metrics: dict[str, str | Path], out_dir: str | Path, groups: dict, selection: dict | None = None,
-                 n_boot: int = N_BOOT, seed: int = 0) -> None:
+                 n_boot: int = N_BOOT, seed: int = 0, paper: dict | None = None) -> None:
     """For each group: ``<group>.{csv,md,tex}``, ``<group>.per_task.md``, ``<group>.diagnostic.md``
     and, where the group has SG-LoRA, ``<group>.paired.{csv,md}``. A group's ``paper`` key
     (``sglora.paper.PAPER_TABLES``) adds the published rows and a note on how our run differs
     (``paper_note`` adds to it). ``selection``: method -> settings chosen on the validation
-    tasks, footnoted under every table. ``n_boot``, ``seed``: the bootstrap's replicates and draws.
+    tasks, footnoted under every table; ``paper``: the fixed settings of the ``sglora_paper``
+    row (footnoted where a group has it). ``n_boot``, ``seed``: the bootstrap's replicates and draws.
     ``metrics``: ``"<group>/<method>"`` -> metric folder (:func:`load_group`)."""
     out_dir = Path(out_dir)
 
@@ -316,7 +324,7 @@ def write_tables(metrics: dict[str, str | Path], out_dir: str | Path, groups: di
         results = load_group(metrics, group, g["methods"], g["tasks"])
         rows, cols, stats = summarize_group(results, n_boot, seed)
         marks = best_marks(rows, cols, stats)
-        notes = [_se_note(rows, cols), selection_note(selection, g["methods"]), paper_note(g)]
+        notes = [_se_note(rows, cols), selection_note(selection, g["methods"], paper), paper_note(g)]
         title = g.get("title", group)
         for ext, text in render(rows + paper_rows(g.get("paper") or None, cols), cols, title, marks, notes).items():
             write(f"{group}.{ext}", text)

@@ -105,3 +105,13 @@ def test_atomic_path_leaves_nothing_on_error(tmp_path):
         unique_slugs(["Desert-Rose", "desert rose"])
     with pytest.raises(SGLoraError, match="escapes"):
         inside(tmp_path, "../x")
+
+
+def test_noisy_expert_without_a_spread_fails_before_any_job(tmp_path):
+    cfg = _default()
+    cfg["results"] = str(tmp_path / "results")
+    cfg["sampling"] |= {"average": True, "runs": 1}
+    proc = _snakemake_dry(cfg, tmp_path)
+    err = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "noisy_expert" in err and "sampling.runs" in err
+    assert not (tmp_path / "results").exists()

@@ -238,3 +238,61 @@ def test_ablation_lists_every_point_with_the_chosen_and_the_paper_rows(tmp_path)
     assert main(["ablation", "--selection", str(sel), "--paper", json.dumps(paper | {"k": 4}), "--markdown", str(md),
                  "--csv", str(csv), "--bootstrap", "200"]) == 0
     assert "not a point of this grid" in md.read_text()
+
+
+# --- the paper-faithful row beside the selected one --------------------------------------
+
+def test_sglora_paper_samples_at_its_fixed_point_whatever_was_selected(variant_cvaes, tiny_repo, tiny_embeddings,
+                                                                         tmp_path):
+    from sglora.candidates import load_candidates
+    from sglora.embed import read_embeddings
+    from sglora.repository import Repository
+
+    experts = Repository(tiny_repo).experts()
+    task = next(t for t in read_embeddings(tiny_embeddings) if t not in experts.tasks)
+    selection = tmp_path / "selection.json"  # the selection chose a variant: augment 3, temperature 0
+    selection.write_text(json.dumps({"chosen": {"sglora": {"condition": "loo", "augment": 3, "temperature": 0.0}}}))
+    paper = {"condition": "loo", "k": 2, "tau": 0.1, "temperature": 1.0, "augment": 0, "describe": False,
+             "average": False}
+    common = ["--tasks", task, "--repository", str(tiny_repo), "--embeddings", str(tiny_embeddings),
+              "--cvae", *map(str, variant_cvaes.values()), "--prior", json.dumps(CLI_PRIOR),
+              "--sampling", json.dumps({"samples": 3, "runs": 1})]
+    out = {}
+    for name, extra in {"sglora": ["--selection", str(selection)], "sglora_paper": ["--settings", json.dumps(paper)],
+                        "plain": ["--selection", str(tmp_path / "paper.json")]}.items():
+        if name == "plain":  # the paper point through the selection path: the same draws
+            (tmp_path / "paper.json").write_text(json.dumps({"chosen": {"sglora": paper}}))
+        method = "sglora" if name == "plain" else name
+        assert main(["candidates", "--method", method, *common, *extra, "--out", str(tmp_path / f"{name}.safetensors")]) == 0
+        out[name] = load_candidates(tmp_path / f"{name}.safetensors")
+    vec_paper, meta = out["sglora_paper"][0][task], out["sglora_paper"][2]
+    assert meta["method"] == "sglora_paper" and meta["info"][task]["settings"] == paper
+    np.testing.assert_array_equal(vec_paper, out["plain"][0][task])
+    assert not np.array_equal(vec_paper, out["sglora"][0][task])  # the selected variant differs
+    assert main(["candidates", "--method", "sglora_paper", *common, "--out", str(tmp_path / "x.safetensors")]) != 0
+
+
+def test_tables_footnote_the_paper_rows_fixed_settings():
+    from sglora.tables import selection_note
+
+    note = selection_note({"sglora": {"condition": "all"}}, ["sglora", "sglora_paper"], {"condition": "loo", "k": 4})
+    assert "SG-LoRA: condition=all" in note and "SG-LoRA (paper-faithful): fixed at the paper's settings" in note
+    assert "condition=loo, k=4" in note
+    assert "paper-faithful" not in selection_note({"sglora": {"condition": "all"}}, ["sglora"], {"condition": "loo"})
+
+
+def test_noisy_expert_refuses_a_single_sglora_candidate(tiny_repo, tiny_embeddings):
+    from sglora.embed import read_embeddings
+    from sglora.generate import SamplingSpec
+    from sglora.generators import generator_candidates
+    from sglora.io import SGLoraError
+    from sglora.prior import PriorSpec
+    from sglora.repository import Repository
+
+    experts = Repository(tiny_repo).experts()
+    emb = read_embeddings(tiny_embeddings)
+    task = next(t for t in emb if t not in experts.tasks)
+    one = {task: experts.mu[:1].astype(np.float32)}
+    with pytest.raises(SGLoraError, match="sampling.runs >= 2"):
+        generator_candidates("noisy_expert", [task], experts, emb, PriorSpec.from_dict(CLI_PRIOR),
+                             SamplingSpec(samples=1, runs=1), sglora=one)

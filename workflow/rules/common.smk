@@ -38,6 +38,12 @@ def _check_config():
                 f"config: groups.{g} uses {sorted(seen_only)}, seen-task baselines, but {not_experts or spec['dataset']} "
                 "is not among the experts (experts.tasks / experts.dataset)"
             )
+    averaged = config.get("sampling", {}).get("average") or True in config.get("selection", {}).get("sglora", {}).get("average", [])
+    if averaged and config.get("sampling", {}).get("runs", 1) < 2 and any("noisy_expert" in s["methods"] for s in config["groups"].values()):
+        raise ValueError(
+            "config: noisy_expert matches the spread of SG-LoRA's candidates, but with sampling.average (set, or in "
+            "selection.sglora.average) and sampling.runs < 2 a task has one candidate and no spread: set sampling.runs >= 2"
+        )
     for name, d in config["datasets"].items():
         if d["kind"] != "embedded" and "root" not in d:
             raise ValueError(f"config: datasets.{name}.root is required for kind {d['kind']!r}")
@@ -128,7 +134,8 @@ def _variant_name(v):
     return name
 
 
-# The CVAE trainings SG-LoRA's grid needs: one per (condition, k, tau[, augment, describe]), each for every run.
+# The CVAE trainings SG-LoRA's grid needs: one per (condition, k, tau[, augment, describe]), each for every run;
+# plus the paper-faithful point's when a group has the sglora_paper row and the grid lacks it.
 _CVAE_KEYS = [key for key in ("condition", "k", "tau", "augment", "describe") if key in selection_grid()["sglora"]]
 CVAE_VARIANTS = {
     _variant_name(v): v
@@ -137,6 +144,9 @@ CVAE_VARIANTS = {
         for combo in itertools.product(*(selection_grid()["sglora"][key] for key in _CVAE_KEYS))
     )
 }
+if any("sglora_paper" in spec["methods"] for spec in GROUPS.values()):
+    _paper = {key: paper_point()[key] for key in _CVAE_KEYS}
+    CVAE_VARIANTS.setdefault(_variant_name(_paper), _paper)
 
 
 def cvae_dirs(wildcards=None):

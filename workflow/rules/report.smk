@@ -34,13 +34,14 @@ rule tables:
         groups=as_json(GROUPS),
         metrics=keyed(metric_dirs()),
         out=lambda w, output: parent(output.csv[0]),
+        paper=as_json(paper_point()),
     conda:
         "../../envs/sglora.yaml"
     log:
         f"{R}/logs/tables.log",
     shell:
         "sglora tables --metrics {params.metrics:q} --groups {params.groups:q} --selection {input.selection:q} "
-        "--out {params.out:q} > {log:q} 2>&1"
+        "--paper {params.paper:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule figures:

@@ -115,6 +115,34 @@ rule sample_sglora:
         "--adapters {output.adapters:q} --out {output.candidates:q} > {log:q} 2>&1"
 
 
+rule sample_sglora_paper:
+    """The paper-faithful SG-LoRA beside the selected one: N LoRAs per task and run from the
+    CVAEs of the paper's point (paper_point(): one condition per expert, no description in
+    it, temperature 1, every sample a candidate), fixed, not selected."""
+    input:
+        cvae=cvae_dirs(),
+        repository=f"{R}/repository",
+        embeddings=f"{R}/tasks/embeddings.parquet",
+    output:
+        f"{R}/candidates/{{group}}/sglora_paper.safetensors",
+    params:
+        tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
+        dataset=lambda w: GROUPS[w.group]["dataset"],
+        seen=lambda w: "" if GROUPS[w.group].get("unseen", True) else "--seen",
+        prior=as_json(config["prior"]),
+        sampling=as_json(SAMPLING),
+        settings=as_json(paper_point()),
+    conda:
+        "../../envs/sglora.yaml"
+    log:
+        f"{R}/logs/sample_sglora/{{group}}.paper.log",
+    shell:
+        "sglora candidates --method sglora_paper --tasks {params.tasks:q} --dataset {params.dataset:q} {params.seen} "
+        "--repository {input.repository:q} --embeddings {input.embeddings:q} --cvae {input.cvae:q} "
+        "--settings {params.settings:q} --prior {params.prior:q} --sampling {params.sampling:q} "
+        "--out {output:q} > {log:q} 2>&1"
+
+
 rule export_cvae:
     """The chosen SG-LoRA (run 0 of the chosen variant) with its sampling temperature: what
     `sglora generate` uses by default."""
