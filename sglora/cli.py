@@ -64,7 +64,7 @@ def arguments(args: argparse.Namespace) -> dict:
     """The parsed flags of a step as its function's typed arguments (settings objects
     built and checked, ``KEY=VALUE`` items as dicts); an error names the flag."""
     fn, out = args.step, {}
-    for name, hint in typing.get_type_hints(fn, include_extras=True).items():
+    for name, hint in steps.hints(fn).items():
         if name == "return":
             continue
         kind, _, extra = _unpack(hint)
@@ -89,14 +89,18 @@ def _pair(item: str, flag: str, cast) -> tuple[str, object]:
     return key, cast(value)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every step's subcommand, or only the step ``only`` (what a run needs: the other
+    steps' settings classes, and torch with most of them, are not imported)."""
     p = argparse.ArgumentParser(prog="sglora", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="STEP")
     for name, fn in steps.STEPS.items():
+        if only in steps.STEPS and name != only:
+            continue
         doc = inspect.getdoc(fn) or name
         sp = sub.add_parser(name, help=doc.split("\n\n")[0].replace("\n", " ").replace("%", "%%"), description=doc)
         sp.set_defaults(step=fn)
-        hints = typing.get_type_hints(fn, include_extras=True)
+        hints = steps.hints(fn)
         for pname, param in inspect.signature(fn).parameters.items():
             _add(sp, pname, param, hints[pname])
     return p
@@ -113,7 +117,7 @@ def step_device(argv: list[str]):
     running it."""
     from .devices import pick_device
 
-    setting = device_setting(build_parser().parse_args(argv))
+    setting = device_setting(build_parser(argv[0] if argv else None).parse_args(argv))
     return None if setting is None else pick_device(setting)
 
 
@@ -133,7 +137,8 @@ def claim_gpu(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         slot = claim_gpu(args)  # noqa: F841 (held, with its lock, until the process exits)
         result = args.step(**arguments(args))

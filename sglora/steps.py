@@ -12,23 +12,57 @@ Layers (tests/test_imports.py): ``cli`` -> ``steps`` -> domain modules -> ``io``
 
 from __future__ import annotations
 
+import importlib
+import typing
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 from typing import Annotated as A
-from typing import Callable
 
-from .baselines.mole import MoLESpec
-from .baselines.pdiff import PDiffSpec
-from .cvae import CVAESpec
-from .expert import TrainSpec
-from .generate import SamplingSpec
-from .generators import NoisySpec
-from .pretrain import PretrainSpec
-from .prior import PriorSpec
 from .io import SGLoraError, read_json, write_json
-from .lora import LoraSpec
 from .methods import METHODS
-from .premises import PremiseSpec
+
+if TYPE_CHECKING:
+    from .baselines.mole.config import MoLESpec
+    from .baselines.pdiff.config import PDiffSpec
+    from .cvae import CVAESpec
+    from .expert import TrainSpec
+    from .generate import SamplingSpec
+    from .generators import NoisySpec
+    from .lora import LoraSpec
+    from .premises import PremiseSpec
+    from .pretrain import PretrainSpec
+    from .prior import PriorSpec
+
+#: where each settings class of a step's signature lives. They are imported only when a
+#: step that takes one runs (``hints``): most live beside torch code, and a light step
+#: (check-tasks, tables, ...) should not pay torch's import on every Snakemake job.
+SETTINGS_HOME = {
+    "MoLESpec": "sglora.baselines.mole.config", "PDiffSpec": "sglora.baselines.pdiff.config",
+    "CVAESpec": "sglora.cvae", "TrainSpec": "sglora.expert", "SamplingSpec": "sglora.generate",
+    "NoisySpec": "sglora.generators", "LoraSpec": "sglora.lora", "PremiseSpec": "sglora.premises",
+    "PretrainSpec": "sglora.pretrain", "PriorSpec": "sglora.prior",
+}
+
+
+class _Settings(dict):
+    """Annotation namespace that imports a settings class on first use."""
+
+    def __missing__(self, name: str):
+        if name not in SETTINGS_HOME:
+            raise KeyError(name)
+        return getattr(importlib.import_module(SETTINGS_HOME[name]), name)
+
+
+def settings_class(name: str) -> type:
+    """A settings class by name (``settings_class("PriorSpec")``), imported on demand."""
+    return _Settings()[name]
+
+
+def hints(fn: Callable) -> dict:
+    """A step's parameter types (``Annotated`` kept), importing only the settings it takes."""
+    return typing.get_type_hints(fn, localns=_Settings(), include_extras=True)
+
 
 #: step name (``sglora <name>``) -> function, in ``sglora --help`` order
 STEPS: dict[str, Callable] = {}
@@ -277,9 +311,11 @@ def candidates(method: A[str, "the method", {"choices": [m for m, v in METHODS.i
                seen: A[bool, "the tasks are experts (seen tasks): build their condition as in the CVAE's training, "
                              "and leave a task out of its own merge"] = False,
                adapters: A[Path | None, "also write each sample as a PEFT adapter folder here (sglora)"] = None,
-               loras: A[list[Path], "trained LoRA folders (oracle; folder name = task id)"] = ()) -> dict:
-    """Write a method's candidate LoRA(s) for each task of a group (sglora samples, oracle,
-    model_soups, adaptersoup, topk_weighted)."""
+               loras: A[list[Path], "trained LoRA folders (oracle; folder name = task id)"] = (),
+               settings: A[dict | None, "JSON: fixed settings in place of the chosen ones (sglora_paper: the "
+                                        "paper-faithful grid point)"] = None) -> dict:
+    """Write a method's candidate LoRA(s) for each task of a group (sglora samples, the
+    paper-faithful sglora_paper samples, oracle, model_soups, adaptersoup, topk_weighted)."""
     from .candidates import save_candidates
     from .embed import read_embeddings
     from .repository import Repository
@@ -296,10 +332,14 @@ def candidates(method: A[str, "the method", {"choices": [m for m, v in METHODS.i
         return {"method": method, "tasks": len(vecs)}
     repo = Repository(repository)
     experts = repo.experts()
-    settings = _chosen(selection, method)
+    if method == "sglora_paper" and settings is None:
+        raise SGLoraError("sglora_paper: --settings (the paper-faithful grid point) is required")
+    settings = dict(settings) if settings is not None else _chosen(selection, method)
+    generator = "sglora" if method in ("sglora", "sglora_paper") else method
     emb = read_embeddings(embeddings, dataset)
-    vecs, info = method_candidates(method, settings, list(tasks), experts, emb, prior or PriorSpec(),
-                                   sampling or SamplingSpec(), cvaes=TrainedCVAEs(cvae) if method == "sglora" else None,
+    vecs, info = method_candidates(generator, settings, list(tasks), experts, emb,
+                                   prior or settings_class("PriorSpec")(), sampling or settings_class("SamplingSpec")(),
+                                   cvaes=TrainedCVAEs(cvae) if generator == "sglora" else None,
                                    seen=seen)
     for t in info:
         info[t]["settings"] = settings
@@ -331,7 +371,8 @@ def select(backbone: Backbone, manifest: A[Path, "task manifest of the validatio
 
     repo = Repository(repository)
     res = select_settings(backbone, manifest, list(tasks), grid, repo.experts(), read_embeddings(embeddings, dataset),
-                          prior or PriorSpec(), sampling or SamplingSpec(), (lora or LoraSpec()).scaling, repo.layout,
+                          prior or settings_class("PriorSpec")(), sampling or settings_class("SamplingSpec")(),
+                          (lora or settings_class("LoraSpec")()).scaling, repo.layout,
                           cvaes=TrainedCVAEs(cvae) if cvae else None, threads=threads, device=device,
                           cache=image_cache, gallery=gallery)
     res["dataset"] = dataset
@@ -413,7 +454,7 @@ def premises(backbone: Backbone, manifest: A[Path, "task manifest of the experts
     metrics = {group: tuple(dirs.split(",")) for group, dirs in (headroom or {}).items()}
     res = check_premises(backbone, manifest, emb, experts, repo.layout, repo.lora.scaling,
                          {"groups": list(unseen), "transfer": list(transfer)}, families, metrics, premises, enforce,
-                         modality=(prior or PriorSpec()).modality, device=device, cache=image_cache, gallery=gallery)
+                         modality=(prior or settings_class("PriorSpec")()).modality, device=device, cache=image_cache, gallery=gallery)
     write_json(out, res)
     with atomic_path(markdown) as tmp:
         tmp.write_text(render_premises(res))
@@ -451,7 +492,7 @@ def evaluate(backbone: Backbone, manifest: Manifest, tasks: Tasks, method: A[str
     """Evaluate a method's LoRA(s) (merged into the weights) on each task's test split."""
     from .evaluate import evaluate_method
 
-    return evaluate_method(backbone, manifest, list(tasks), method, out, candidates, (lora or LoraSpec()).scaling,
+    return evaluate_method(backbone, manifest, list(tasks), method, out, candidates, (lora or settings_class("LoraSpec")()).scaling,
                            group=group, threads=threads, device=device, cache=image_cache, gallery=gallery)
 
 
@@ -462,11 +503,13 @@ Groups = A[dict, "JSON of the evaluation groups (config groups)"]
 @step("tables", show=lambda res: None)
 def tables(metrics: Metrics, groups: Groups, out: A[Path, "tables folder"],
            selection: A[Path | None, "selection.json: its 'chosen' settings are footnoted"] = None,
-           bootstrap: A[int, "bootstrap replicates of the 95% intervals"] = 2000) -> None:
+           bootstrap: A[int, "bootstrap replicates of the 95% intervals"] = 2000,
+           paper: A[dict | None, "JSON: the sglora_paper row's fixed settings (footnoted)"] = None) -> None:
     """Write the metric tables (CSV, Markdown, LaTeX) from the metric folders."""
     from .tables import read_selection, write_tables
 
-    write_tables(metrics, out, groups, selection=read_selection(selection) if selection else None, n_boot=bootstrap)
+    write_tables(metrics, out, groups, selection=read_selection(selection) if selection else None, n_boot=bootstrap,
+                 paper=paper)
 
 
 @step("figures", show=lambda res: None)
@@ -640,7 +683,7 @@ def generator_candidates(method: A[str, "the generator baseline", {"choices": [m
 
     repo = Repo(repository)
     chosen = _chosen(selection, "sglora")  # SG-LoRA's prior, chosen on the validation tasks
-    prior, sampling = apply_settings(chosen, prior or PriorSpec(), sampling or SamplingSpec())
+    prior, sampling = apply_settings(chosen, prior or settings_class("PriorSpec")(), sampling or settings_class("SamplingSpec")())
     sg = sg_info = None
     if sglora:
         sg, layout, meta = load_candidates(sglora)
@@ -648,7 +691,7 @@ def generator_candidates(method: A[str, "the generator baseline", {"choices": [m
         if layout.dim != repo.layout.dim:
             raise SGLoraError(f"{sglora}: SG-LoRA's candidates are not in the repository's layout")
     vecs, info = run(method, list(tasks), repo.experts(), read_embeddings(embeddings, dataset), prior, sampling, sg,
-                     sg_info, noisy_expert or NoisySpec(), seen=seen)
+                     sg_info, noisy_expert or settings_class("NoisySpec")(), seen=seen)
     for t in info:
         info[t]["settings"] = {k: chosen[k] for k in ("k", "tau") if k in chosen}
     save_candidates(out, vecs, repo.layout, method, info)
@@ -672,7 +715,7 @@ def spaces_select(backbone: Backbone, manifest: Manifest, tasks: Tasks, reposito
     repo = Repo(repository)
     res = select_spaces(backbone, manifest, list(tasks), spaces.get("methods", []), spaces.get("compare", []),
                         grid or {}, repo.experts(), repo.layout, read_embeddings(embeddings, dataset),
-                        prior or PriorSpec(), repo.lora.scaling, threads=threads, device=device, cache=image_cache,
+                        prior or settings_class("PriorSpec")(), repo.lora.scaling, threads=threads, device=device, cache=image_cache,
                         gallery=gallery)
     res["dataset"] = dataset
     write_json(out, res)
@@ -698,7 +741,7 @@ def spaces_evaluate(backbone: Backbone, manifest: Manifest, tasks: Tasks, reposi
     repo, sel = Repo(repository), read_json(selection)
     with atomic_path(out, directory=True) as tmp:
         evaluate_spaces(backbone, manifest, list(tasks), sel, repo.experts(), repo.layout,
-                        read_embeddings(embeddings, dataset), prior or PriorSpec(), repo.lora.scaling, tmp,
+                        read_embeddings(embeddings, dataset), prior or settings_class("PriorSpec")(), repo.lora.scaling, tmp,
                         group=group, seen=seen, threads=threads, device=device, cache=image_cache, gallery=gallery)
     write_space_table(Path(out) / "metrics", sel, list(tasks), title or group, markdown, csv, n_boot=bootstrap)
     return {"group": group, "table": str(markdown)}
@@ -730,7 +773,7 @@ def novelty(backbone: Backbone, manifest: Manifest, tasks: Tasks, repository: Re
 
     res = novelty_of_group(backbone, manifest, list(tasks), repository, cvae, {m: str(p) for m, p in candidates.items()},
                            {m: str(p) for m, p in metrics.items()}, read_embeddings(embeddings, dataset),
-                           modality=(prior or PriorSpec()).modality, seen=seen, threads=threads, device=device,
+                           modality=(prior or settings_class("PriorSpec")()).modality, seen=seen, threads=threads, device=device,
                            cache=image_cache, gallery=gallery, n_boot=bootstrap)
     names = {m: v.label for m, v in METHODS.items()}
     write_json(out, res)
@@ -753,7 +796,8 @@ def select_training(backbone: Backbone, manifest: Manifest, tasks: A[list[str], 
     snapshot scored on its test split."""
     from .trainer_selection import select_training as run
 
-    res = run(backbone, manifest, list(tasks), lora or LoraSpec(), training or TrainSpec(), grid, threads=threads,
+    res = run(backbone, manifest, list(tasks), lora or settings_class("LoraSpec")(),
+              training or settings_class("TrainSpec")(), grid, threads=threads,
               device=device, cache=image_cache, gallery=gallery)
     write_json(out, res)
     return res["chosen"]

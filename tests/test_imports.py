@@ -167,3 +167,47 @@ def test_every_lazy_import_resolves():
                 if not hasattr(module, alias.name) and f"{base}.{alias.name}" not in known:
                     bad.append(f"{path.relative_to(ROOT)}:{node.lineno}: {base} has no {alias.name}")
     assert not bad, "\n".join(bad)
+
+
+def test_settings_home_names_every_settings_class():
+    """``steps.SETTINGS_HOME`` says where each settings class of a step's signature lives
+    (imported only when a step that takes it runs): every entry resolves, and every
+    settings class in a signature has an entry (building every step's parser resolves them)."""
+    from sglora.io import Settings
+    from sglora.steps import SETTINGS_HOME, STEPS, hints, settings_class
+
+    for name in SETTINGS_HOME:
+        cls = settings_class(name)
+        assert cls.__name__ == name and issubclass(cls, Settings), name
+    taken = {h.__name__ for fn in STEPS.values() for h in _types_in(hints(fn).values())
+             if isinstance(h, type) and issubclass(h, Settings)}
+    assert taken == set(SETTINGS_HOME)
+
+
+def _types_in(hints):
+    import typing
+
+    for hint in hints:
+        stack = [hint]
+        while stack:
+            h = stack.pop()
+            stack.extend(typing.get_args(h))
+            yield h
+
+
+def test_a_light_step_runs_without_importing_torch(tiny_world, tmp_path):
+    """Most Snakemake jobs are light (task checks, tables, ...): each is a fresh process, and
+    torch's import (~2 s of CPU) would cost more than the job."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from sglora.cli import main\n"
+        f"rc = main(['check-tasks', '--manifest', 'world={tiny_world / 'manifest.parquet'}', "
+        f"'--wanted', '{{\"experts.tasks\": {{\"world\": [\"scottish_terrier\"]}}}}', '--out', '{tmp_path / 'c.json'}'])\n"
+        "assert rc == 0, rc\n"
+        "assert 'torch' not in sys.modules, 'check-tasks imported torch'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "c.json").exists()
