@@ -96,7 +96,7 @@ def edited(base) -> dict:
     return yaml.safe_load(yaml.safe_dump(base[0]))
 
 
-ONLY_THE_GROUP = {"candidates_oracle", "candidates_merging", "sample_sglora", "evaluate", "evaluate_zero_shot",
+ONLY_THE_GROUP = {"candidates_oracle", "candidates_merging", "sample_sglora", "sample_sglora_paper", "evaluate", "evaluate_zero_shot",
                   "evaluate_mole", "candidates_generator", "novelty", "spaces_evaluate"}
 REPORT = {"tables", "figures", "all"}
 # the benchmark's premise check reads every unseen task and the groups' Oracle / Zero-Shot metrics

@@ -192,10 +192,15 @@ def test_changing_one_cvae_setting_reruns_only_its_dependents(tiny_run, tmp_path
     rules = planned_rules(snakemake("-n", "--quiet", "rules", results=tiny_run, config=changed))
     # the generator baselines follow SG-LoRA (its prior, its spread), and so does the novelty of generated LoRAs
     assert set(rules) == {"train_cvae", "select", "selection_summary", "export_cvae", "sample_sglora", "evaluate",
-                          "tables", "figures", "all", "candidates_generator", "novelty", "ablation"}, rules
-    assert rules["train_cvae"] == 16  # 2 condition modes x 2 augment x 2 describe of the selection grid x 2 runs
+                          "tables", "figures", "all", "candidates_generator", "novelty", "ablation",
+                          "sample_sglora_paper"}, rules
+    # (2 condition modes x 2 augment of the selection grid + the paper-faithful point, which the grid lacks:
+    # describe off) x 2 runs
+    assert rules["train_cvae"] == 10
     assert rules["select"] == 1  # SG-LoRA's selection only: the merging baselines keep theirs
-    assert rules["evaluate"] == 7  # SG-LoRA in each of the three groups, prior sampling and noisy expert in two
+    # SG-LoRA in each of the three groups; its paper-faithful row, prior sampling and noisy expert in two
+    assert rules["evaluate"] == 9
+    assert rules["sample_sglora_paper"] == 2
     assert rules["candidates_generator"] == 4 and rules["novelty"] == 3
     assert rules["sample_sglora"] == 3
 
