@@ -108,5 +108,10 @@ def test_study_runs_each_size_and_compares_them(tmp_path):
     md = (out / "repository_size.md").read_text()
     assert "SG-LoRA − Top-K LoRA Weighted" in md and "SG-LoRA − Oracle" in md
     assert (out / "figures" / "repository_size.png").read_bytes()[:4] == b"\x89PNG"
+    # the backbone is pretrained once, by the first size; the second starts from its bytes
+    assert "rule pretrain_backbone" in (out / "logs" / "size_run-1.log").read_text()
+    assert "rule pretrain_backbone" not in (out / "logs" / "size_run-2.log").read_text()
+    for name in ("model.safetensors", "config.json"):
+        assert (out / "experts-2" / "backbone" / name).read_bytes() == (out / "experts-1" / "backbone" / name).read_bytes()
     again = subprocess.run(cmd + ["-n"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -60,22 +60,39 @@ rule size_config:
         "--out {output:q} > {log:q} 2>&1"
 
 
+FIRST = STUDY.sizes[0]  # the first size builds the world and the backbone every size shares
+
+
+def shared_from(w):
+    """Every size but the first starts from the first size's world and backbone (the same
+    world options and seed give the same bytes, so pretraining once is enough)."""
+    return [] if int(w.n) == FIRST else [f"{R}/sizes/experts-{FIRST}.json"]
+
+
 rule size_run:
     """The whole pipeline on one size (a nested Snakemake run with its own cached DAG),
-    then its compared metrics collected into one file."""
+    then its compared metrics collected into one file. A later size first copies the first
+    size's data/ and backbone/ (mtimes kept, so its run sees them up to date) unless it
+    has its own."""
     input:
         config=f"{R}/experts-{{n}}/config.yaml",
+        shared=shared_from,
     output:
         f"{R}/sizes/experts-{{n}}.json",
     params:
         main=MAIN,
         metrics=metrics_files,
+        results=lambda w: f"{R}/experts-{w.n}",
+        first=f"{R}/experts-{FIRST}",
+        first_n=FIRST,
     threads: workflow.cores
     log:
         f"{R}/logs/size_run-{{n}}.log",
     benchmark:
         f"{R}/benchmarks/size_run-{{n}}.tsv"
     shell:
+        "if [ {wildcards.n} != {params.first_n} ] && [ ! -e {params.results:q}/backbone ]; then "
+        "cp -a {params.first:q}/data {params.first:q}/backbone {params.results:q}/; fi && "
         "snakemake -s {params.main:q} --configfile {input.config:q} --cores {threads} --nolock > {log:q} 2>&1 && "
         "sglora study-collect --config {input.config:q} --experts-per-family {wildcards.n} "
         "--metrics {params.metrics} --out {output:q} >> {log:q} 2>&1"
