@@ -185,6 +185,42 @@ def group_stats(results: dict[str, dict[str, dict]], metric: str, n_boot: int = 
     return GroupStats(metric, {m: estimate(h) for m, h in hits.items()}, bootstrap(hits, n_boot, seed))
 
 
+@dataclass(frozen=True)
+class Power:
+    """How a method's task means vary (percent points squared)."""
+
+    tasks: int  #: tasks in the group
+    between: float  #: variance of the task means beyond what their queries explain (>= 0)
+    within: float  #: the mean over tasks of a task mean's variance from its queries
+
+    @property
+    def between_share(self) -> float:
+        """The part of the task means' variance that more test queries per task cannot remove."""
+        total = self.between + self.within
+        return self.between / total if total > 0 else 0.0
+
+
+def tasks_for(se: float, tasks: int, target: float) -> int:
+    """Tasks a group needs for a standard error <= ``target``, from the ``se`` it has with
+    ``tasks`` tasks (a mean over tasks: the squared SE falls as 1 / tasks)."""
+    return max(1, int(np.ceil(tasks * (se / target) ** 2)))
+
+
+def power(hits: list[np.ndarray]) -> Power:
+    """Method-of-moments split of one method's :func:`run_hits` (percent): the variance of a
+    task mean from its own test queries (``var(query hits) / Q``, queries averaged over runs)
+    and the variance between tasks beyond it (``var(task means) - mean within``, floored at
+    0)."""
+    means, within = [], []
+    for h in hits:
+        per_query = 100.0 * np.asarray(h, dtype=np.float64).mean(0)
+        means.append(per_query.mean())
+        within.append(per_query.var(ddof=1) / len(per_query) if len(per_query) > 1 else 0.0)
+    total = float(np.var(means, ddof=1)) if len(means) > 1 else 0.0
+    w = float(np.mean(within)) if within else 0.0
+    return Power(len(means), max(total - w, 0.0), w)
+
+
 def n_runs(per_task: dict[str, dict]) -> int:
     """Distinct run labels of a method's results (1 when none are recorded)."""
     return len({r for res in per_task.values() for r in (res.get("runs") or [0])})

@@ -27,7 +27,7 @@ import numpy as np
 from .io import SGLoraError, atomic_path, read_json
 from .methods import METHODS, label
 from .paper import PAPER_TABLES
-from .stats import N_BOOT, GroupStats, group_stats, n_runs
+from .stats import N_BOOT, GroupStats, group_stats, n_runs, power, run_hits, tasks_for
 
 RETRIEVAL_COLS = ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"]
 COL_NAMES = {"i2t_r1": "I2T R@1", "i2t_r5": "I2T R@5", "i2t_r10": "I2T R@10", "t2i_r1": "T2I R@1",
@@ -190,16 +190,29 @@ def _cell(r: dict, c: str) -> str:
     return _fmt(r[c]) + (f" [{r[c + '_lo']:.2f}, {r[c + '_hi']:.2f}]" if c + "_lo" in r else "")
 
 
-def _se_note(rows: list[dict], cols: list[str]) -> str:
-    """Issue: the standard error of a group's mean R@1 (bootstrap SD), measured and printed."""
+TARGET_SE = 1.0  #: the standard error a group's mean should reach (percent points)
+
+
+def _se_note(rows: list[dict], cols: list[str], results: dict[str, dict[str, dict]] | None = None) -> str:
+    """The standard error of a group's mean R@1 (bootstrap SD), measured and printed; with
+    ``results``, where it exceeds ``TARGET_SE``, the tasks the group would need and how much of
+    the worst method's spread more test images could not remove (:func:`sglora.stats.power`)."""
     primary = ["accuracy"] if cols == ["accuracy"] else ["i2t_r1", "t2i_r1"]
     have = [r for r in rows if primary[0] + "_se" in r]
     if not have:
         return ""
     parts = [f"{r['label']} " + " / ".join(f"{r[c + '_se']:.2f}" for c in primary) for r in have]
     largest = max(r[c + "_se"] for r in have for c in primary)
-    return (f"Standard error of the mean {' / '.join(COL_NAMES[c] for c in primary)} (bootstrap SD): "
+    note = (f"Standard error of the mean {' / '.join(COL_NAMES[c] for c in primary)} (bootstrap SD): "
             + "; ".join(parts) + f" (largest {largest:.2f}).")
+    if results and largest > TARGET_SE:
+        worst = max(((r, c) for r in have for c in primary), key=lambda rc: rc[0][rc[1] + "_se"])
+        split = power(run_hits(results[worst[0]["method"]], worst[1], worst[0]["method"]))
+        note += (f" For an SE <= {TARGET_SE:.1f} for every method this group needs about "
+                 f"{tasks_for(largest, split.tasks, TARGET_SE)} tasks; it has {split.tasks}. Of the spread of "
+                 f"{worst[0]['label']}'s task means ({COL_NAMES[worst[1]]}), {100 * split.between_share:.0f}% is "
+                 "between tasks, which more test images per task cannot remove (sglora.stats.power).")
+    return note
 
 
 def render(rows: list[dict], cols: list[str], title: str, marks: dict[tuple[str, str], str] | None = None,
@@ -324,7 +337,7 @@ def write_tables(metrics: dict[str, str | Path], out_dir: str | Path, groups: di
         results = load_group(metrics, group, g["methods"], g["tasks"])
         rows, cols, stats = summarize_group(results, n_boot, seed)
         marks = best_marks(rows, cols, stats)
-        notes = [_se_note(rows, cols), selection_note(selection, g["methods"], paper), paper_note(g)]
+        notes = [_se_note(rows, cols, results), selection_note(selection, g["methods"], paper), paper_note(g)]
         title = g.get("title", group)
         for ext, text in render(rows + paper_rows(g.get("paper") or None, cols), cols, title, marks, notes).items():
             write(f"{group}.{ext}", text)

@@ -164,3 +164,38 @@ def test_evaluate_keeps_per_query_ranks_and_runs(tmp_path, tiny_world, tiny_clip
     with pytest.raises(SGLoraError, match="2 run labels for 3 samples"):
         evaluate_method(tiny_clip, tiny_world / "manifest.parquet", ["calla_lily"], "sglora", tmp_path / "m", cands,
                         scaling=1.0)
+
+
+def _power_loop(hits):
+    """The split of sglora.stats.power, written out with plain loops."""
+    means, within = [], []
+    for h in hits:
+        q = [100.0 * sum(h[r][i] for r in range(len(h))) / len(h) for i in range(len(h[0]))]
+        m = sum(q) / len(q)
+        means.append(m)
+        within.append(sum((x - m) ** 2 for x in q) / (len(q) - 1) / len(q))
+    mm = sum(means) / len(means)
+    total = sum((x - mm) ** 2 for x in means) / (len(means) - 1)
+    w = sum(within) / len(within)
+    return max(total - w, 0.0), w
+
+
+def test_power_splits_the_variance_like_a_plain_loop():
+    from sglora.stats import power, tasks_for
+
+    rng = np.random.default_rng(4)
+    # 40 tasks whose true hit rates spread (between-task SD 8 points), 2 runs x 60 queries each
+    p = np.clip(rng.normal(0.3, 0.08, size=40), 0.02, 0.98)
+    hits = [(rng.random((2, 60)) < pt).astype(float) for pt in p]
+    split = power(hits)
+    between, within = _power_loop(hits)
+    assert split.tasks == 40
+    assert split.between == pytest.approx(between) and split.within == pytest.approx(within)
+    assert split.between_share == pytest.approx(between / (between + within))
+    assert 30 < split.between < 100 and 10 < split.within < 30  # ~64 and ~0.3*0.7/120*1e4 = 17.5
+    # identical tasks: nothing between them
+    same = power([hits[0]] * 5)
+    assert same.between == 0.0 and same.between_share == 0.0
+    # tasks needed for a target SE: the squared SE falls as 1 / tasks
+    assert tasks_for(2.0, 12, 1.0) == 48 and tasks_for(1.5, 12, 1.0) == 27 and tasks_for(0.5, 12, 1.0) == 3
+    assert tasks_for(0.1, 12, 1.0) == 1
