@@ -47,7 +47,7 @@ def _add(sp: argparse.ArgumentParser, name: str, param: inspect.Parameter, hint)
     elif kind is dict:
         kw["metavar"] = "JSON"
     elif origin in (list, dict):
-        kw.update(nargs="*", action="extend", default=list(param.default or []) if not required else None)
+        kw.update(nargs="*", action="extend", default=None)  # "extend" would add to a default list
     elif kind is bool:
         kw["action"] = argparse.BooleanOptionalAction
     else:
@@ -78,6 +78,8 @@ def arguments(args: argparse.Namespace) -> dict:
         elif typing.get_origin(kind) is list and value is not None:
             cast = typing.get_args(kind)[0]
             value = [cast(v) for item in value for v in (item.split(",") if "split" in extra else [item]) if v]
+        if value is None and inspect.signature(fn).parameters[name].default is not inspect.Parameter.empty:
+            continue  # not given: the function's own default
         out[name] = value
     return out
 

@@ -115,3 +115,15 @@ def test_noisy_expert_without_a_spread_fails_before_any_job(tmp_path):
     err = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "noisy_expert" in err and "sampling.runs" in err
     assert not (tmp_path / "results").exists()
+
+
+def test_a_list_flag_replaces_its_default_instead_of_extending_it():
+    """argparse's "extend" adds to a default list: --against oracle once gave
+    [topk_weighted, oracle, oracle] (the study table printed every column twice)."""
+    from sglora.cli import arguments, build_parser
+
+    parse = lambda *a: arguments(build_parser("study-summary").parse_args(  # noqa: E731
+        ["study-summary", "--sizes", "s.json", "--markdown", "m.md", "--out", "o.json", "--figures", "f", *a]))
+    assert parse("--against", "oracle")["against"] == ["oracle"]
+    assert parse("--against", "topk_weighted", "oracle")["against"] == ["topk_weighted", "oracle"]
+    assert "against" not in parse()  # the step's own default applies
