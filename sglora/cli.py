@@ -64,6 +64,7 @@ def arguments(args: argparse.Namespace) -> dict:
     """The parsed flags of a step as its function's typed arguments (settings objects
     built and checked, ``KEY=VALUE`` items as dicts); an error names the flag."""
     fn, out = args.step, {}
+    params = inspect.signature(fn).parameters
     for name, hint in steps.hints(fn).items():
         if name == "return":
             continue
@@ -78,7 +79,7 @@ def arguments(args: argparse.Namespace) -> dict:
         elif typing.get_origin(kind) is list and value is not None:
             cast = typing.get_args(kind)[0]
             value = [cast(v) for item in value for v in (item.split(",") if "split" in extra else [item]) if v]
-        if value is None and inspect.signature(fn).parameters[name].default is not inspect.Parameter.empty:
+        if value is None and params[name].default is not inspect.Parameter.empty:
             continue  # not given: the function's own default
         out[name] = value
     return out

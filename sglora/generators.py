@@ -112,10 +112,10 @@ def generator_candidates(method: str, tasks: list[str], experts, embeddings: dic
             raise SGLoraError(f"noisy_expert: no SG-LoRA samples for task {t!r} (its noise scale comes from them)")
         noisy = noisy or NoisySpec()
         runs = (sglora_info or {}).get(t, {}).get("runs") or [0] * len(sglora[t])
-        idx, sim, _ = expert_weights(q, keys, 1, prior.tau, exclude)
         if len(sglora[t]) < 2:  # e.g. sampling.average with runs 1: one candidate has no spread to match
             raise SGLoraError(f"noisy_expert: SG-LoRA has {len(sglora[t])} candidate for task {t!r}, so its spread "
                               "(the noise scale) is undefined; with sampling.average, set sampling.runs >= 2")
+        idx, sim, _ = expert_weights(q, keys, 1, prior.tau, exclude)
         sd = sample_spread(sglora[t], noisy.spread)
         vecs[t] = noisy_samples(experts.mu[idx[0]], sd, runs, sampling.seed, t)
         info[t] = {"experts": [experts.tasks[idx[0]]], "similarity": sim.tolist(), "runs": list(runs),
