@@ -81,11 +81,20 @@ def encode_images(model, pixels, batch: int = 256) -> torch.Tensor:
     return F.normalize(torch.cat(feats), dim=-1)
 
 
+def text_batches(processor, texts: list[str], batch: int = 256) -> list[dict[str, torch.Tensor]]:
+    """``texts`` tokenized in the batches :func:`encode_texts` encodes them in (each padded to
+    its own longest text). Evaluation tokenizes a task's captions once and encodes them
+    under every LoRA it scores."""
+    return [tokenize(processor, texts[i : i + batch]) for i in range(0, len(texts), batch)]
+
+
 @torch.no_grad()
-def encode_texts(model, processor, texts: list[str], batch: int = 256) -> torch.Tensor:
+def encode_texts(model, processor, texts: list[str], batch: int = 256,
+                 tokens: list[dict[str, torch.Tensor]] | None = None) -> torch.Tensor:
+    """Unit text embeddings of ``texts``; ``tokens``: their :func:`text_batches`, when the
+    caller already has them (the same numbers, without tokenizing again)."""
     dev = next(model.parameters()).device
     feats = []
-    for i in range(0, len(texts), batch):
-        enc = tokenize(processor, texts[i : i + batch])
+    for enc in text_batches(processor, texts, batch) if tokens is None else tokens:
         feats.append(pooled_features(model.get_text_features(**{k: v.to(dev) for k, v in enc.items()})))
     return F.normalize(torch.cat(feats).float(), dim=-1).cpu()

@@ -140,8 +140,11 @@ def claim_gpu(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .devices import tune_allocator
+
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv[0] if argv else None).parse_args(argv)
+    tune_allocator()
     try:
         slot = claim_gpu(args)  # noqa: F841 (held, with its lock, until the process exits)
         result = args.step(**arguments(args))

@@ -24,6 +24,12 @@ from pathlib import Path
 from typing import IO
 
 SLOTS_ENV = "SGLORA_GPU_SLOTS"  #: lock folder; set by the workflow on local runs with GPUs
+MALLOC_ENV = "SGLORA_MALLOC"  #: "0" leaves the C library's malloc settings as they are (see tune_allocator)
+
+#: glibc mallopt parameters (malloc.h) and the values tune_allocator sets
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+KEEP_BELOW = 32 << 20  #: blocks up to this size come from the heap (glibc's largest mmap threshold)
+TRIM_ABOVE = 1 << 30  #: the heap is given back to the kernel only when this much is free at its top
 
 
 def visible_gpus() -> list[str]:
@@ -103,3 +109,36 @@ def acquire_gpu_slot(lock_dir: str | Path, devices: list[str] | None = None, pol
     while (slot := try_gpu_slot(lock_dir, devices)) is None:
         time.sleep(poll)
     return slot
+
+
+def tune_allocator() -> bool:
+    """Let glibc's malloc keep freed memory in the process instead of returning it to the
+    kernel and faulting it back in on the next allocation.
+
+    Every LoRA that evaluation (and selection, the premises, novelty) scores allocates and
+    frees the same activation buffers; with glibc's defaults they go back to the kernel
+    each time, which cost ~6 of the ~35 CPU-seconds of one evaluation job of the embedded
+    default in system time (``benchmarks/bench_eval.py`` measures the job with and without,
+    side by side). Blocks up to 32 MiB then come from the heap, and the heap shrinks only
+    when 1 GiB is free at its top: a step's peak memory is unchanged, it is just held
+    until the process (one Snakemake job) ends.
+
+    Called once by the CLI before any step runs. Does nothing, and returns ``False``, with
+    ``SGLORA_MALLOC=0``, where the user set glibc's own ``MALLOC_*_`` variables or
+    ``GLIBC_TUNABLES``, and on a C library without glibc's ``mallopt`` (macOS, musl)."""
+    import platform
+
+    if os.environ.get(MALLOC_ENV, "1") == "0" or "GLIBC_TUNABLES" in os.environ:
+        return False
+    if any(k.startswith("MALLOC_") and k.endswith("_") for k in os.environ):
+        return False
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, KEEP_BELOW)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_ABOVE))

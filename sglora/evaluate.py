@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backbone import encode_images, encode_texts, load_clip
+from .backbone import encode_images, encode_texts, load_clip, text_batches
 from .devices import pick_device
 from .images import Batches, task_batches
 from .io import SGLoraError, write_json
@@ -33,13 +33,15 @@ class TaskData:
     texts: list[str]  #: captions (retrieval) or class prompts (classification)
     targets: np.ndarray  #: caption -> image (retrieval) or image -> class (classification)
     gallery: int = 0  #: retrieval within consecutive galleries of this many test images (0 = the whole task)
+    tokens: list[dict[str, torch.Tensor]] | None = None  #: ``texts`` tokenized once (:func:`sglora.backbone.text_batches`)
 
 
 def load_task(manifest: str | Path, task: str, processor, split: str = "test",
               class_prompt: str = "a photo of a {}", cache: str | Path | None = None, workers: int = 0,
               gallery: int = 0) -> TaskData:
     """A task's split; its images stream from the image cache ``cache`` (decoded on the
-    fly without one) with ``workers`` DataLoader workers, never all in memory."""
+    fly without one) with ``workers`` DataLoader workers, never all in memory; its texts
+    are tokenized here, once, for every LoRA scored on it."""
     rows = task_rows(read_manifest(manifest, [task]), task, split)
     if not rows:
         raise SGLoraError(f"{manifest}: task {task!r} has no {split} images")
@@ -48,20 +50,20 @@ def load_task(manifest: str | Path, task: str, processor, split: str = "test",
     if len(classes) > 1:
         texts = [class_prompt.format(c) for c in classes]
         targets = np.array([classes.index(r["class_name"]) for r in rows])
-        return TaskData(task, "classification", pixels, texts, targets)
+        return TaskData(task, "classification", pixels, texts, targets, tokens=text_batches(processor, texts))
     texts, owner = [], []
     for i, r in enumerate(rows):
         if not r["captions"]:
             raise SGLoraError(f"{manifest}: image {r['image_path']} of task {task!r} has no captions")
         texts += list(r["captions"])
         owner += [i] * len(r["captions"])
-    return TaskData(task, "retrieval", pixels, texts, np.array(owner), gallery)
+    return TaskData(task, "retrieval", pixels, texts, np.array(owner), gallery, text_batches(processor, texts))
 
 
 def score_queries(model, processor, data: TaskData) -> dict[str, np.ndarray]:
     """Per-query results: ``{"i2t": ranks, "t2i": ranks}`` (retrieval) or ``{"correct": 0/1}``."""
     img = encode_images(model, data.pixels)
-    txt = encode_texts(model, processor, data.texts)
+    txt = encode_texts(model, processor, data.texts, tokens=data.tokens)
     sim = (img @ txt.T).numpy()
     if data.kind == "classification":
         return {"correct": correct(sim, data.targets).astype(np.int64)}

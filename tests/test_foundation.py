@@ -1,5 +1,6 @@
 """The foundation: CLI, config validation, offline loading of tiny models."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -127,3 +128,45 @@ def test_a_list_flag_replaces_its_default_instead_of_extending_it():
     assert parse("--against", "oracle")["against"] == ["oracle"]
     assert parse("--against", "topk_weighted", "oracle")["against"] == ["topk_weighted", "oracle"]
     assert "against" not in parse()  # the step's own default applies
+
+
+GLIBC = sys.platform.startswith("linux") and __import__("platform").libc_ver()[0] == "glibc"
+FREED = """
+import ctypes, os, sys
+from sglora.devices import tune_allocator
+tuned = tune_allocator()
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+def resident():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+before = resident()
+block = libc.malloc(16 << 20)
+ctypes.memset(block, 1, 16 << 20)
+libc.free(block)
+print(tuned, (resident() - before) / (1 << 20))
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
+@pytest.mark.parametrize("env, tuned", [({}, True), ({"SGLORA_MALLOC": "0"}, False),
+                                        ({"MALLOC_TRIM_THRESHOLD_": "131072"}, False)])
+def test_the_allocator_keeps_freed_memory_unless_told_not_to(env, tuned):
+    """tune_allocator: a freed 16 MiB block stays in the process (no return to the kernel
+    and fault back in on the next allocation); with SGLORA_MALLOC=0 or the user's own
+    MALLOC_* settings nothing changes and glibc hands the block back."""
+    base = {k: v for k, v in os.environ.items() if not (k.startswith("MALLOC_") or k == "SGLORA_MALLOC")}
+    out = subprocess.run([sys.executable, "-c", FREED], env={**base, **env}, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[0] == str(tuned)
+    kept = float(out[1])
+    assert (kept > 12) if tuned else (kept < 4), out
+
+
+def test_the_command_line_tunes_the_allocator_before_a_step_runs(monkeypatch, capsys):
+    import sglora.devices
+    from sglora.cli import main
+
+    order = []
+    monkeypatch.setattr(sglora.devices, "tune_allocator", lambda: order.append("tuned"))
+    assert main(["check-tasks", "--manifest", "world=/nonexistent.parquet", "--wanted", "{}", "--out", "/nonexistent/x.json"]) == 2
+    assert order == ["tuned"] and "nonexistent" in capsys.readouterr().err

@@ -186,3 +186,32 @@ def test_identical_candidates_are_evaluated_once_with_the_same_results(tiny_worl
     for a, b in zip(got, one):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_a_tasks_texts_are_tokenized_once_and_score_as_before(tiny_world, tiny_clip, tiny_repo, monkeypatch):
+    """Scoring several LoRAs on a task tokenizes its captions once (in load_task), and the
+    cached tokens give exactly the embeddings and ranks of tokenizing on every call."""
+    import sglora.backbone as bb
+    import sglora.evaluate as ev
+    from sglora.repository import Repository
+
+    repo = Repository(tiny_repo)
+    model, processor = bb.load_clip(tiny_clip)
+    calls = []
+    real = bb.tokenize
+    monkeypatch.setattr(bb, "tokenize", lambda *a, **k: calls.append(1) or real(*a, **k))
+    data = ev.load_task(tiny_world / "manifest.parquet", "calla_lily", processor)
+    after_load = len(calls)
+    assert after_load >= 1
+    mu = repo.experts().mu
+    got = ev.evaluate_queries(model, processor, data, mu[:3], repo.layout, repo.lora.scaling)
+    assert len(calls) == after_load  # three LoRAs scored, no tokenizing
+    uncached = ev.TaskData(data.task, data.kind, data.pixels, data.texts, data.targets, data.gallery)
+    want = ev.evaluate_queries(model, processor, uncached, mu[:3], repo.layout, repo.lora.scaling)
+    assert len(calls) == after_load + 3 * after_load
+    for a, b in zip(got, want):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    small = bb.encode_texts(model, processor, data.texts, batch=2)  # other batching: same embeddings
+    torch.testing.assert_close(small, bb.encode_texts(model, processor, data.texts, tokens=data.tokens),
+                               atol=1e-5, rtol=0)
