@@ -176,6 +176,9 @@ def test_analysis_config_is_the_default_plus_its_sections():
     assert analysis.pop("novelty") is True
     assert analysis["groups"]["seen"].pop("methods") == ["oracle", "pdiff", "cond_pdiff", "sglora"]
     assert default["groups"]["seen"].pop("methods") == ["oracle", "sglora"]
+    cross = analysis["groups"].pop("cross_dataset")
+    assert cross["dataset"] == "world_sketch" and len(cross["tasks"]) == 6 and "cross_dataset" not in default["groups"]
+    assert cross["methods"] == default["groups"]["in_dataset"]["methods"]
     assert analysis == default and "spaces" not in default and "novelty" not in default
 
 
