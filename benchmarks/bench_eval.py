@@ -17,7 +17,13 @@ the embedded run's CLIP (results/embedded/backbone, one unseen task's test image
 Oracle LoRA) and a randomly initialised CLIP of ViT-B/16 size (transformers CLIPConfig
 defaults, patch 16, image 224; random weights, pixels and LoRA: speed only). The merged
 and the PEFT model are checked to give the same features.
---quick: fewer rounds, and 2 layers per tower and one image per pass for the ViT-B/16-size CLIP.
+
+Then one whole evaluation job of the finished run (`sglora evaluate`, the group's SG-LoRA
+candidates, every sample), as the workflow runs it, in subprocesses with the CLI's
+allocator tuning (`sglora.devices.tune_allocator`) on and off (`SGLORA_MALLOC=0`),
+interleaved: wall time and the job's user + system CPU time (target: tuned <= 0.95x).
+--quick: fewer rounds, and 2 layers per tower and one image per pass for the ViT-B/16-size CLIP;
+the evaluation job on 2 tasks, one round.
 """
 
 from __future__ import annotations
@@ -86,7 +92,8 @@ def bench_backbone(rep, label, model, pixels, vector, layout, lora, rounds, pass
     n_img = len(pixels) * passes
     ips = {n: n_img / C.median(times[n]) for n in names}
     rel = ips["merged"] / ips["bare"]
-    note = f"median of {rounds}; {len(pixels)} image(s) x {passes} pass(es) of {tuple(pixels.shape[1:])}"
+    shape = tuple((pixels if isinstance(pixels, torch.Tensor) else next(iter(pixels.on("cpu")))).shape[1:])
+    note = f"median of {rounds}; {len(pixels)} image(s) x {passes} pass(es) of {shape}"
     rep.add(f"{label}: bare backbone", ips["bare"], "images/s", note=note)
     rep.add(f"{label}: LoRA merged", ips["merged"], "images/s", note=note)
     rep.add(f"{label}: PEFT, unmerged (context)", ips["peft"], "images/s", note=note)
@@ -100,6 +107,52 @@ def bench_backbone(rep, label, model, pixels, vector, layout, lora, rounds, pass
           f"merged/bare {rel:.3f}; merge {t_merge * 1e3:.1f} ms; |merged-PEFT| {diff:.2e}", flush=True)
     del peft_model, peft_clip
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
+
+
+def bench_allocator(rep, res: Path, cfg: dict, group_name: str, threads: int, rounds: int, tasks: int,
+                    quick: bool) -> None:
+    """One `sglora evaluate` job of the run, SGLORA_MALLOC=1 vs 0, interleaved."""
+    import json
+    import os
+    import resource
+    import subprocess
+    import tempfile
+
+    group = cfg["groups"][group_name]
+    candidates = res / "candidates" / group_name / "sglora.safetensors"
+    if not candidates.exists():
+        rep.note(f"evaluation job with and without the allocator tuning: skipped ({candidates} not found)")
+        return
+    out = Path(tempfile.mkdtemp(prefix="bench_eval_"))
+    cmd = [sys.executable, "-m", "sglora", "evaluate", "--backbone", str(res / "backbone"),
+           "--manifest", str(res / "data" / group["dataset"] / "manifest.parquet"),
+           "--tasks", ",".join(group["tasks"][:tasks]), "--method", "sglora", "--group", group_name,
+           "--candidates", str(candidates), "--lora", json.dumps(cfg["lora"]),
+           "--image-cache", str(res / "data" / group["dataset"] / "image_cache"),
+           "--gallery", str(cfg.get("evaluation", {}).get("gallery", 0)), "--device", "cpu",
+           "--threads", str(threads), "--out", str(out)]
+
+    def job(tuned: str) -> tuple[float, float]:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        wall, _ = C.timed(subprocess.run, cmd, env={**os.environ, "SGLORA_MALLOC": tuned}, check=True,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+    times = {"1": [], "0": []}
+    for r in range(rounds):
+        for side in (["1", "0"] if r % 2 == 0 else ["0", "1"]):
+            times[side].append(job(side))
+    wall = {k: C.median([w for w, _ in v]) for k, v in times.items()}
+    cpu = {k: C.median([c for _, c in v]) for k, v in times.items()}
+    rel = cpu["1"] / cpu["0"]
+    note = f"`sglora evaluate` of {group_name}/sglora on {tasks} task(s), median of {rounds}, interleaved"
+    rep.add("evaluation job: wall time, allocator tuned", wall["1"], "s", note=note)
+    rep.add("evaluation job: wall time, SGLORA_MALLOC=0", wall["0"], "s", note=note)
+    rep.add("evaluation job: CPU time, tuned / SGLORA_MALLOC=0", rel, "x", "<= 0.95", None if quick else rel <= 0.95,
+            headline=True, note=f"user + system: {cpu['1']:.1f} s vs {cpu['0']:.1f} s")
+    print(f"evaluation job: wall {wall['1']:.1f} s tuned vs {wall['0']:.1f} s untuned; CPU {cpu['1']:.1f} vs "
+          f"{cpu['0']:.1f} s ({rel:.2f}x)", flush=True)
 
 
 def main(argv=None) -> int:
@@ -159,6 +212,11 @@ def main(argv=None) -> int:
     label = "ViT-B/16 CLIP (random)" if not args.quick else "ViT-B/16 widths, 2 layers/tower (random)"
     bench_backbone(rep, label, vitb, pixels, vector, layout, lora,
                    rounds=2 if args.quick else 3, passes=1, quick=args.quick)
+    del vitb
+
+    # 3. one evaluation job of the run, with and without the CLI's allocator tuning
+    bench_allocator(rep, res, cfg, args.group, args.threads, rounds=1 if args.quick else 3,
+                    tasks=2 if args.quick else len(group["tasks"]), quick=args.quick)
     rep.write(C.out_dir(args), info)
     return 0
 
