@@ -20,6 +20,7 @@ import types
 import typing
 
 from . import steps
+from .devices import tune_allocator
 from .io import SGLoraError, Settings, json_object
 
 
@@ -140,8 +141,6 @@ def claim_gpu(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .devices import tune_allocator
-
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv[0] if argv else None).parse_args(argv)
     tune_allocator()

@@ -163,10 +163,10 @@ def test_the_allocator_keeps_freed_memory_unless_told_not_to(env, tuned):
 
 
 def test_the_command_line_tunes_the_allocator_before_a_step_runs(monkeypatch, capsys):
-    import sglora.devices
+    import sglora.cli
     from sglora.cli import main
 
     order = []
-    monkeypatch.setattr(sglora.devices, "tune_allocator", lambda: order.append("tuned"))
+    monkeypatch.setattr(sglora.cli, "tune_allocator", lambda: order.append("tuned"))
     assert main(["check-tasks", "--manifest", "world=/nonexistent.parquet", "--wanted", "{}", "--out", "/nonexistent/x.json"]) == 2
     assert order == ["tuned"] and "nonexistent" in capsys.readouterr().err
