@@ -115,6 +115,7 @@ def bench_allocator(rep, res: Path, cfg: dict, group_name: str, threads: int, ro
     import json
     import os
     import resource
+    import shutil
     import subprocess
     import tempfile
 
@@ -131,20 +132,21 @@ def bench_allocator(rep, res: Path, cfg: dict, group_name: str, threads: int, ro
            "--image-cache", str(res / "data" / group["dataset"] / "image_cache"),
            "--gallery", str(cfg.get("evaluation", {}).get("gallery", 0)), "--device", "cpu",
            "--threads", str(threads), "--out", str(out)]
+    cpu_times = {"1": [], "0": []}  # user + system seconds of each job, by SGLORA_MALLOC
 
-    def job(tuned: str) -> tuple[float, float]:
+    def job(tuned: str):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        wall, _ = C.timed(subprocess.run, cmd, env={**os.environ, "SGLORA_MALLOC": tuned}, check=True,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(cmd, env={**os.environ, "SGLORA_MALLOC": tuned}, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        cpu_times[tuned].append((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
 
-    times = {"1": [], "0": []}
-    for r in range(rounds):
-        for side in (["1", "0"] if r % 2 == 0 else ["0", "1"]):
-            times[side].append(job(side))
-    wall = {k: C.median([w for w, _ in v]) for k, v in times.items()}
-    cpu = {k: C.median([c for _, c in v]) for k, v in times.items()}
+    try:
+        walls = C.interleaved({"1": lambda: job("1"), "0": lambda: job("0")}, rounds, warmup=0)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    wall = {k: C.median(v) for k, v in walls.items()}
+    cpu = {k: C.median(v) for k, v in cpu_times.items()}
     rel = cpu["1"] / cpu["0"]
     note = f"`sglora evaluate` of {group_name}/sglora on {tasks} task(s), median of {rounds}, interleaved"
     rep.add("evaluation job: wall time, allocator tuned", wall["1"], "s", note=note)
