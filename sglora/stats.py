@@ -6,14 +6,22 @@ independently trained generator (e.g. one CVAE seed) with its samples; a run's v
 query is the mean of its samples' hits there (hit: rank <= K, or a correct class). A method
 without run labels is one run; a method with one LoRA is one run of one sample.
 
-One bootstrap replicate resamples, with replacement:
+Tasks that share a family (in the embedded world: the family word; its members share their
+experts and the family's looks) move together, so the unit that varies independently is the
+family, not the task. One bootstrap replicate resamples, with replacement:
 
-- the tasks (T of T);
+- the families (F of F);
+- the tasks of each drawn family (n_f of n_f; a family drawn twice gets two task draws);
 - the queries of each drawn task (Q_t of Q_t; a task drawn twice gets two query draws);
 - the runs of a method that has several (R of R), one run draw for all tasks, since one
   run serves every task.
 
-Task and query draws are shared by all methods of a group, so the difference of two
+A replicate's value is the mean over its drawn task slots. Without families (``families``
+None, or every task a family of its own) the first two stages are one: the tasks (T of T),
+drawn exactly as the task-level bootstrap draws them. Which tasks form a family is the
+caller's (``sglora.tables.group_families``).
+
+Family, task and query draws are shared by all methods of a group, so the difference of two
 methods' replicates is a paired bootstrap of their difference. Run draws are each method's
 own (method A's seed 0 has nothing to do with method B's). The interval is the percentile
 interval of the replicates; the standard error is their standard deviation. Draws come from
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -33,6 +42,9 @@ from .io import SGLoraError
 N_BOOT = 2000  #: bootstrap replicates
 LEVEL = 0.95  #: interval coverage
 CHUNK = 250  #: replicates drawn at a time (bounds memory); part of the draws' definition
+#: A true difference of DETECTABLE standard errors is detected (a two-sided test at the 5%
+#: level rejects "no difference") with 80% power: z(0.975) + z(0.80) = 1.96 + 0.84 = 2.80.
+DETECTABLE = NormalDist().inv_cdf(0.975) + NormalDist().inv_cdf(0.80)
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,11 @@ class Interval:
 
     def excludes_zero(self) -> bool:
         return bool(self.lo > 0 or self.hi < 0)
+
+    @property
+    def detectable(self) -> float:
+        """The minimum detectable difference at 80% power and the 5% level from this SE."""
+        return DETECTABLE * self.se
 
     def __str__(self) -> str:
         return f"{self.estimate:.2f} [{self.lo:.2f}, {self.hi:.2f}]"
@@ -96,22 +113,70 @@ def run_hits(per_task: dict[str, dict], metric: str, method: str = "") -> list[n
     return out
 
 
-def task_query_draws(n_queries: Sequence[int], n_boot: int = N_BOOT, seed: int = 0,
-                     chunk: int = CHUNK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Chunks of ``(tasks, queries)``: ``tasks[b, j]`` is the task in slot j of replicate b;
-    ``queries[b, j, i]`` (i < Q of that task; the rest is padding) the i-th query drawn for it.
-    With unequal query counts, a query is ``floor(u * Q)`` for a uniform u in [0, 1)."""
+def clusters(families: Sequence | None, n_tasks: int) -> list[np.ndarray] | None:
+    """The task indices of each family (families in order of first appearance) from
+    ``families[i]``, the family of task i; None when there are none or every task is alone."""
+    if families is None:
+        return None
+    if len(families) != n_tasks:
+        raise SGLoraError(f"bootstrap: {len(families)} family labels for {n_tasks} tasks; expected one per task")
+    members: dict = {}
+    for i, f in enumerate(families):
+        members.setdefault(f, []).append(i)
+    return None if len(members) == n_tasks else [np.asarray(m) for m in members.values()]
+
+
+def resampling(families: Sequence | None, n_tasks: int) -> str:
+    """What a replicate resamples, for a table's caption."""
+    members = clusters(families, n_tasks)
+    if members is not None:
+        return f"the {len(members)} families, the tasks of each drawn family, test queries and runs"
+    alone = " (each its own family)" if families is not None else ""
+    return f"the {n_tasks} tasks{alone}, test queries and runs"
+
+
+def _family_task_draws(rng: np.random.Generator, members: list[np.ndarray], c: int):
+    """``tasks`` (c x F * n_max) of ``c`` replicates: F families drawn, then n_f tasks of each
+    (slots n_f..n_max of a family are padding); ``valid`` marks the real slots (None: all)."""
+    sizes = np.array([len(m) for m in members])
+    n_max = int(sizes.max())
+    table = np.zeros((len(members), n_max), np.int64)
+    for f, m in enumerate(members):
+        table[f, : len(m)] = m
+    fams = rng.integers(0, len(members), size=(c, len(members)))
+    if sizes.min() == n_max:
+        pos, valid = rng.integers(0, n_max, size=(c, len(members), n_max)), None
+    else:
+        n = sizes[fams][..., None]
+        pos = (rng.random((c, len(members), n_max)) * n).astype(np.int64)
+        valid = (np.arange(n_max) < n).reshape(c, -1)
+    return table[fams[..., None], pos].reshape(c, -1), valid
+
+
+def task_query_draws(n_queries: Sequence[int], n_boot: int = N_BOOT, seed: int = 0, chunk: int = CHUNK,
+                     families: Sequence | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Chunks of ``(tasks, queries, valid)``: ``tasks[b, j]`` is the task in slot j of
+    replicate b; ``queries[b, j, i]`` (i < Q of that task; the rest is padding) the i-th query
+    drawn for it; ``valid[b, j]`` whether slot j counts (None: every slot does). Without
+    families: T slots, the tasks drawn T of T. With ``families`` (the family of each task):
+    the families drawn F of F, then each drawn family's n_f tasks n_f of n_f, in slots padded
+    to the largest family. With unequal counts, a draw among n is ``floor(u * n)`` for a
+    uniform u in [0, 1)."""
     q = np.asarray(n_queries)
     qmax = int(q.max())
+    members = clusters(families, len(q))
     rng = np.random.default_rng(seed)
     for start in range(0, n_boot, chunk):
         c = min(chunk, n_boot - start)
-        tasks = rng.integers(0, len(q), size=(c, len(q)))
-        if q.min() == qmax:
-            queries = rng.integers(0, qmax, size=(c, len(q), qmax))
+        if members is None:
+            tasks, valid = rng.integers(0, len(q), size=(c, len(q))), None
         else:
-            queries = (rng.random((c, len(q), qmax)) * q[tasks][..., None]).astype(np.int64)
-        yield tasks, queries
+            tasks, valid = _family_task_draws(rng, members, c)
+        if q.min() == qmax:
+            queries = rng.integers(0, qmax, size=(c, tasks.shape[1], qmax))
+        else:
+            queries = (rng.random((c, tasks.shape[1], qmax)) * q[tasks][..., None]).astype(np.int64)
+        yield tasks, queries, valid
 
 
 def run_draws(method: str, n_runs: int, n_boot: int = N_BOOT, seed: int = 0,
@@ -128,10 +193,11 @@ def estimate(hits: list[np.ndarray]) -> float:
     return float(100.0 * np.mean([h.mean() for h in hits]))
 
 
-def bootstrap(hits: dict[str, list[np.ndarray]], n_boot: int = N_BOOT, seed: int = 0,
-              chunk: int = CHUNK) -> dict[str, np.ndarray]:
-    """Replicates (``n_boot``,) of each method's group mean (percent), on shared task and
-    query draws. ``hits``: method -> :func:`run_hits` (same tasks and query counts for all)."""
+def bootstrap(hits: dict[str, list[np.ndarray]], n_boot: int = N_BOOT, seed: int = 0, chunk: int = CHUNK,
+              families: Sequence | None = None) -> dict[str, np.ndarray]:
+    """Replicates (``n_boot``,) of each method's group mean (percent), on shared family, task
+    and query draws. ``hits``: method -> :func:`run_hits` (same tasks and query counts for
+    all); ``families``: the family of each task (None: tasks drawn as independent units)."""
     methods = list(hits)
     n_q = [h.shape[1] for h in hits[methods[0]]]
     for m in methods:
@@ -148,9 +214,9 @@ def bootstrap(hits: dict[str, list[np.ndarray]], n_boot: int = N_BOOT, seed: int
     runs = {m: run_draws(m, len(flat[m]), n_boot, seed, chunk) for m in methods}
     out = {m: np.empty(n_boot) for m in methods}
     start = 0
-    for tasks, queries in task_query_draws(n_q, n_boot, seed, chunk):
+    for tasks, queries, valid in task_query_draws(n_q, n_boot, seed, chunk, families):
         c = len(tasks)
-        n_drawn = q[tasks]  # c x T: queries of the task in each slot
+        n_drawn = q[tasks]  # c x slots: queries of the task in each slot
         index = tasks[..., None] * qmax + queries
         if q.min() < qmax:  # padding draws point at the 0 after the last task
             index = np.where(np.arange(qmax) < n_drawn[..., None], index, len(q) * qmax)
@@ -158,7 +224,9 @@ def bootstrap(hits: dict[str, list[np.ndarray]], n_boot: int = N_BOOT, seed: int
             per_run = np.stack([f.take(index).sum(-1) for f in flat[m]], -1)  # c x T x runs: sums over queries
             n_runs, drawn = per_run.shape[-1], next(runs[m])
             w = (drawn[..., None] == np.arange(n_runs)).sum(1) / n_runs  # c x runs: share of each run
-            out[m][start : start + c] = 100.0 * (np.einsum("btr,br->bt", per_run, w) / n_drawn).mean(1)
+            slot = np.einsum("btr,br->bt", per_run, w) / n_drawn  # c x slots: each slot's task mean
+            mean = slot.mean(1) if valid is None else (slot * valid).sum(1) / valid.sum(1)
+            out[m][start : start + c] = 100.0 * mean
         start += c
     return out
 
@@ -170,6 +238,13 @@ class GroupStats:
     metric: str
     estimates: dict[str, float]
     replicates: dict[str, np.ndarray]
+    tasks: int  #: tasks in the group
+    families: list | None = None  #: the family of each task (None: tasks resampled as independent units)
+
+    @property
+    def resampled(self) -> str:
+        """What each replicate resamples (:func:`resampling`)."""
+        return resampling(self.families, self.tasks)
 
     def interval(self, method: str) -> Interval:
         return interval(self.estimates[method], self.replicates[method])
@@ -179,46 +254,71 @@ class GroupStats:
         return interval(self.estimates[a] - self.estimates[b], self.replicates[a] - self.replicates[b])
 
 
-def group_stats(results: dict[str, dict[str, dict]], metric: str, n_boot: int = N_BOOT, seed: int = 0) -> GroupStats:
-    """``results``: method -> task -> ``<task>.json`` (``sglora.tables.load_group``)."""
+def group_stats(results: dict[str, dict[str, dict]], metric: str, n_boot: int = N_BOOT, seed: int = 0,
+                families: dict[str, str] | None = None) -> GroupStats:
+    """``results``: method -> task -> ``<task>.json`` (``sglora.tables.load_group``);
+    ``families``: task -> family (``sglora.tables.group_families``; None: the task bootstrap)."""
     hits = {m: run_hits(per_task, metric, m) for m, per_task in results.items()}
-    return GroupStats(metric, {m: estimate(h) for m, h in hits.items()}, bootstrap(hits, n_boot, seed))
+    tasks = list(next(iter(results.values())))
+    fams = family_labels(families, tasks)
+    return GroupStats(metric, {m: estimate(h) for m, h in hits.items()},
+                      bootstrap(hits, n_boot, seed, families=fams), len(tasks), fams)
+
+
+def family_labels(families: dict[str, str] | None, tasks: list[str]) -> list[str] | None:
+    """The family of each of ``tasks`` from ``families`` (task -> family); an error names the
+    tasks it lacks."""
+    if families is None:
+        return None
+    missing = [t for t in tasks if t not in families]
+    if missing:
+        raise SGLoraError(f"bootstrap: no family given for tasks {missing}; expected one for every task of the group")
+    return [families[t] for t in tasks]
 
 
 @dataclass(frozen=True)
 class Power:
-    """How a method's task means vary (percent points squared)."""
+    """How a method's unit means vary (percent points squared). A unit is what the bootstrap
+    draws first: a family (its mean: the mean of its tasks' means), or a task without families."""
 
-    tasks: int  #: tasks in the group
-    between: float  #: variance of the task means beyond what their queries explain (>= 0)
-    within: float  #: the mean over tasks of a task mean's variance from its queries
+    units: int  #: independent units in the group (families, or tasks)
+    between: float  #: variance of the unit means beyond what their queries explain (>= 0)
+    within: float  #: the mean over units of a unit mean's variance from its queries
+    unit: str = "task"  #: "family" or "task"
 
     @property
     def between_share(self) -> float:
-        """The part of the task means' variance that more test queries per task cannot remove."""
+        """The part of the unit means' variance that more test queries per task cannot remove."""
         total = self.between + self.within
         return self.between / total if total > 0 else 0.0
 
 
-def tasks_for(se: float, tasks: int, target: float) -> int:
-    """Tasks a group needs for a standard error <= ``target``, from the ``se`` it has with
-    ``tasks`` tasks (a mean over tasks: the squared SE falls as 1 / tasks)."""
-    return max(1, int(np.ceil(tasks * (se / target) ** 2)))
+def units_for(se: float, units: int, target: float) -> int:
+    """Units (families under the family bootstrap, else tasks) a group needs for a standard
+    error <= ``target``, from the ``se`` it has with ``units`` of them, each new unit like the
+    present ones (a mean over independent units: the squared SE falls as 1 / units)."""
+    return max(1, int(np.ceil(units * (se / target) ** 2)))
 
 
-def power(hits: list[np.ndarray]) -> Power:
+def power(hits: list[np.ndarray], families: Sequence | None = None) -> Power:
     """Method-of-moments split of one method's :func:`run_hits` (percent): the variance of a
-    task mean from its own test queries (``var(query hits) / Q``, queries averaged over runs)
-    and the variance between tasks beyond it (``var(task means) - mean within``, floored at
-    0)."""
+    unit mean from its own test queries (a task's: ``var(query hits) / Q``, queries averaged
+    over runs; a family's: the sum of its n_f tasks' over n_f^2) and the variance between
+    units beyond it (``var(unit means) - mean within``, floored at 0). ``families``: the
+    family of each task (None, or all alone: every task its own unit)."""
     means, within = [], []
     for h in hits:
         per_query = 100.0 * np.asarray(h, dtype=np.float64).mean(0)
         means.append(per_query.mean())
         within.append(per_query.var(ddof=1) / len(per_query) if len(per_query) > 1 else 0.0)
+    members = clusters(families, len(hits))
+    unit = "task" if members is None else "family"
+    if members is not None:
+        means = [np.mean([means[i] for i in m]) for m in members]
+        within = [np.sum([within[i] for i in m]) / len(m) ** 2 for m in members]
     total = float(np.var(means, ddof=1)) if len(means) > 1 else 0.0
     w = float(np.mean(within)) if within else 0.0
-    return Power(len(means), max(total - w, 0.0), w)
+    return Power(len(means), max(total - w, 0.0), w, unit)
 
 
 def n_runs(per_task: dict[str, dict]) -> int:
@@ -226,5 +326,6 @@ def n_runs(per_task: dict[str, dict]) -> int:
     return len({r for res in per_task.values() for r in (res.get("runs") or [0])})
 
 
-__all__ = ["Interval", "interval", "query_hits", "run_hits", "task_query_draws", "run_draws", "estimate",
-           "bootstrap", "GroupStats", "group_stats", "n_runs", "N_BOOT", "LEVEL"]
+__all__ = ["Interval", "interval", "query_hits", "run_hits", "clusters", "resampling", "task_query_draws", "run_draws",
+           "estimate", "bootstrap", "GroupStats", "group_stats", "family_labels", "Power", "power", "units_for", "n_runs",
+           "N_BOOT", "LEVEL", "DETECTABLE"]

@@ -504,12 +504,15 @@ Groups = A[dict, "JSON of the evaluation groups (config groups)"]
 def tables(metrics: Metrics, groups: Groups, out: A[Path, "tables folder"],
            selection: A[Path | None, "selection.json: its 'chosen' settings are footnoted"] = None,
            bootstrap: A[int, "bootstrap replicates of the 95% intervals"] = 2000,
-           paper: A[dict | None, "JSON: the sglora_paper row's fixed settings (footnoted)"] = None) -> None:
+           paper: A[dict | None, "JSON: the sglora_paper row's fixed settings (footnoted)"] = None,
+           bootstrap_unit: A[str, "what a bootstrap replicate draws first: family (families, then their tasks) or task",
+                             {"choices": ["family", "task"]}] = "family",
+           embedded: A[list[str], "embedded datasets (their tasks' families: the family word)"] = ()) -> None:
     """Write the metric tables (CSV, Markdown, LaTeX) from the metric folders."""
     from .tables import read_selection, write_tables
 
     write_tables(metrics, out, groups, selection=read_selection(selection) if selection else None, n_boot=bootstrap,
-                 paper=paper)
+                 paper=paper, embedded=embedded or (), unit=bootstrap_unit)
 
 
 @step("figures", show=lambda res: None)

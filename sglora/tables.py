@@ -2,14 +2,16 @@
 
 One table per evaluation group (in-dataset, cross-dataset, seen tasks, ...), rows =
 methods, columns = I2T/T2I Recall@1/5/10 (or accuracy), averaged over the group's tasks,
-each with its 95% bootstrap interval over tasks, test queries and runs (``sglora.stats``);
+each with its 95% bootstrap interval (``sglora.stats``: families, the tasks of each drawn
+family, test queries and runs resampled; the families of a group: :func:`group_families`);
 plus a per-task table, since averages hide failures.
 
 Generative methods (SG-LoRA, P-diff, COND P-Diff) draw N samples per task, possibly from
 several runs (CVAE seeds): their row is the mean over samples. Bold marks the best of the
 methods that do not see the task's data (so not the Oracle) only where its paired interval
 against the runner-up excludes zero; otherwise the tied leaders get a dagger. A second
-table, ``<group>.paired``, gives "SG-LoRA minus each method" with paired intervals. The
+table, ``<group>.paired``, gives "SG-LoRA minus each method" with paired intervals and the
+difference each comparison could detect (80% power, 5% level). The
 best of N (a sample chosen on test data) is only in ``<group>.diagnostic.md``, labelled.
 Published numbers, where the paper has the table, follow as "(paper)" rows, with a note on
 how our run differs from the paper's experiment.
@@ -21,13 +23,14 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import Collection
 
 import numpy as np
 
 from .io import SGLoraError, atomic_path, read_json
 from .methods import METHODS, label
 from .paper import PAPER_TABLES
-from .stats import N_BOOT, GroupStats, group_stats, n_runs, power, run_hits, tasks_for
+from .stats import DETECTABLE, N_BOOT, GroupStats, family_labels, group_stats, n_runs, power, run_hits, units_for
 
 RETRIEVAL_COLS = ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"]
 COL_NAMES = {"i2t_r1": "I2T R@1", "i2t_r5": "I2T R@5", "i2t_r10": "I2T R@10", "t2i_r1": "T2I R@1",
@@ -55,6 +58,37 @@ def load_group(metrics: dict[str, str | Path], group: str, methods: list[str],
     return out
 
 
+BOOTSTRAP_UNITS = ("family", "task")  #: what a bootstrap replicate draws first (config evaluation.bootstrap_unit)
+
+
+def group_families(group: dict, embedded: Collection[str] = (), name: str = "") -> dict[str, str]:
+    """The family of each task of a group (config ``groups.<name>``), the one source of the
+    bootstrap's families: the group's ``families`` (task -> family) where given; else, on an
+    embedded dataset (``embedded``: their names), the family word of the task's class
+    (``sglora.premises.task_family``); else every task is its own family, and the family
+    bootstrap is the task bootstrap."""
+    from .premises import task_family
+
+    tasks = list(group["tasks"])
+    given = group.get("families")
+    if given is not None:
+        missing = [t for t in tasks if t not in given]
+        if not isinstance(given, dict) or missing:
+            raise SGLoraError(f"groups.{name}.families: expected a family for every task of the group (task -> family); "
+                              f"missing {missing if isinstance(given, dict) else tasks}")
+        return {t: str(given[t]) for t in tasks}
+    if group.get("dataset") not in embedded:
+        return {t: t for t in tasks}
+    out = {}
+    for t in tasks:
+        fam = task_family(t.replace("_", " "))
+        if fam is None:
+            raise SGLoraError(f"groups.{name}.tasks: {t!r} is not a class of the embedded world (no family word); "
+                              f"give the group's families in groups.{name}.families")
+        out[t] = fam
+    return out
+
+
 def metric_cols(results: dict[str, dict[str, dict]]) -> list[str]:
     first = next(iter(next(iter(results.values())).values()))
     return ["accuracy"] if first["kind"] == "classification" else list(RETRIEVAL_COLS)
@@ -69,13 +103,14 @@ def method_label(method: str, per_task: dict[str, dict]) -> str:
     return f"{name} (mean of {n})" if n > 1 else name
 
 
-def summarize_group(results: dict[str, dict[str, dict]], n_boot: int = N_BOOT,
-                    seed: int = 0) -> tuple[list[dict], list[str], dict[str, GroupStats]]:
+def summarize_group(results: dict[str, dict[str, dict]], n_boot: int = N_BOOT, seed: int = 0,
+                    families: dict[str, str] | None = None) -> tuple[list[dict], list[str], dict[str, GroupStats]]:
     """Rows ``{method, label, kind, n, runs, <metric>, <metric>_lo, _hi, _se[, _std]}`` (the
     mean over tasks, its interval and standard error, the spread over samples) and each
-    metric's :class:`~sglora.stats.GroupStats` (for paired differences)."""
+    metric's :class:`~sglora.stats.GroupStats` (for paired differences). ``families``: task ->
+    family (:func:`group_families`; None: the task bootstrap)."""
     cols = metric_cols(results)
-    stats = {c: group_stats(results, c, n_boot, seed) for c in cols}
+    stats = {c: group_stats(results, c, n_boot, seed, families) for c in cols}
     rows = []
     for m, per_task in results.items():
         n = max(r["n"] for r in per_task.values())
@@ -193,10 +228,12 @@ def _cell(r: dict, c: str) -> str:
 TARGET_SE = 1.0  #: the standard error a group's mean should reach (percent points)
 
 
-def _se_note(rows: list[dict], cols: list[str], results: dict[str, dict[str, dict]] | None = None) -> str:
+def _se_note(rows: list[dict], cols: list[str], results: dict[str, dict[str, dict]] | None = None,
+             families: dict[str, str] | None = None) -> str:
     """The standard error of a group's mean R@1 (bootstrap SD), measured and printed; with
-    ``results``, where it exceeds ``TARGET_SE``, the tasks the group would need and how much of
-    the worst method's spread more test images could not remove (:func:`sglora.stats.power`)."""
+    ``results``, where it exceeds ``TARGET_SE``, the independent units (families, with
+    ``families``; else tasks) the group would need and how much of the worst method's spread
+    more test images could not remove (:func:`sglora.stats.power`)."""
     primary = ["accuracy"] if cols == ["accuracy"] else ["i2t_r1", "t2i_r1"]
     have = [r for r in rows if primary[0] + "_se" in r]
     if not have:
@@ -207,18 +244,31 @@ def _se_note(rows: list[dict], cols: list[str], results: dict[str, dict[str, dic
             + "; ".join(parts) + f" (largest {largest:.2f}).")
     if results and largest > TARGET_SE:
         worst = max(((r, c) for r in have for c in primary), key=lambda rc: rc[0][rc[1] + "_se"])
-        split = power(run_hits(results[worst[0]["method"]], worst[1], worst[0]["method"]))
-        note += (f" For an SE <= {TARGET_SE:.1f} for every method this group needs about "
-                 f"{tasks_for(largest, split.tasks, TARGET_SE)} tasks; it has {split.tasks}. Of the spread of "
-                 f"{worst[0]['label']}'s task means ({COL_NAMES[worst[1]]}), {100 * split.between_share:.0f}% is "
-                 "between tasks, which more test images per task cannot remove (sglora.stats.power).")
+        per_task = results[worst[0]["method"]]
+        split = power(run_hits(per_task, worst[1], worst[0]["method"]), family_labels(families, list(per_task)))
+        need = units_for(largest, split.units, TARGET_SE)
+        if split.unit == "family":
+            size = len(per_task) / split.units
+            count = (f"{need} families (of {size:.3g} tasks each, like its own); it has {split.units} families "
+                     f"of its {len(per_task)} tasks")
+        else:
+            count = f"{need} tasks; it has {split.units}"
+        note += (f" For an SE <= {TARGET_SE:.1f} for every method this group needs about {count}. Of the spread of "
+                 f"{worst[0]['label']}'s {split.unit} means ({COL_NAMES[worst[1]]}), {100 * split.between_share:.0f}% "
+                 f"is between {'families' if split.unit == 'family' else 'tasks'}, which more test images per task "
+                 "cannot remove (sglora.stats.power).")
     return note
 
 
+def _cells_caption(resampled: str) -> str:
+    return f"Cells: mean over the group's tasks [95% bootstrap interval; resampled: {resampled}]."
+
+
 def render(rows: list[dict], cols: list[str], title: str, marks: dict[tuple[str, str], str] | None = None,
-           notes: list[str] = ()) -> dict[str, str]:
+           notes: list[str] = (), resampled: str | None = None) -> dict[str, str]:
     """CSV (value, lo, hi, se, std columns), Markdown and LaTeX; ``marks`` from :func:`best_marks`,
-    ``notes`` printed under the table."""
+    ``notes`` printed under the table; ``resampled``: what the bootstrap resampled
+    (``GroupStats.resampled``; None: the tasks, as independent units)."""
     marks = marks or {}
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -241,7 +291,7 @@ def render(rows: list[dict], cols: list[str], title: str, marks: dict[tuple[str,
             s, mark = _cell(r, c), marks.get((r["method"], c)) if r["kind"] != "paper" else None
             cells.append({"best": f"**{s}**", "tied": f"{s}†"}.get(mark, s))
         md.append(f"| {r['label']} | " + " | ".join(cells) + " |")
-    footer = ["Cells: mean over the group's tasks [95% bootstrap interval over tasks, test queries and runs]."]
+    footer = [_cells_caption(resampled or "tasks, test queries and runs")]
     footer += legend
     for line in footer:
         md += ["", line]
@@ -265,28 +315,35 @@ def render(rows: list[dict], cols: list[str], title: str, marks: dict[tuple[str,
 
 def render_paired(rows: list[dict], cols: list[str], stats: dict[str, GroupStats], title: str,
                   method: str = "sglora", notes: list[str] = ()) -> dict[str, str]:
-    """``method`` minus each other method of the group, per metric, with the paired interval."""
+    """``method`` minus each other method of the group, per metric, with the paired interval,
+    its standard error and the minimum detectable difference (``DETECTABLE`` x SE)."""
     name = label(method)
     others = [r for r in rows if r["method"] != method and r["kind"] in ("mean", "single")]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method", "label"] + [f"{c}{x}" for c in cols for x in ("", "_lo", "_hi")])
+    w.writerow(["method", "label"] + [f"{c}{x}" for c in cols for x in ("", "_lo", "_hi", "_se", "_mdd")])
     md = [f"**{title}: {name} minus each method**", "",
           "| Method | " + " | ".join(COL_NAMES[c] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
     for r in others:
         diffs = [stats[c].difference(method, r["method"]) for c in cols]
-        w.writerow([r["method"], r["label"]] + [f"{v:.4f}" for d in diffs for v in (d.estimate, d.lo, d.hi)])
+        w.writerow([r["method"], r["label"]] + [f"{v:.4f}" for d in diffs
+                                                for v in (d.estimate, d.lo, d.hi, d.se, d.detectable)])
         md.append(f"| {name} − {r['label']} | " + " | ".join(
-            f"{d.estimate:+.2f} [{d.lo:+.2f}, {d.hi:+.2f}]" + ("*" if d.excludes_zero() else "") for d in diffs) + " |")
-    md += ["", "Cells: difference of the means [paired 95% bootstrap interval: the same task and test-query draws "
-           "for both methods, each method's runs drawn on their own]. *: the interval excludes 0."]
+            f"{d.estimate:+.2f} [{d.lo:+.2f}, {d.hi:+.2f}]" + ("*" if d.excludes_zero() else "")
+            + f" (MDD {d.detectable:.2f})" for d in diffs) + " |")
+    md += ["", f"Cells: difference of the means [paired 95% bootstrap interval; resampled: {stats[cols[0]].resampled}; "
+           "the same draws for both methods, except each method's runs, drawn on their own]. *: the interval excludes "
+           f"0. MDD: the minimum detectable difference, {DETECTABLE:.2f} x the paired SE (z 0.975 + z 0.80): a true "
+           "difference this large is resolved with 80% power at the 5% level; a smaller one may go unseen."]
     for line in notes:
         md += ["", line] if line else []
     return {"csv": buf.getvalue(), "md": "\n".join(md) + "\n"}
 
 
-def render_diagnostic(rows: list[dict], best: list[dict], cols: list[str], title: str, notes: list[str] = ()) -> str:
-    """Every row of the main table, each generative method followed by its best of N."""
+def render_diagnostic(rows: list[dict], best: list[dict], cols: list[str], title: str, notes: list[str] = (),
+                      resampled: str | None = None) -> str:
+    """Every row of the main table, each generative method followed by its best of N;
+    ``resampled`` as in :func:`render`."""
     md = [f"**{title}: diagnostic, with test-selected rows**", "",
           "| Method | " + " | ".join(COL_NAMES[c] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
     for r in rows:
@@ -294,6 +351,7 @@ def render_diagnostic(rows: list[dict], best: list[dict], cols: list[str], title
         for b in best:
             if b["method"] == r["method"] and r["kind"] != "paper":
                 md.append(f"| {b['label']} | " + " | ".join(_fmt(b[c]) for c in cols) + " |")
+    md += ["", _cells_caption(resampled or "tasks, test queries and runs") + " Test-selected rows: no interval."]
     md += ["", "Test-selected rows take, per task, the sample with the best test R@1 (or accuracy): they look at the "
            "test data and are not comparable to any other row." if best else
            "No method of this group draws several samples: nothing is test-selected."]
@@ -319,14 +377,19 @@ def per_task_table(results: dict[str, dict[str, dict]], cols: list[str]) -> str:
 
 
 def write_tables(metrics: dict[str, str | Path], out_dir: str | Path, groups: dict, selection: dict | None = None,
-                 n_boot: int = N_BOOT, seed: int = 0, paper: dict | None = None) -> None:
+                 n_boot: int = N_BOOT, seed: int = 0, paper: dict | None = None, embedded: Collection[str] = (),
+                 unit: str = "family") -> None:
     """For each group: ``<group>.{csv,md,tex}``, ``<group>.per_task.md``, ``<group>.diagnostic.md``
     and, where the group has SG-LoRA, ``<group>.paired.{csv,md}``. A group's ``paper`` key
     (``sglora.paper.PAPER_TABLES``) adds the published rows and a note on how our run differs
     (``paper_note`` adds to it). ``selection``: method -> settings chosen on the validation
     tasks, footnoted under every table; ``paper``: the fixed settings of the ``sglora_paper``
-    row (footnoted where a group has it). ``n_boot``, ``seed``: the bootstrap's replicates and draws.
-    ``metrics``: ``"<group>/<method>"`` -> metric folder (:func:`load_group`)."""
+    row (footnoted where a group has it). ``n_boot``, ``seed``: the bootstrap's replicates and draws;
+    ``unit``: what a replicate draws first, "family" (the families of :func:`group_families`;
+    ``embedded``: the embedded datasets) or "task". ``metrics``: ``"<group>/<method>"`` ->
+    metric folder (:func:`load_group`)."""
+    if unit not in BOOTSTRAP_UNITS:
+        raise SGLoraError(f"evaluation.bootstrap_unit: {unit!r}; expected one of {list(BOOTSTRAP_UNITS)}")
     out_dir = Path(out_dir)
 
     def write(name: str, text: str) -> None:
@@ -335,15 +398,18 @@ def write_tables(metrics: dict[str, str | Path], out_dir: str | Path, groups: di
 
     for group, g in groups.items():
         results = load_group(metrics, group, g["methods"], g["tasks"])
-        rows, cols, stats = summarize_group(results, n_boot, seed)
+        families = group_families(g, embedded, group) if unit == "family" else None
+        rows, cols, stats = summarize_group(results, n_boot, seed, families)
         marks = best_marks(rows, cols, stats)
-        notes = [_se_note(rows, cols, results), selection_note(selection, g["methods"], paper), paper_note(g)]
-        title = g.get("title", group)
-        for ext, text in render(rows + paper_rows(g.get("paper") or None, cols), cols, title, marks, notes).items():
+        notes = [_se_note(rows, cols, results, families), selection_note(selection, g["methods"], paper), paper_note(g)]
+        title, resampled = g.get("title", group), stats[cols[0]].resampled
+        for ext, text in render(rows + paper_rows(g.get("paper") or None, cols), cols, title, marks, notes,
+                                resampled).items():
             write(f"{group}.{ext}", text)
         if "sglora" in results:
             for ext, text in render_paired(rows, cols, stats, title, notes=notes[1:2]).items():
                 write(f"{group}.paired.{ext}", text)
-        write(f"{group}.diagnostic.md", render_diagnostic(rows, diagnostic_rows(results, cols), cols, title, notes[1:2]))
+        write(f"{group}.diagnostic.md", render_diagnostic(rows, diagnostic_rows(results, cols), cols, title, notes[1:2],
+                                                          resampled))
         write(f"{group}.per_task.md", f"**{title}: per task**\n\n" + per_task_table(results, cols)
               + "".join(f"\n{n}\n" for n in notes[1:2] if n))

@@ -1,5 +1,5 @@
 """Bootstrap intervals (sglora.stats) against a plain loop written here on the same draws, and
-their coverage on simulated groups whose true mean is known."""
+their coverage on simulated groups whose true mean is known (with and without families)."""
 
 import numpy as np
 import pytest
@@ -8,27 +8,33 @@ from sglora.io import SGLoraError
 from sglora.stats import bootstrap, group_stats, run_draws, run_hits, task_query_draws
 
 
-def reference(hits: dict[str, list[np.ndarray]], n_boot: int, seed: int, chunk: int) -> dict[str, np.ndarray]:
-    """One replicate at a time: draw slot by slot, query by query, run by run (loops only)."""
+def reference(hits: dict[str, list[np.ndarray]], n_boot: int, seed: int, chunk: int,
+              families=None) -> dict[str, np.ndarray]:
+    """One replicate at a time: draw slot by slot, query by query, run by run (loops only);
+    the replicate is the mean over the slots that count."""
     n_q = [h.shape[1] for h in next(iter(hits.values()))]
-    chunks = list(task_query_draws(n_q, n_boot, seed, chunk))
+    chunks = list(task_query_draws(n_q, n_boot, seed, chunk, families))
     tasks = np.concatenate([c[0] for c in chunks])
     queries = np.concatenate([c[1] for c in chunks])
+    valid = np.concatenate([np.ones(c[0].shape, bool) if c[2] is None else c[2] for c in chunks])
     out = {}
     for m, per_task in hits.items():
         n_runs = per_task[0].shape[0]
         runs = np.concatenate(list(run_draws(m, n_runs, n_boot, seed, chunk)))
         reps = []
         for b in range(n_boot):
-            total = 0.0
-            for j in range(len(n_q)):
+            total, slots = 0.0, 0
+            for j in range(tasks.shape[1]):
+                if not valid[b, j]:
+                    continue
                 t = tasks[b, j]
                 s = 0.0
                 for i in range(n_q[t]):
                     q = queries[b, j, i]
                     s += sum(per_task[t][r, q] for r in runs[b]) / len(runs[b])
                 total += s / n_q[t]
-            reps.append(100.0 * total / len(n_q))
+                slots += 1
+            reps.append(100.0 * total / slots)
         out[m] = np.array(reps)
     return out
 
@@ -41,8 +47,10 @@ def fake_result(rng, n_samples, n_images, captions=3, runs=None, kind="retrieval
             "runs": runs or [0] * n_samples}
 
 
+@pytest.mark.parametrize("families", [None, ["a", "a", "b", "b"], ["a", "b", "a", "a"]],
+                         ids=["tasks", "equal-families", "unequal-families"])
 @pytest.mark.parametrize("equal_queries", [True, False])
-def test_bootstrap_matches_loop_reference(equal_queries):
+def test_bootstrap_matches_loop_reference(equal_queries, families):
     rng = np.random.default_rng(1)
     n_images = [9, 9, 9, 9] if equal_queries else [9, 5, 12, 7]
     results = {
@@ -52,8 +60,8 @@ def test_bootstrap_matches_loop_reference(equal_queries):
     }
     for metric in ("i2t_r1", "t2i_r5"):
         hits = {m: run_hits(r, metric, m) for m, r in results.items()}
-        got = bootstrap(hits, n_boot=60, seed=3, chunk=16)  # several chunks, the last one short
-        want = reference(hits, n_boot=60, seed=3, chunk=16)
+        got = bootstrap(hits, n_boot=60, seed=3, chunk=16, families=families)  # several chunks, the last one short
+        want = reference(hits, n_boot=60, seed=3, chunk=16, families=families)
         for m in results:
             np.testing.assert_allclose(got[m], want[m], rtol=0, atol=1e-9)
 
@@ -166,6 +174,92 @@ def test_evaluate_keeps_per_query_ranks_and_runs(tmp_path, tiny_world, tiny_clip
                         scaling=1.0)
 
 
+def test_family_draws_draw_families_then_their_own_tasks():
+    """Each replicate: F family blocks, each holding only one family's tasks, as many counted
+    slots as the family has tasks; families and tasks within them uniform."""
+    fams = ["x", "y", "x", "z", "x", "y"]  # x: tasks 0, 2, 4; y: 1, 5; z: 3
+    size = {"x": 3, "y": 2, "z": 1}
+    ((tasks, queries, valid),) = task_query_draws([5, 5, 5, 5, 5, 5], n_boot=3000, seed=1, chunk=3000, families=fams)
+    assert tasks.shape == (3000, 9) and queries.shape == (3000, 9, 5) and valid.shape == (3000, 9)
+    firsts = []
+    for b in range(3000):
+        for f in range(3):
+            block, ok = tasks[b, 3 * f : 3 * f + 3], valid[b, 3 * f : 3 * f + 3]
+            fam = fams[block[0]]
+            assert {fams[t] for t in block} == {fam}
+            assert ok.sum() == size[fam] and ok[: size[fam]].all()
+            firsts.append(fam)
+    share = {f: firsts.count(f) / len(firsts) for f in size}
+    assert all(abs(v - 1 / 3) < 0.02 for v in share.values()), share
+    x_tasks = tasks[:, 0:3][valid[:, 0:3] & np.isin(tasks[:, 0:3], [0, 2, 4])]
+    assert all(abs(np.mean(x_tasks == t) - 1 / 3) < 0.02 for t in (0, 2, 4))
+
+
+def test_tasks_each_their_own_family_are_the_task_bootstrap():
+    rng = np.random.default_rng(7)
+    res = {f"t{t}": fake_result(rng, 4, n, runs=[0, 0, 1, 1]) for t, n in enumerate([8, 8, 11, 6])}
+    a = group_stats({"m": res}, "i2t_r1", n_boot=300)
+    b = group_stats({"m": res}, "i2t_r1", n_boot=300, families={t: t for t in res})
+    np.testing.assert_array_equal(a.replicates["m"], b.replicates["m"])
+    assert a.resampled == "the 4 tasks, test queries and runs"
+    assert b.resampled == "the 4 tasks (each its own family), test queries and runs"
+    fams = {"t0": "p", "t1": "p", "t2": "q", "t3": "q"}
+    assert group_stats({"m": res}, "i2t_r1", n_boot=50, families=fams).resampled == \
+        "the 2 families, the tasks of each drawn family, test queries and runs"
+    with pytest.raises(SGLoraError, match=r"no family given for tasks \['t3'\]"):
+        group_stats({"m": res}, "i2t_r1", n_boot=50, families={"t0": "p", "t1": "p", "t2": "q"})
+
+
+def test_bootstrap_variance_is_the_two_stage_closed_form():
+    """One run: a replicate draws a family (variance of family means, sB2), a task in it (the
+    within-family variance of task means over m, sW2), queries (their variance over m Q);
+    its mean over F families has variance (sB2 + sW2 / m + sQ2 / (m Q)) / F (variances with
+    1/n: the bootstrap's own population)."""
+    rng = np.random.default_rng(8)
+    F, m, Q = 5, 3, 12
+    p = np.repeat(rng.uniform(0.1, 0.9, F), m) + rng.normal(0, 0.08, F * m)
+    hits = [(rng.random((1, Q)) < pt).astype(float) for pt in p]
+    fams = [f for f in range(F) for _ in range(m)]
+    x = 100 * np.stack([h[0] for h in hits])  # tasks x queries
+    task_means = x.mean(1)
+    fam_means = task_means.reshape(F, m).mean(1)
+    sB2 = fam_means.var()
+    sW2 = np.mean([task_means.reshape(F, m)[f].var() for f in range(F)])
+    sQ2 = x.var(1).mean()
+    closed = (sB2 + sW2 / m + sQ2 / (m * Q)) / F
+    got = bootstrap({"m": hits}, n_boot=8000, seed=9, families=fams)["m"].var(ddof=1)
+    assert got == pytest.approx(closed, rel=0.08)
+    # the task bootstrap: T tasks drawn independently, (var of task means + sQ2 / Q) / T
+    closed_tasks = (task_means.var() + sQ2 / Q) / (F * m)
+    got_tasks = bootstrap({"m": hits}, n_boot=8000, seed=9)["m"].var(ddof=1)
+    assert got_tasks == pytest.approx(closed_tasks, rel=0.08)
+
+
+def test_family_bootstrap_covers_where_the_task_bootstrap_does_not():
+    """Simulated groups of 12 families x 2 tasks: a family's hit rate mu_f ~ Beta(4, 6)
+    (true group mean 40%), each member's p ~ Beta(50 mu_f, 50 (1 - mu_f)) (close to its
+    family's), 20 Bernoulli(p) test queries per task. 1000 groups: a coverage is known to
+    +-0.7 points (one SE), so 95 +- 2.5 is a band of about 3.5 SE. The task bootstrap treats
+    the 24 tasks as independent and under-covers; the family bootstrap covers."""
+    rng = np.random.default_rng(10)
+    F, m, Q, sims = 12, 2, 20, 1000
+    fams = [f for f in range(F) for _ in range(m)]
+    mu = np.repeat(rng.beta(4, 6, (sims, F)), m, axis=1)  # sims x tasks
+    p = rng.beta(50 * mu, 50 * (1 - mu))
+    data = (rng.random((sims, F * m, Q)) < p[..., None]).astype(float)
+    covered = {"task": 0, "family": 0}
+    for s in range(sims):
+        hits = [data[s, t][None] for t in range(F * m)]
+        for unit, f in (("task", None), ("family", fams)):
+            lo, hi = np.percentile(bootstrap({"m": hits}, n_boot=400, seed=s, families=f)["m"], [2.5, 97.5])
+            covered[unit] += lo <= 40.0 <= hi
+    coverage = {u: 100 * c / sims for u, c in covered.items()}
+    print(f"coverage of 95% intervals, {sims} groups of {F} families x {m} tasks: task bootstrap "
+          f"{coverage['task']:.1f}%, family bootstrap {coverage['family']:.1f}%")
+    assert 92.5 <= coverage["family"] <= 97.5, coverage
+    assert coverage["task"] < 92.5, coverage
+
+
 def _power_loop(hits):
     """The split of sglora.stats.power, written out with plain loops."""
     means, within = [], []
@@ -180,8 +274,61 @@ def _power_loop(hits):
     return max(total - w, 0.0), w
 
 
+def _power_families_loop(hits, families):
+    """Family means and their query variance, with plain loops: a family's mean is the mean of
+    its tasks' means, its query variance the sum of theirs over n_f squared."""
+    by = {}
+    for t, f in enumerate(families):
+        by.setdefault(f, []).append(t)
+    means, within = [], []
+    for tasks in by.values():
+        ms, ws = [], []
+        for t in tasks:
+            h = hits[t]
+            q = [100.0 * sum(h[r][i] for r in range(len(h))) / len(h) for i in range(len(h[0]))]
+            mt = sum(q) / len(q)
+            ms.append(mt)
+            ws.append(sum((x - mt) ** 2 for x in q) / (len(q) - 1) / len(q))
+        means.append(sum(ms) / len(ms))
+        within.append(sum(ws) / len(ws) ** 2)
+    mm = sum(means) / len(means)
+    total = sum((x - mm) ** 2 for x in means) / (len(means) - 1)
+    w = sum(within) / len(within)
+    return len(means), max(total - w, 0.0), w
+
+
+def test_power_counts_families_under_the_family_bootstrap():
+    from sglora.stats import DETECTABLE, power, units_for
+
+    rng = np.random.default_rng(11)
+    fam_p = rng.uniform(0.2, 0.6, 10)
+    families = [f"f{f}" for f in range(10) for _ in range(2)] + ["f3"]  # f3 has three tasks
+    p = np.clip(np.array([fam_p[int(f[1:])] for f in families]) + rng.normal(0, 0.03, len(families)), 0.02, 0.98)
+    hits = [(rng.random((2, 30)) < pt).astype(float) for pt in p]
+    split = power(hits, families)
+    units, between, within = _power_families_loop(hits, families)
+    assert (split.units, split.unit) == (units, "family") == (10, "family")
+    assert split.between == pytest.approx(between) and split.within == pytest.approx(within)
+    alone = power(hits, [str(t) for t in range(len(hits))])  # every task its own family: per task
+    assert (alone.units, alone.unit) == (len(hits), "task")
+    assert (alone.between, alone.within) == pytest.approx(_power_loop(hits))
+    # units needed for a target SE: the least n with se^2 * units / n <= target^2, by a plain loop
+    for se, have in ((2.0, 6), (1.5, 6), (1.01, 12), (0.5, 6), (2.3, 7)):
+        n = 1
+        while se**2 * have / n > 1.0 + 1e-12:
+            n += 1
+        assert units_for(se, have, 1.0) == n
+    # the minimum detectable difference: a true difference of DETECTABLE SEs is resolved
+    # (|estimate| / SE > z(0.975)) with probability 0.80
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.975)
+    assert DETECTABLE == pytest.approx(2.80, abs=0.005)
+    assert NormalDist().cdf(DETECTABLE - z) + NormalDist().cdf(-DETECTABLE - z) == pytest.approx(0.80, abs=1e-4)
+
+
 def test_power_splits_the_variance_like_a_plain_loop():
-    from sglora.stats import power, tasks_for
+    from sglora.stats import power, units_for
 
     rng = np.random.default_rng(4)
     # 40 tasks whose true hit rates spread (between-task SD 8 points), 2 runs x 60 queries each
@@ -189,13 +336,13 @@ def test_power_splits_the_variance_like_a_plain_loop():
     hits = [(rng.random((2, 60)) < pt).astype(float) for pt in p]
     split = power(hits)
     between, within = _power_loop(hits)
-    assert split.tasks == 40
+    assert split.units == 40 and split.unit == "task"
     assert split.between == pytest.approx(between) and split.within == pytest.approx(within)
     assert split.between_share == pytest.approx(between / (between + within))
     assert 30 < split.between < 100 and 10 < split.within < 30  # ~64 and ~0.3*0.7/120*1e4 = 17.5
     # identical tasks: nothing between them
     same = power([hits[0]] * 5)
     assert same.between == 0.0 and same.between_share == 0.0
-    # tasks needed for a target SE: the squared SE falls as 1 / tasks
-    assert tasks_for(2.0, 12, 1.0) == 48 and tasks_for(1.5, 12, 1.0) == 27 and tasks_for(0.5, 12, 1.0) == 3
-    assert tasks_for(0.1, 12, 1.0) == 1
+    # tasks needed for a target SE (no families): the squared SE falls as 1 / tasks
+    assert units_for(2.0, 12, 1.0) == 48 and units_for(1.5, 12, 1.0) == 27 and units_for(0.5, 12, 1.0) == 3
+    assert units_for(0.1, 12, 1.0) == 1

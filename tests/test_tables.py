@@ -1,6 +1,7 @@
 """Tables from metric files in the real format (written by sglora.evaluate.summarize):
 intervals in every cell, bold only where the paired interval against the runner-up excludes
-zero, the paired and diagnostic tables, the selection and paper footnotes."""
+zero, the paired and diagnostic tables (with the minimum detectable difference), the
+selection and paper footnotes, and what the bootstrap resampled (families or tasks)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ import pytest
 from sglora.cli import main
 from sglora.evaluate import summarize
 from sglora.io import SGLoraError, write_json
-from sglora.stats import group_stats
-from sglora.tables import load_group, write_tables
+from sglora.stats import DETECTABLE, group_stats, units_for
+from sglora.tables import group_families, load_group, write_tables
 
 TASKS = ["t0", "t1", "t2", "t3", "t4", "t5"]
 N_IMG, N_CAP = 30, 2
@@ -125,11 +126,14 @@ def test_paired_table_is_sglora_minus_each_method(tables, metrics):
     stats = group_stats(load_group(folders(metrics), "clear", GROUPS["clear"]["methods"], TASKS), "i2t_r1", n_boot=400)
     d = stats.difference("sglora", "topk_weighted")
     cell = md_row(md, "SG-LoRA − Top-K LoRA Weighted")[0]
-    assert cell == f"{d.estimate:+.2f} [{d.lo:+.2f}, {d.hi:+.2f}]*" and d.hi < 0
+    assert cell == f"{d.estimate:+.2f} [{d.lo:+.2f}, {d.hi:+.2f}]* (MDD {d.detectable:.2f})" and d.hi < 0
     assert len([ln for ln in md.splitlines() if ln.startswith("| SG-LoRA −")]) == 3  # Oracle included
     rows = list(csv.DictReader(open(tables / "clear.paired.csv")))
     assert [r["method"] for r in rows] == ["zero_shot", "oracle", "topk_weighted"]
     assert float(rows[2]["i2t_r1"]) == pytest.approx(d.estimate, abs=1e-4)
+    assert float(rows[2]["i2t_r1_se"]) == pytest.approx(d.se, abs=1e-4)
+    assert float(rows[2]["i2t_r1_mdd"]) == pytest.approx(DETECTABLE * d.se, abs=1e-4)
+    assert "MDD: the minimum detectable difference, 2.80 x the paired SE" in md
     assert not (tables / "nosg.paired.md").exists()
 
 
@@ -210,3 +214,60 @@ def test_r1_bars_show_the_intervals_and_titles_do_not_overlap(metrics):
         iv = stats.interval(m)
         assert (seg[0][1], seg[1][1]) == pytest.approx((iv.lo, iv.hi))
     plt.close(fig)
+
+
+FAMILIES = {"t0": "a", "t1": "a", "t2": "b", "t3": "b", "t4": "c", "t5": "c"}
+
+
+def test_group_families_come_from_the_group_the_world_or_each_task():
+    world = {"dataset": "world", "tasks": ["tiger_lily", "calla_lily", "house_sparrow"]}
+    assert group_families(world, ["world"], "g") == {"tiger_lily": "lily", "calla_lily": "lily", "house_sparrow": "sparrow"}
+    assert group_families(world, [], "g") == {t: t for t in world["tasks"]}  # not embedded: no families
+    given = {**world, "families": {"tiger_lily": "x", "calla_lily": "y", "house_sparrow": "x"}}
+    assert group_families(given, ["world"], "g") == given["families"]  # the config's families come first
+    with pytest.raises(SGLoraError, match=r"groups.g.families: .*missing \['house_sparrow'\]"):
+        group_families({**world, "families": {"tiger_lily": "x", "calla_lily": "y"}}, [], "g")
+    with pytest.raises(SGLoraError, match="groups.g.tasks: 't0' is not a class of the embedded world"):
+        group_families({"dataset": "world", "tasks": ["t0"]}, ["world"], "g")
+
+
+def test_tables_resample_families_and_say_so(metrics, tmp_path):
+    """A group with families: every table with intervals names what was resampled, the cells
+    and the paired differences are the family bootstrap's, the power line counts families;
+    with bootstrap unit "task" the same group gets the task bootstrap."""
+    group = {"clear": {**GROUPS["clear"], "families": FAMILIES}}
+    loaded = load_group(folders(metrics), "clear", GROUPS["clear"]["methods"], TASKS)
+    assert main(["tables", *metrics_flag(metrics), "--groups", json.dumps(group), "--out", str(tmp_path / "f"),
+                 "--bootstrap", "400"]) == 0
+    fam = group_stats(loaded, "i2t_r1", n_boot=400, families=FAMILIES)
+    said = "resampled: the 3 families, the tasks of each drawn family, test queries and runs"
+    for name in ("clear.md", "clear.paired.md", "clear.diagnostic.md"):
+        assert said in (tmp_path / "f" / name).read_text(), name
+    assert said in (tmp_path / "f" / "clear.tex").read_text()
+    md = (tmp_path / "f" / "clear.md").read_text()
+    iv = fam.interval("topk_weighted")
+    assert md_row(md, "Top-K LoRA Weighted")[0].strip("*") == f"{iv.estimate:.2f} [{iv.lo:.2f}, {iv.hi:.2f}]"
+    d = fam.difference("sglora", "zero_shot")
+    assert md_row((tmp_path / "f" / "clear.paired.md").read_text(), "SG-LoRA − Zero-Shot CLIP")[0] == \
+        f"{d.estimate:+.2f} [{d.lo:+.2f}, {d.hi:+.2f}]" + "*" * d.excludes_zero() + f" (MDD {d.detectable:.2f})"
+    rows = list(csv.DictReader(open(tmp_path / "f" / "clear.csv")))
+    largest = max(float(r[f"{c}_se"]) for r in rows if r["kind"] != "paper" for c in ("i2t_r1", "t2i_r1"))
+    assert largest > 1.0
+    assert (f"this group needs about {units_for(largest, 3, 1.0)} families (of 2 tasks each, like its own); it has 3 "
+            "families of its 6 tasks") in md
+    assert "% is between families" in md
+
+    assert main(["tables", *metrics_flag(metrics), "--groups", json.dumps(group), "--out", str(tmp_path / "t"),
+                 "--bootstrap", "400", "--bootstrap-unit", "task"]) == 0
+    task = group_stats(loaded, "i2t_r1", n_boot=400)
+    md = (tmp_path / "t" / "clear.md").read_text()
+    assert "resampled: the 6 tasks, test queries and runs]" in md and "families" not in md
+    iv = task.interval("topk_weighted")
+    assert md_row(md, "Top-K LoRA Weighted")[0].strip("*") == f"{iv.estimate:.2f} [{iv.lo:.2f}, {iv.hi:.2f}]"
+    assert fam.interval("topk_weighted").se != iv.se
+
+
+def test_embedded_groups_need_world_classes(metrics, tmp_path, capsys):
+    assert main(["tables", *metrics_flag(metrics), "--groups", json.dumps({"nosg": GROUPS["nosg"]}), "--out",
+                 str(tmp_path), "--bootstrap", "50", "--embedded", "world"]) == 2
+    assert "groups.nosg.tasks: 't0' is not a class of the embedded world" in capsys.readouterr().err
