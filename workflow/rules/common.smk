@@ -75,6 +75,7 @@ GROUPS = config["groups"]
 EMBEDDED = [n for n, d in config["datasets"].items() if d["kind"] == "embedded"]
 VALIDATION = config["validation"]
 GALLERY = config.get("evaluation", {}).get("gallery", 0)
+BOOTSTRAP_UNIT = config.get("evaluation", {}).get("bootstrap_unit", "family")
 SAMPLING = {"samples": 10, "seed": 0, "temperature": 1.0, "runs": 1, **config["sampling"]}
 
 

@@ -35,13 +35,16 @@ rule tables:
         metrics=keyed(metric_dirs()),
         out=lambda w, output: parent(output.csv[0]),
         paper=as_json(paper_point()),
+        unit=BOOTSTRAP_UNIT,
+        embedded=EMBEDDED,
     conda:
         "../../envs/sglora.yaml"
     log:
         f"{R}/logs/tables.log",
     shell:
         "sglora tables --metrics {params.metrics:q} --groups {params.groups:q} --selection {input.selection:q} "
-        "--paper {params.paper:q} --out {params.out:q} > {log:q} 2>&1"
+        "--paper {params.paper:q} --bootstrap-unit {params.unit:q} --embedded {params.embedded:q} --out {params.out:q} "
+        "> {log:q} 2>&1"
 
 
 rule figures:
