@@ -515,6 +515,19 @@ def tables(metrics: Metrics, groups: Groups, out: A[Path, "tables folder"],
                  paper=paper, embedded=embedded or (), unit=bootstrap_unit)
 
 
+@step("results-page", show=lambda res: None)
+def results_page(out: Out, title: A[str, "the page's title"], tables: A[Path, "tables folder"],
+                 groups: A[list[str], "groups, in order (comma-separated)", SPLIT],
+                 paired: A[list[str], "groups that have a paired table (comma-separated)", SPLIT] = (),
+                 premises: A[Path | None, "premises.md"] = None,
+                 benchmarks: A[Path | None, "the run's Snakemake benchmark folder"] = None,
+                 threads: Threads = None, source: A[str, "what the page is the results of (a config file)"] = "") -> None:
+    """Write a run's results page (premises, tables, paired tables, time per rule, provenance)."""
+    from .results_page import write_results_page
+
+    write_results_page(out, title, tables, list(groups), list(paired), premises, benchmarks, threads or 1, source)
+
+
 @step("figures", show=lambda res: None)
 def figures(repository: A[Path, "expert repository folder"], metrics: Metrics,
             candidates: A[dict[str, Path], "candidates files", {"metavar": "GROUP/METHOD=FILE"}],

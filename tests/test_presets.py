@@ -37,7 +37,7 @@ HEAVY = {"train_lora", "train_cvae", "train_mole", "train_pdiff", "select", "pre
 # heavy rules that take the resources of another rule's section
 RESOURCES_OF = {"novelty": "evaluate", "spaces_evaluate": "evaluate", "spaces_select": "select"}
 LIGHT = {"world", "manifest", "embed", "assemble", "candidates_oracle", "candidates_merging", "candidates_pdiff",
-         "sample_sglora", "tables", "figures", "all"}  # fmt: skip
+         "sample_sglora", "tables", "figures", "results_page", "all"}  # fmt: skip
 
 
 def load(path: Path) -> dict:

@@ -174,6 +174,8 @@ def test_analysis_config_is_the_default_plus_its_sections():
     assert analysis.pop("spaces") == {"compare": ["factors", "product", "product_svd"],
                                       "methods": ["model_soups", "adaptersoup", "topk_weighted"]}
     assert analysis.pop("novelty") is True
+    assert analysis.pop("results_page")["path"] == "docs/results-analysis.md"
+    assert default.pop("results_page")["path"] == "docs/results.md"
     assert analysis["groups"]["seen"].pop("methods") == ["oracle", "pdiff", "cond_pdiff", "sglora"]
     assert default["groups"]["seen"].pop("methods") == ["oracle", "sglora"]
     cross = analysis["groups"].pop("cross_dataset")
@@ -195,7 +197,7 @@ def test_changing_one_cvae_setting_reruns_only_its_dependents(tiny_run, tmp_path
     rules = planned_rules(snakemake("-n", "--quiet", "rules", results=tiny_run, config=changed))
     # the generator baselines follow SG-LoRA (its prior, its spread), and so does the novelty of generated LoRAs
     assert set(rules) == {"train_cvae", "select", "selection_summary", "export_cvae", "sample_sglora", "evaluate",
-                          "tables", "figures", "all", "candidates_generator", "novelty", "ablation",
+                          "tables", "figures", "results_page", "all", "candidates_generator", "novelty", "ablation",
                           "sample_sglora_paper"}, rules
     # (2 condition modes x 2 augment of the selection grid + the paper-faithful point, which the grid lacks:
     # describe off) x 2 runs

@@ -245,10 +245,19 @@ FIGURES = ("experts_tsne", "samples_tsne", "r1_bars")  # <name>.png and .pdf, wr
 
 
 def all_outputs():
-    """What a run ends with: every group's table, the figures, the premises, the chosen CVAE."""
+    """What a run ends with: every group's table, the figures, the premises, the chosen CVAE, the results page."""
     return ([f"{R}/tables/{g}.md" for g in GROUPS] + [f"{R}/figures/{name}.png" for name in FIGURES]
             + [f"{R}/premises/premises.json", f"{R}/cvae/selected", f"{R}/selection/selection.json",
-               f"{R}/tables/ablation.md"])
+               f"{R}/tables/ablation.md", RESULTS_PAGE])
+
+
+#: the run's results page: config results_page.path (the default publishes docs/results.md), else inside results
+RESULTS_PAGE = config.get("results_page", {}).get("path") or f"{R}/results.md"
+
+
+def paired_groups():
+    """Groups with a paired table (SG-LoRA minus each method): those that evaluate SG-LoRA."""
+    return [g for g, spec in GROUPS.items() if "sglora" in spec["methods"]]
 
 
 # sorted: a rule's params must not change when the config only lists its groups in another order

@@ -23,9 +23,9 @@ rule tables:
         ],
         paired=[
             report(f"{R}/tables/{g}.paired.md", caption="../report/paired.rst", category="Tables", labels={"group": g, "format": "paired"})
-            for g, spec in GROUPS.items() if "sglora" in spec["methods"]
+            for g in paired_groups()
         ],
-        paired_csv=[f"{R}/tables/{g}.paired.csv" for g, spec in GROUPS.items() if "sglora" in spec["methods"]],
+        paired_csv=[f"{R}/tables/{g}.paired.csv" for g in paired_groups()],
         diagnostic=[
             report(f"{R}/tables/{g}.diagnostic.md", caption="../report/diagnostic.rst", category="Tables", labels={"group": g, "format": "diagnostic"})
             for g in GROUPS
@@ -75,3 +75,32 @@ rule figures:
         "sglora figures --repository {input.repository:q} --metrics {params.metrics:q} --candidates {params.candidates:q} "
         "--loras {params.loras:q} --groups {params.groups:q} --samples-group {params.samples_group:q} "
         "--out {params.out:q} > {log:q} 2>&1"
+
+
+rule results_page:
+    """The run's results page, assembled from its own files (premises, every group's table and
+    paired table, time per rule from the benchmark files, what produced the numbers): the
+    default config publishes it as docs/results.md, so the docs never disagree with the run."""
+    input:
+        tables=[f"{R}/tables/{g}.md" for g in GROUPS],
+        paired=[f"{R}/tables/{g}.paired.md" for g in paired_groups()],
+        premises=f"{R}/premises/premises.md",
+        figures=[f"{R}/figures/{name}.png" for name in FIGURES],
+    output:
+        RESULTS_PAGE,
+    params:
+        title=config.get("results_page", {}).get("title", "Results"),
+        groups=",".join(GROUPS),
+        paired=",".join(paired_groups()),
+        tables=lambda w, input: parent(input.tables[0]),
+        benchmarks=f"{R}/benchmarks",
+        source=" ".join(os.path.relpath(f) for f in workflow.overwrite_configfiles) or "config.yaml",
+        threads=THREADS,
+    conda:
+        "../../envs/sglora.yaml"
+    log:
+        f"{R}/logs/results_page.log",
+    shell:
+        "sglora results-page --out {output:q} --title {params.title:q} --tables {params.tables:q} "
+        "--groups {params.groups:q} --paired {params.paired:q} --premises {input.premises:q} "
+        "--benchmarks {params.benchmarks:q} --threads {params.threads} --source {params.source:q} > {log:q} 2>&1"
