@@ -42,12 +42,9 @@ class PremiseSpec(Settings):
 
 def task_family(class_name: str) -> str | None:
     """The family of an embedded world's class (its family word), ``None`` if it has none."""
-    from .world import FAMILIES
+    from .world import family_word
 
-    for fam in FAMILIES:
-        if class_name.endswith(" " + fam):
-            return fam
-    return None
+    return family_word(class_name)
 
 
 def nearest_in_family(queries: dict[str, np.ndarray], query_family: dict[str, str | None], keys: np.ndarray,

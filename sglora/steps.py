@@ -112,10 +112,17 @@ CVAEs = A[list[Path], "trained CVAE folders (every variant and run)"]
 @step("world")
 def world(out: A[Path, "output folder"], seed: A[int, "world seed (family looks and images)"] = 0,
           options: A[dict, "JSON datasets.<name>.options: domain, classes, images_per_class, test_per_class, "
-                           "image_size, template"] = None) -> dict:
+                           "image_size, template, families, members"] = None) -> dict:
     """Generate one domain of the embedded benchmark's synthetic world (images, manifest, captions)."""
+    import inspect
+
     from .world import generate_world
 
+    known = set(inspect.signature(generate_world).parameters) - {"out_dir", "seed", "progress"}
+    unknown = sorted(set(options or {}) - known)
+    if unknown:
+        raise SGLoraError(f"datasets.<name>.options of an embedded world: {unknown} are not options; "
+                          f"expected some of {sorted(known)}")
     return generate_world(out, seed=seed, **(options or {}))
 
 
