@@ -23,7 +23,8 @@ from .methods import methods_where
 from .stats import N_BOOT
 
 #: colour and marker of each merging baseline in the samples t-SNE
-MERGING_STYLE = {"model_soups": ("tab:red", "*"), "adaptersoup": ("tab:orange", "P"), "topk_weighted": ("tab:purple", "X")}
+MERGING_STYLE = {"model_soups": ("tab:red", "*"), "adaptersoup": ("tab:orange", "P"), "topk_weighted": ("tab:purple", "X"),
+                 "nearest_expert": ("tab:brown", "D")}
 
 
 def _save(fig, out_dir: Path, name: str) -> None:

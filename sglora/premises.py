@@ -1,15 +1,17 @@
-"""The benchmark's premises, checked on every run.
+"""The benchmark's premises, checked on every run, on the validation tasks only.
 
 SG-LoRA assumes that a task whose description is close to an expert's benefits from that
-expert. A benchmark can only test the method where that holds, so the run measures:
+expert. A benchmark can only test the method where that holds, so the run measures, on
+the validation tasks (unseen tasks that are never test tasks: no test number is looked at
+before the tables):
 
-1. **nearest in family**: the share of unseen tasks (and of leave-one-out conditions:
+1. **nearest in family**: the share of validation tasks (and of leave-one-out conditions:
    each expert against the others) whose description-nearest expert is of the task's own
    family (embedded worlds: the family word; real datasets: not defined, reported as such);
-2. **headroom**: Oracle minus Zero-Shot R@1 (mean of I2T and T2I, or accuracy) on each
-   unseen group that evaluates both;
-3. **family transfer**: on every unseen task of the experts' dataset, the experts of its
-   own family (their mean snapshot) beat those of the other families.
+2. **headroom**: Oracle minus Zero-Shot R@1 (mean of I2T and T2I, or accuracy) on the
+   validation tasks (their own Oracle LoRAs), when the run compares with the Oracle;
+3. **family transfer**: on every validation task of the experts' dataset, the experts of
+   its own family (their mean snapshot) beat those of the other families.
 
 ``check_premises`` returns the numbers and the verdicts; on an embedded world (or with
 ``enforce``) a failed premise is an error naming the premise, the threshold and the value.
@@ -34,18 +36,15 @@ class PremiseSpec(Settings):
 
     nearest_in_family: float = setting(0.9, "least share of tasks whose description-nearest expert is of their family",
                                        min=0, max=1)
-    oracle_gain: float = setting(10.0, "least Oracle minus Zero-Shot R@1 (mean of I2T and T2I) per unseen group")
+    oracle_gain: float = setting(10.0, "least Oracle minus Zero-Shot R@1 (mean of I2T and T2I) on the validation tasks")
     enforce: bool | None = setting(None, "stop on a failed premise; None = only on embedded worlds")
 
 
 def task_family(class_name: str) -> str | None:
     """The family of an embedded world's class (its family word), ``None`` if it has none."""
-    from .world import FAMILIES
+    from .world import family_word
 
-    for fam in FAMILIES:
-        if class_name.endswith(" " + fam):
-            return fam
-    return None
+    return family_word(class_name)
 
 
 def nearest_in_family(queries: dict[str, np.ndarray], query_family: dict[str, str | None], keys: np.ndarray,
@@ -105,7 +104,7 @@ def family_transfer(model, processor, manifest: str | Path, tasks: list[str], fa
 def verdicts(result: dict, spec: PremiseSpec) -> list[dict]:
     """One line per premise: name, value, threshold, passed (None = not defined here)."""
     out = []
-    for name, part in (("nearest expert in family (unseen tasks)", result["nearest"]["unseen"]),
+    for name, part in (("nearest expert in family (validation tasks)", result["nearest"]["validation"]),
                        ("nearest expert in family (leave-one-out conditions)", result["nearest"]["loo"])):
         share = part["share"]
         out.append({"premise": name, "value": share, "threshold": spec.nearest_in_family,
@@ -114,7 +113,7 @@ def verdicts(result: dict, spec: PremiseSpec) -> list[dict]:
         out.append({"premise": f"Oracle minus Zero-Shot R@1 ({group})", "value": h["gain"], "threshold": spec.oracle_gain,
                     "passed": h["gain"] >= spec.oracle_gain})
     ft = result["family_transfer"]
-    out.append({"premise": "same-family experts beat other-family experts (tasks)",
+    out.append({"premise": "same-family experts beat other-family experts (validation tasks)",
                 "value": None if not ft["tasks"] else ft["wins"] / ft["tasks"], "threshold": 1.0,
                 "passed": None if not ft["tasks"] else ft["wins"] == ft["tasks"]})
     return out
@@ -122,7 +121,8 @@ def verdicts(result: dict, spec: PremiseSpec) -> list[dict]:
 
 def render_premises(result: dict) -> str:
     """The premise check as Markdown (for the report and the README)."""
-    lines = ["**Benchmark premises**", "", "| premise | value | threshold | holds |", "|---|---:|---:|---|"]
+    lines = ["**Benchmark premises** (on the validation tasks; no test task is looked at)", "",
+             "| premise | value | threshold | holds |", "|---|---:|---:|---|"]
     for v in result["verdicts"]:
         val = "n/a" if v["value"] is None else f"{v['value']:.2f}"
         ok = "not defined" if v["passed"] is None else ("yes" if v["passed"] else "**no**")
@@ -132,7 +132,7 @@ def render_premises(result: dict) -> str:
     lines += ["", "Description-nearest expert of another family: " + (", ".join(miss) if miss else "none") + "."]
     ft = result["family_transfer"]
     if ft["tasks"]:
-        lines.append(f"Experts on unseen tasks of their dataset: same family {ft['same_family']:.2f}, other families "
+        lines.append(f"Experts on the validation tasks of their dataset: same family {ft['same_family']:.2f}, other families "
                      f"{ft['other_family']:.2f} R@1 (mean of I2T and T2I), same family better on {ft['wins']}/{ft['tasks']}.")
     return "\n".join(lines) + "\n"
 
@@ -142,16 +142,17 @@ def failures(result: dict) -> list[str]:
 
 
 def check_premises(backbone: str, manifest: str | Path, embeddings: dict[str, dict], experts, layout, scaling: float,
-                   unseen: dict[str, list[str]], families: dict[str, str | None],
+                   tasks: dict[str, list[str]], families: dict[str, str | None],
                    metrics: dict[str, tuple[str | Path, str | Path]], spec: PremiseSpec, enforce: bool,
                    modality: str = "textual", device: str = "auto", cache: str | Path | None = None,
                    gallery: int = 0) -> dict:
     """Measure the premises (see the module docstring).
 
-    ``unseen``: ``{"groups": [...tasks of unseen groups...], "transfer": [...those on the
+    ``tasks``: ``{"validation": [...the validation tasks...], "transfer": [...those on the
     experts' dataset...]}``; ``families``: task -> family (``None`` where undefined);
     ``manifest``: the experts' dataset (family transfer is measured there);
-    ``metrics``: group -> (zero-shot metrics folder, Oracle metrics folder).
+    ``metrics``: name -> (zero-shot metrics folder, Oracle metrics folder) of the validation
+    tasks (``{"validation": ...}``); the premises read nothing else.
     Raises ``SGLoraError`` naming every failed premise when ``enforce``."""
     import json
 
@@ -161,22 +162,22 @@ def check_premises(backbone: str, manifest: str | Path, embeddings: dict[str, di
     key = "text_embedding" if modality == "textual" else "visual_embedding"
     keys = experts.embedding(modality)
     expert_family = [families.get(t) for t in experts.tasks]
-    queries = {t: embeddings[t][key] for t in unseen["groups"]}
+    queries = {t: embeddings[t][key] for t in tasks["validation"]}
     result = {
         "nearest": {
-            "unseen": nearest_in_family(queries, families, keys, experts.tasks, expert_family),
+            "validation": nearest_in_family(queries, families, keys, experts.tasks, expert_family),
             "loo": nearest_in_family(dict(zip(experts.tasks, keys)), dict(zip(experts.tasks, expert_family)), keys,
                                      experts.tasks, expert_family),
         },
         "headroom": {},
     }
-    for group, (zs_dir, or_dir) in sorted(metrics.items()):
-        tasks = sorted(p.stem for p in Path(zs_dir).glob("*.json"))
-        zs = {t: json.loads((Path(zs_dir) / f"{t}.json").read_text())["mean"] for t in tasks}
-        orc = {t: json.loads((Path(or_dir) / f"{t}.json").read_text())["mean"] for t in tasks}
-        result["headroom"][group] = headroom(zs, orc)
+    for name, (zs_dir, or_dir) in sorted(metrics.items()):
+        measured = sorted(p.stem for p in Path(zs_dir).glob("*.json"))
+        zs = {t: json.loads((Path(zs_dir) / f"{t}.json").read_text())["mean"] for t in measured}
+        orc = {t: json.loads((Path(or_dir) / f"{t}.json").read_text())["mean"] for t in measured}
+        result["headroom"][name] = headroom(zs, orc)
     model, processor = load_clip(backbone, device=pick_device(device))
-    result["family_transfer"] = family_transfer(model, processor, manifest, unseen["transfer"], families, experts,
+    result["family_transfer"] = family_transfer(model, processor, manifest, tasks["transfer"], families, experts,
                                                 expert_family, scaling, layout, cache=cache, gallery=gallery)
     result["verdicts"] = verdicts(result, spec)
     result["enforced"] = enforce

@@ -112,10 +112,17 @@ CVAEs = A[list[Path], "trained CVAE folders (every variant and run)"]
 @step("world")
 def world(out: A[Path, "output folder"], seed: A[int, "world seed (family looks and images)"] = 0,
           options: A[dict, "JSON datasets.<name>.options: domain, classes, images_per_class, test_per_class, "
-                           "image_size, template"] = None) -> dict:
+                           "image_size, template, families, members"] = None) -> dict:
     """Generate one domain of the embedded benchmark's synthetic world (images, manifest, captions)."""
+    import inspect
+
     from .world import generate_world
 
+    known = set(inspect.signature(generate_world).parameters) - {"out_dir", "seed", "progress"}
+    unknown = sorted(set(options or {}) - known)
+    if unknown:
+        raise SGLoraError(f"datasets.<name>.options of an embedded world: {unknown} are not options; "
+                          f"expected some of {sorted(known)}")
     return generate_world(out, seed=seed, **(options or {}))
 
 
@@ -430,16 +437,16 @@ def _show_premises(res: dict) -> str:
 def premises(backbone: Backbone, manifest: A[Path, "task manifest of the experts' dataset"],
              experts_dataset: A[str, "the experts' dataset name"], repository: A[Path, "expert repository folder"],
              embeddings: A[Path, "task embedding table"],
-             unseen: A[list[str], "unseen tasks (groups and validation; comma-separated)", SPLIT],
+             tasks: A[list[str], "the validation tasks (comma-separated): the premises read no test task", SPLIT],
              out: A[Path, "premises.json"], markdown: A[Path, "premises.md"], premises: PremiseSpec,
              embedded: A[list[str], "embedded datasets (their classes have families)"] = (),
-             transfer: A[list[str], "unseen tasks of the experts' dataset"] = (),
-             headroom: A[dict[str, str], "metric folders of each group's Zero-Shot and Oracle",
-                         {"metavar": "GROUP=ZERO_SHOT_DIR,ORACLE_DIR"}] = None,
+             transfer: A[list[str], "the validation tasks of the experts' dataset"] = (),
+             headroom: A[dict[str, str], "metric folders of Zero-Shot and the Oracle on the validation tasks",
+                         {"metavar": "NAME=ZERO_SHOT_DIR,ORACLE_DIR"}] = None,
              prior: PriorSpec = None, image_cache: Cache = None, gallery: Gallery = 0,
              device: Device = "auto") -> dict:
-    """Check the benchmark's premises (description-nearest expert in family, Oracle
-    headroom, family transfer); on embedded worlds a failed premise is an error."""
+    """Check the benchmark's premises on the validation tasks (description-nearest expert in
+    family, Oracle headroom, family transfer); on embedded worlds a failed premise is an error."""
     from .embed import read_embeddings
     from .io import atomic_path
     from .premises import check_premises, render_premises, task_family
@@ -451,9 +458,9 @@ def premises(backbone: Backbone, manifest: A[Path, "task manifest of the experts
     embedded = set(embedded)
     families = {t: (task_family(r["task_name"]) if r["dataset"] in embedded else None) for t, r in emb.items()}
     enforce = premises.enforce if premises.enforce is not None else experts_dataset in embedded
-    metrics = {group: tuple(dirs.split(",")) for group, dirs in (headroom or {}).items()}
+    metrics = {name: tuple(dirs.split(",")) for name, dirs in (headroom or {}).items()}
     res = check_premises(backbone, manifest, emb, experts, repo.layout, repo.lora.scaling,
-                         {"groups": list(unseen), "transfer": list(transfer)}, families, metrics, premises, enforce,
+                         {"validation": list(tasks), "transfer": list(transfer)}, families, metrics, premises, enforce,
                          modality=(prior or settings_class("PriorSpec")()).modality, device=device, cache=image_cache, gallery=gallery)
     write_json(out, res)
     with atomic_path(markdown) as tmp:

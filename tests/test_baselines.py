@@ -329,3 +329,39 @@ def test_every_baseline_command_explains_itself(command, capsys):
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     assert "--out" in text and ("MoLE" in text or "P-diff" in text)
+
+
+# --- the nearest expert -------------------------------------------------------------------
+
+
+def test_nearest_expert_is_the_k1_merge_of_the_description_nearest_expert(tmp_path, tiny_world, tiny_clip, tiny_repo,
+                                                                          tiny_embeddings):
+    """The nearest-expert row: the expert whose description is nearest (cosine, computed
+    here) alone, the same tensors as Top-K with K = 1 chosen on validation, the same metrics."""
+    tasks = ["yorkshire_terrier", "calla_lily"]
+    selection = tmp_path / "selection.json"
+    selection.write_text(json.dumps({"chosen": {"topk_weighted": {"k": 1, "tau": 0.05}}}))
+    files = {}
+    for method, extra in (("nearest_expert", []), ("topk_weighted", ["--selection", str(selection)])):
+        files[method] = tmp_path / f"{method}.safetensors"
+        assert main(["candidates", "--method", method, "--tasks", ",".join(tasks), "--dataset", "world",
+                     "--repository", str(tiny_repo), "--embeddings", str(tiny_embeddings),
+                     "--prior", json.dumps({"k": 4, "tau": 0.05}), *extra, "--out", str(files[method])]) in (0, None)
+    near, _, _ = load_candidates(files["nearest_expert"])
+    k1, _, _ = load_candidates(files["topk_weighted"])
+    experts = Repository(tiny_repo).experts()
+    emb = read_embeddings(tiny_embeddings)
+    keys = experts.text_embedding / np.linalg.norm(experts.text_embedding, axis=1, keepdims=True)
+    for t in tasks:
+        q = emb[t]["text_embedding"]
+        nearest = int(np.argmax(keys @ (q / np.linalg.norm(q))))
+        assert near[t].shape == (1, experts.mu.shape[1])
+        np.testing.assert_array_equal(near[t][0], experts.mu[nearest])
+        np.testing.assert_array_equal(near[t], k1[t])
+    scores = {}
+    for method, path in files.items():
+        evaluate_method(tiny_clip, tiny_world / "manifest.parquet", tasks[1:], method, tmp_path / method, path, scaling=1.0)
+        written = json.loads((tmp_path / method / f"{tasks[1]}.json").read_text())
+        written["info"].pop("settings")  # {} for the nearest expert: it has none to choose
+        scores[method] = {k: v for k, v in written.items() if k != "method"}
+    assert scores["nearest_expert"] == scores["topk_weighted"]

@@ -1,5 +1,5 @@
-"""The benchmark's premises: the measures against hand-computed cases, and a failed premise
-stopping an embedded run with the numbers."""
+"""The benchmark's premises: the measures against hand-computed cases, a failed premise
+stopping an embedded run with the numbers, and the DAG feeding them validation tasks only."""
 
 from __future__ import annotations
 
@@ -54,17 +54,17 @@ def test_check_premises_reports_and_enforces(tmp_path, tiny_world, tiny_clip, ti
     emb = read_embeddings(tiny_embeddings)
     families = {t: task_family(r["task_name"]) for t, r in emb.items()}
     tasks = ["yorkshire_terrier", "calla_lily"]
-    zs = _metrics(tmp_path, "in_dataset", "zero_shot", {t: 10.0 for t in tasks})
-    orc = _metrics(tmp_path, "in_dataset", "oracle", {t: 10.0 + gain for t in tasks})
+    zs = _metrics(tmp_path, "validation", "zero_shot", {t: 10.0 for t in tasks})
+    orc = _metrics(tmp_path, "validation", "oracle", {t: 10.0 + gain for t in tasks})
     spec = PremiseSpec(nearest_in_family=0.0, oracle_gain=10.0)
 
     def run():
         return check_premises(tiny_clip, tiny_world / "manifest.parquet", emb, repo.experts(), repo.layout,
-                              repo.lora.scaling, {"groups": tasks, "transfer": tasks}, families,
-                              {"in_dataset": (zs, orc)}, spec, enforce)
+                              repo.lora.scaling, {"validation": tasks, "transfer": tasks}, families,
+                              {"validation": (zs, orc)}, spec, enforce)
 
     if gain < 10 and enforce:
-        with pytest.raises(SGLoraError, match=r"premises do not hold.*Oracle minus Zero-Shot R@1 \(in_dataset\): 2.00 < 10.00"):
+        with pytest.raises(SGLoraError, match=r"premises do not hold.*Oracle minus Zero-Shot R@1 \(validation\): 2.00 < 10.00"):
             run()
         return
     if enforce:  # the headroom holds; a toy world may still fail family transfer, never the headroom
@@ -80,3 +80,38 @@ def test_check_premises_reports_and_enforces(tmp_path, tiny_world, tiny_clip, ti
     assert ft["tasks"] == 2 and set(ft["per_task"]) == set(tasks)
     md = render_premises(res)
     assert "Oracle minus Zero-Shot" in md and ("**no**" in md) is (gain < 10 or ft["wins"] < 2)
+    assert "on the validation tasks" in md and set(res["nearest"]["validation"]["tasks"]) == set(tasks)
+
+
+def test_the_premises_read_no_test_task(tmp_path):
+    """In config.yaml's DAG the premises rule reads the validation tasks' Zero-Shot and Oracle
+    metrics (their own Oracle LoRAs), never a test group's metrics, LoRAs or task ids."""
+    import re
+
+    import yaml
+
+    from conftest import ROOT
+    from test_presets import dry_run_jobs
+
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    results = tmp_path / "results"
+    cfg["results"] = str(results)
+    validation = set(cfg["validation"]["tasks"])
+    test_tasks = {t for g in cfg["groups"].values() if g.get("unseen", True) for t in g["tasks"]}
+    jobs = dry_run_jobs(cfg, tmp_path)
+
+    def named(job):
+        return set(re.split(r"[\s,/'=]+", " ".join(job["input"]) + " " + job["shell"]))
+
+    (premises,) = [j for j in jobs if j["rule"] == "premises"]
+    assert not named(premises) & test_tasks, named(premises) & test_tasks
+    assert not [p for p in premises["input"] if p.startswith((f"{results}/metrics", f"{results}/candidates"))]
+    assert validation <= named(premises)
+    metrics = {p for p in premises["input"] if "/premises/" in p}
+    assert len(metrics) == 2  # Zero-Shot and the Oracle on the validation tasks
+    feeding = [j for j in jobs if j["rule"] in ("evaluate_validation", "candidates_validation_oracle")]
+    assert {j["rule"] for j in feeding} == {"evaluate_validation", "candidates_validation_oracle"}
+    for job in feeding:
+        assert not named(job) & test_tasks and validation <= named(job), job
+    (oracle,) = [j for j in feeding if j["rule"] == "candidates_validation_oracle"]
+    assert sorted(oracle["input"]) == sorted(f"{results}/loras/{cfg['validation']['dataset']}/{t}" for t in validation)

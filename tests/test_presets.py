@@ -33,10 +33,10 @@ TABLE6 = {
 # Experts a preset adds to Table 6, and why (see the preset's header).
 EXTRA_EXPERTS = {"coco_seen": ["motorcycle", "sheep"], "ablation_dog_expert": ["dog"]}  # Table 13, Table 12
 HEAVY = {"train_lora", "train_cvae", "train_mole", "train_pdiff", "select", "premises", "evaluate", "evaluate_zero_shot",
-         "evaluate_mole", "novelty", "spaces_select", "spaces_evaluate"}  # fmt: skip
+         "evaluate_mole", "evaluate_validation", "novelty", "spaces_select", "spaces_evaluate"}  # fmt: skip
 # heavy rules that take the resources of another rule's section
 RESOURCES_OF = {"novelty": "evaluate", "spaces_evaluate": "evaluate", "spaces_select": "select"}
-LIGHT = {"world", "manifest", "embed", "assemble", "candidates_oracle", "candidates_merging", "candidates_pdiff",
+LIGHT = {"world", "manifest", "embed", "assemble", "candidates_oracle", "candidates_validation_oracle", "candidates_merging", "candidates_pdiff",
          "sample_sglora", "tables", "figures", "results_page", "all"}  # fmt: skip
 
 
@@ -252,7 +252,7 @@ def test_dry_run_asks_a_gpu_for_every_heavy_job(preset, miniatures, tmp_path):
 
 
 def dry_run_jobs(cfg: dict, tmp_path: Path, *args: str, env: dict | None = None) -> list[dict]:
-    """``snakemake -n -p`` of a config: one dict per job (rule, wildcards, resources, shell)."""
+    """``snakemake -n -p`` of a config: one dict per job (rule, wildcards, resources, input, shell)."""
     import os
 
     patched = tmp_path / "config.yaml"
@@ -264,10 +264,11 @@ def dry_run_jobs(cfg: dict, tmp_path: Path, *args: str, env: dict | None = None)
     jobs = []
     for line in out.splitlines():
         if head := re.match(r"(?:local)?rule (\w+):$", line):
-            jobs.append({"rule": head.group(1), "wildcards": "", "resources": {}, "shell": ""})
-        elif jobs and (m := re.match(r"\s+(wildcards|resources): (.*)$", line)):
+            jobs.append({"rule": head.group(1), "wildcards": "", "resources": {}, "input": [], "shell": ""})
+        elif jobs and (m := re.match(r"\s+(wildcards|resources|input): (.*)$", line)):
             jobs[-1][m.group(1)] = (dict(kv.split("=", 1) for kv in m.group(2).split(", ") if "=" in kv)
-                                    if m.group(1) == "resources" else m.group(2))
+                                    if m.group(1) == "resources" else m.group(2).split(", ") if m.group(1) == "input"
+                                    else m.group(2))
         elif jobs and line.startswith("Shell command: "):
             jobs[-1]["shell"] = line.removeprefix("Shell command: ")
     return jobs

@@ -19,7 +19,7 @@ from conftest import ROOT
 
 BIN = Path(sys.executable).parent
 DIRECTORY_RULES = {"pretrain_backbone", "train_lora", "assemble", "train_cvae", "train_mole", "train_pdiff", "evaluate",
-                   "evaluate_zero_shot", "evaluate_mole", "image_cache", "export_cvae"}
+                   "evaluate_zero_shot", "evaluate_mole", "image_cache", "export_cvae", "evaluate_validation"}
 # Stands in for `sglora` in the shell commands: its stdout is the job's log file, which
 # names the job; it creates that job's outputs.
 STAND_IN = """#!{python}
@@ -99,15 +99,13 @@ def edited(base) -> dict:
 ONLY_THE_GROUP = {"candidates_oracle", "candidates_merging", "sample_sglora", "sample_sglora_paper", "evaluate", "evaluate_zero_shot",
                   "evaluate_mole", "candidates_generator", "novelty", "spaces_evaluate"}
 REPORT = {"tables", "figures", "results_page", "all"}
-# the benchmark's premise check reads every unseen task and the groups' Oracle / Zero-Shot metrics
-PREMISES = {"premises"}
 
 
 def test_removing_an_unseen_task_reruns_only_its_group(base):
     cfg = edited(base)
     cfg["groups"]["cross_dataset"]["tasks"] = ["fox_terrier"]  # fire_lily removed
     jobs = planned(cfg, base[1])
-    assert {rule for rule, *_ in jobs} == ONLY_THE_GROUP | REPORT | PREMISES
+    assert {rule for rule, *_ in jobs} == ONLY_THE_GROUP | REPORT  # the premises read only validation tasks
     assert {w["group"] for rule, w, *_ in jobs if rule in ONLY_THE_GROUP} == {"cross_dataset"}
 
 
@@ -117,7 +115,7 @@ def test_adding_an_unseen_task_trains_only_its_oracle(base):
     jobs = planned(cfg, base[1])
     assert sorted((rule, w["task"]) for rule, w, *_ in jobs if rule in ("check_tasks", "train_lora")) == [
         ("check_tasks", "calla_lily"), ("train_lora", "calla_lily")]
-    assert {rule for rule, *_ in jobs} == ONLY_THE_GROUP | REPORT | PREMISES | {"check_tasks", "train_lora"}
+    assert {rule for rule, *_ in jobs} == ONLY_THE_GROUP | REPORT | {"check_tasks", "train_lora"}
     assert {w["group"] for rule, w, *_ in jobs if rule in ONLY_THE_GROUP} == {"in_dataset"}
 
 

@@ -1,10 +1,20 @@
-"""The embedded world: determinism and its semantic structure."""
+"""The embedded world: determinism, its semantic structure, and worlds of any size."""
 
+import hashlib
+import itertools
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from sglora.io import SGLoraError
-from sglora.world import COLOURS, FAMILIES, class_names, family_looks, generate_world
+from sglora.world import (COLOURS, FAMILIES, MAX_FAMILIES, class_names, family_looks, family_of, generate_world,
+                          world_families)
 
 
 def test_same_seed_gives_byte_identical_files(tmp_path):
@@ -106,3 +116,136 @@ def test_a_family_caption_is_a_positive_of_every_image_of_its_family(tmp_path):
             assert pos[i, j] == expect, (text, path)
     family_only = [j for j, r in enumerate(pairs.texts) if by_path[pairs.images[j]]["coarse_name"] == "lily"]
     assert family_only, "some captions name only the family"
+
+
+
+# --- worlds of any size -------------------------------------------------------------------------
+
+def world_digest(root: Path) -> str:
+    """sha256 of what a world folder holds: every image's pixels and every table's schema and
+    rows (image paths relative to the folder), whatever the PNG and Parquet encoders' versions."""
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.png")):
+        arr = np.asarray(Image.open(p))
+        h.update(f"{p.relative_to(root)} {arr.shape} {arr.dtype}".encode())
+        h.update(arr.tobytes())
+    for name in ("manifest.raw.parquet", "captions.parquet"):
+        table = pq.read_table(root / name)
+        rows = table.to_pylist()
+        for r in rows:
+            r["image_path"] = str(Path(r["image_path"]).relative_to(root))
+        h.update(str(table.schema.remove_metadata()).encode())
+        h.update(json.dumps(rows, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+#: the digests of the worlds below as the code before world sizes wrote them (the default world)
+DEFAULT_WORLD_DIGESTS = {"studio": "b7222db8a8ecc75724509eeec36fa314a0b1ab3f61234c0a812fb437c3895e1b",
+                         "sketch": "09c969a0c1b74b949d3ccb54d8c1689afdf86cc24f45e8f2c6426c139ce1729e"}
+
+
+def test_the_default_world_is_the_world_it_always_was(tmp_path):
+    """Every class of the default world (both domains), drawn as before world sizes were options."""
+    assert world_families() == FAMILIES and class_names(6, 6) == class_names()
+    generate_world(tmp_path / "studio", class_names(), images_per_class=2, test_per_class=1, image_size=32, progress=False)
+    generate_world(tmp_path / "sketch", class_names()[::6], domain="sketch", seed=1, images_per_class=2, test_per_class=1,
+                   image_size=32, progress=False)
+    assert {d: world_digest(tmp_path / d) for d in DEFAULT_WORLD_DIGESTS} == DEFAULT_WORLD_DIGESTS
+
+
+@pytest.mark.parametrize("families", [16, 24, MAX_FAMILIES])
+def test_any_number_of_families_keeps_their_looks_apart(families):
+    """Two families share the look of at most one value of each attribute, the first keeps the
+    canonical look, and a look's length is the number of values the world draws from."""
+    fams = world_families(families, 1)
+    looks = family_looks(0, families)
+    assert list(looks) == list(fams) and len(fams) == families
+    first = looks[next(iter(fams))]
+    assert first == type(first)(*(tuple(range(len(v))) for v in (first.colour, first.texture, first.background)))
+    for attr in ("colour", "texture", "background"):
+        sizes = {len(getattr(look, attr)) for look in looks.values()}
+        assert len(sizes) == 1
+        for a, b in itertools.combinations(looks.values(), 2):
+            va, vb = getattr(a, attr), getattr(b, attr)
+            assert sorted(va) == list(range(len(va))) and sum(x == y for x, y in zip(va, vb)) <= 1, (attr, a, b)
+
+
+def test_made_up_names_share_their_family_word_and_collide_with_nothing(tmp_path):
+    """Members of a made-up family share its word; every made-up word is new (not a word of the
+    world's texts, not another name), lower-case letters only, and the world's own tokenizer
+    spells it without an unknown token."""
+    from sglora.tiny import clip_tokenizer
+    from sglora.world import pretraining_pairs
+
+    fams = world_families(24, 8)
+    assert list(fams)[:6] == list(FAMILIES)
+    assert all(fams[f][1][:6] == FAMILIES[f][1] for f in FAMILIES)  # the named members come first
+    names = class_names(24, 8)
+    assert len(names) == len(set(names)) == 24 * 8
+    for fam, (_, prefixes) in fams.items():
+        assert all(family_of(f"{p} {fam}") == fam for p in prefixes)
+    made_up = [f for f in fams if f not in FAMILIES] + [p for f, (_, ps) in fams.items() for p in ps
+                                                         if p not in FAMILIES.get(f, (None, []))[1]]
+    words = list(fams) + [p for _, ps in fams.values() for p in ps]
+    assert len(words) == len(set(words)) and all(re.fullmatch(r"[a-z]+", w) for w in made_up)
+    picked = [f"{ps[-1]} {f}" for f, (_, ps) in list(fams.items())[4:]]  # named and made-up families
+    generate_world(tmp_path, picked, images_per_class=3, test_per_class=1, image_size=32, families=24, members=8,
+                   progress=False)
+    pairs = pretraining_pairs([tmp_path])
+    text_words = {w for t in pairs.vocab for w in re.findall(r"[a-z]+", t)} - set(words)
+    assert not text_words & set(made_up) and text_words >= {"red", "background", "photo"}
+    tokenizer = clip_tokenizer(pairs.vocab, vocab_size=256)
+    for word in made_up[:40]:
+        ids = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(word))
+        assert tokenizer.unk_token_id not in ids and tokenizer.decode(ids).strip() == word
+    caps = pq.read_table(tmp_path / "captions.parquet").to_pylist()
+    assert {r["family"] for r in caps} == set(list(fams)[4:])
+    assert all(r["class_name"] in c for r in caps for c in r["captions"])
+
+
+def test_a_larger_world_is_deterministic_byte_for_byte(tmp_path):
+    """The same options give the same bytes (PNG and Parquet files, paths relative as the
+    pipeline writes them), for a world with made-up families and more attribute values."""
+    fams = world_families(24, 7)
+    picked = [f"{ps[i % 7]} {f}" for i, (f, (_, ps)) in enumerate(fams.items()) if i % 3 == 0]
+    cwd = os.getcwd()
+    try:
+        for run in ("a", "b"):
+            os.chdir(tmp_path)
+            (tmp_path / run).mkdir()
+            os.chdir(tmp_path / run)
+            generate_world("world", picked, domain="sketch", seed=5, images_per_class=3, test_per_class=1,
+                           image_size=32, families=24, members=7, progress=False)
+    finally:
+        os.chdir(cwd)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert len(files) == 2 + 3 * len(picked)
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    caps = pq.read_table(tmp_path / "a" / "world" / "captions.parquet").to_pylist()
+    assert {r["texture"] for r in caps} <= {"plain", "striped", "dotted", "checkered", "hatched", "banded", "ringed"}
+
+
+def test_world_size_options_are_checked(tmp_path):
+    with pytest.raises(SGLoraError, match=r"option families=1 must be in \[2, 56\]"):
+        generate_world(tmp_path, families=1, progress=False)
+    with pytest.raises(SGLoraError, match=r"option members=13 must be in \[1, 12\]"):
+        generate_world(tmp_path, members=13, progress=False)
+    big = class_names(8, 7)[-1]
+    with pytest.raises(SGLoraError, match="not a class of the world"):
+        generate_world(tmp_path, [big], progress=False)  # a class of a larger world than the default
+    assert family_of(big) == big.split()[-1]
+
+
+def test_the_world_step_takes_the_size_options_and_names_unknown_ones(tmp_path, capsys):
+    from sglora.cli import main
+
+    fams = world_families(16, 2)
+    options = {"families": 16, "members": 2, "classes": [f"{ps[1]} {f}" for f, (_, ps) in list(fams.items())[-2:]],
+               "images_per_class": 2, "test_per_class": 1, "image_size": 32}
+    main(["world", "--out", str(tmp_path / "w"), "--options", json.dumps(options)])
+    rows = pq.read_table(tmp_path / "w" / "manifest.raw.parquet").to_pylist()
+    assert sorted({r["class_name"] for r in rows}) == sorted(options["classes"])
+    capsys.readouterr()
+    assert main(["world", "--out", str(tmp_path / "x"), "--options", json.dumps({"family": 16})]) not in (0, None)
+    assert "['family'] are not options" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -260,20 +260,22 @@ def paired_groups():
     return [g for g, spec in GROUPS.items() if "sglora" in spec["methods"]]
 
 
-# sorted: a rule's params must not change when the config only lists its groups in another order
+# The premises are measured on the validation tasks only: no test task's number is looked at
+# before the tables.
 
-def unseen_tasks():
-    return sorted({t for spec in GROUPS.values() if spec.get("unseen", True) for t in spec["tasks"]} | set(VALIDATION["tasks"]))
-
-
-def transfer_tasks():
-    return sorted(
-        {t for spec in GROUPS.values() if spec.get("unseen", True) and spec["dataset"] == EXPERTS["dataset"] for t in spec["tasks"]}
-    )
+def premise_headroom():
+    """Whether the premises measure the Oracle's headroom: when an unseen group compares
+    with the Oracle (then the validation tasks get Oracle LoRAs and both evaluations)."""
+    return any(spec.get("unseen", True) and {"zero_shot", "oracle"} <= set(spec["methods"]) for spec in GROUPS.values())
 
 
-def headroom_groups():
-    return sorted(g for g, spec in GROUPS.items() if spec.get("unseen", True) and {"zero_shot", "oracle"} <= set(spec["methods"]))
+def premise_transfer_tasks():
+    """The validation tasks on which family transfer is measured: those of the experts' dataset."""
+    return VALIDATION["tasks"] if VALIDATION["dataset"] == EXPERTS["dataset"] else []
+
+
+def validation_metrics(method):
+    return f"{R}/premises/validation/{method}"
 
 
 def raw_manifest(w):

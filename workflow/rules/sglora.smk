@@ -178,15 +178,63 @@ rule ablation:
         "--csv {output.csv:q} > {log:q} 2>&1"
 
 
+rule candidates_validation_oracle:
+    """The validation tasks' Oracle: each one's own trained LoRA (final epoch)."""
+    input:
+        [lora_dir(VALIDATION["dataset"], t) for t in VALIDATION["tasks"]],
+    output:
+        f"{R}/premises/validation/oracle.safetensors",
+    conda:
+        "../../envs/sglora.yaml"
+    log:
+        f"{R}/logs/premises/candidates_oracle.log",
+    shell:
+        "sglora candidates --method oracle --loras {input:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule evaluate_validation:
+    """Zero-Shot CLIP or the Oracle on the validation tasks, for the premises' headroom."""
+    input:
+        candidates=lambda w: [f"{R}/premises/validation/oracle.safetensors"] if w.method == "oracle" else [],
+        manifest=manifest(VALIDATION["dataset"]),
+        checks=[check_file(VALIDATION["dataset"], t) for t in VALIDATION["tasks"]],
+        backbone=backbone_input(),
+        images=image_cache(VALIDATION["dataset"]),
+    output:
+        directory(validation_metrics("{method}")),
+    wildcard_constraints:
+        method="zero_shot|oracle",
+    params:
+        tasks=",".join(VALIDATION["tasks"]),
+        candidates=lambda w, input: f"--candidates {shlex.quote(input.candidates[0])}" if input.candidates else "",
+        lora=as_json(config["lora"]),
+        backbone=backbone_param,
+        device=config["device"],
+        gallery=GALLERY,
+    threads: THREADS
+    resources:
+        **heavy_resources("evaluate", mem_mb=4000, runtime=30),
+    conda:
+        "../../envs/sglora.yaml"
+    log:
+        f"{R}/logs/premises/evaluate_{{method}}.log",
+    shell:
+        "sglora evaluate --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
+        "--method {wildcards.method:q} --group validation {params.candidates} --lora {params.lora:q} "
+        "--image-cache {input.images:q} --gallery {params.gallery} --device {params.device:q} --out {output:q} "
+        "--threads {threads} > {log:q} 2>&1"
+
+
 rule premises:
-    """The benchmark's premises: description-nearest expert in the task's family, Oracle
-    headroom, family transfer. On embedded worlds a failed premise stops the run."""
+    """The benchmark's premises on the validation tasks: description-nearest expert in the
+    task's family, Oracle headroom, family transfer. On embedded worlds a failed premise
+    stops the run."""
     input:
         manifest=manifest(EXPERTS["dataset"]),
         images=image_cache(EXPERTS["dataset"]),
         repository=f"{R}/repository",
         embeddings=f"{R}/tasks/embeddings.parquet",
-        metrics=[f"{R}/metrics/{g}/{m}" for g in headroom_groups() for m in ("zero_shot", "oracle")],
+        metrics=[validation_metrics(m) for m in ("zero_shot", "oracle")] if premise_headroom() else [],
         backbone=backbone_input(),
     output:
         json=f"{R}/premises/premises.json",
@@ -194,9 +242,9 @@ rule premises:
     params:
         backbone=backbone_param,
         embedded=EMBEDDED,
-        unseen=",".join(unseen_tasks()),
-        transfer=transfer_tasks(),
-        headroom=[f"{g}={R}/metrics/{g}/zero_shot,{R}/metrics/{g}/oracle" for g in headroom_groups()],
+        tasks=",".join(VALIDATION["tasks"]),
+        transfer=premise_transfer_tasks(),
+        headroom=[f"validation={validation_metrics('zero_shot')},{validation_metrics('oracle')}"] if premise_headroom() else [],
         prior=as_json(config["prior"]),
         premises=as_json(config.get("premises")),
         experts=EXPERTS["dataset"],
@@ -212,6 +260,6 @@ rule premises:
     shell:
         "sglora premises --backbone {params.backbone:q} --manifest {input.manifest:q} --experts-dataset {params.experts:q} "
         "--repository {input.repository:q} --embeddings {input.embeddings:q} --embedded {params.embedded:q} "
-        "--unseen {params.unseen:q} --transfer {params.transfer:q} --headroom {params.headroom:q} --prior {params.prior:q} "
+        "--tasks {params.tasks:q} --transfer {params.transfer:q} --headroom {params.headroom:q} --prior {params.prior:q} "
         "--premises {params.premises:q} --image-cache {input.images:q} --gallery {params.gallery} --device {params.device:q} --out {output.json:q} "
         "--markdown {output.md:q} > {log:q} 2>&1"
