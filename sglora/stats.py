@@ -26,6 +26,12 @@ methods' replicates is a paired bootstrap of their difference. Run draws are eac
 own (method A's seed 0 has nothing to do with method B's). The interval is the percentile
 interval of the replicates; the standard error is their standard deviation. Draws come from
 a fixed seed, so intervals are reproducible byte for byte.
+
+Few units (6 families in the embedded default's groups) make the first stage too narrow: its
+variance of a mean of U unit means is the plug-in one, (U - 1) / U of the unbiased s^2 / U.
+:func:`bootstrap` therefore scales each replicate's deviation from the replicates' mean by
+:func:`widening` (sqrt(U / (U - 1))), once, so every interval, paired difference and standard
+error built from the replicates carries it.
 """
 
 from __future__ import annotations
@@ -126,6 +132,32 @@ def clusters(families: Sequence | None, n_tasks: int) -> list[np.ndarray] | None
     return None if len(members) == n_tasks else [np.asarray(m) for m in members.values()]
 
 
+def n_units(families: Sequence | None, n_tasks: int) -> int:
+    """The independent units a replicate draws first: the families, or the tasks (no families,
+    or every task alone)."""
+    members = clusters(families, n_tasks)
+    return n_tasks if members is None else len(members)
+
+
+def widening(units: int) -> float:
+    """The factor :func:`bootstrap` scales each replicate's deviation from the replicates' mean
+    by: sqrt(U / (U - 1)) for U >= 2 units drawn first, 1 for one (nothing is drawn then).
+
+    The first stage draws U of U units, so it gives the mean of U unit means the plug-in
+    variance (1/U of the squared deviations, over U): (U - 1) / U of the unbiased s^2 / U, an
+    interval 9% too short at 6 units. The factor makes that part unbiased (a one-stage
+    bootstrap's standard error becomes s / sqrt(U), as with ddof=1). It adds no t(U - 1) tail
+    factor: the inner stages (tasks of a drawn family, queries of a drawn task) add again the
+    within-unit variance the unit means already carry, which widens the interval by about as
+    much wherever test queries are a sizeable part of a task mean's variance (the tables' power
+    note gives that share). Simulated (tests/test_stats.py: 20 queries per task, about 30%
+    of a task mean's variance from its queries), the intervals cover 95 +- 2.5% at 6 families
+    x 1 or 2 tasks and at 12 x 2; with the t factor too they cover 97-98%. Where task means
+    carry little query noise (100 queries per task: 8% of their variance), at 6 families they
+    cover about 90%, and the t factor would be needed."""
+    return float(np.sqrt(units / (units - 1))) if units > 1 else 1.0
+
+
 def resampling(families: Sequence | None, n_tasks: int) -> str:
     """What a replicate resamples, for a table's caption."""
     members = clusters(families, n_tasks)
@@ -196,8 +228,10 @@ def estimate(hits: list[np.ndarray]) -> float:
 def bootstrap(hits: dict[str, list[np.ndarray]], n_boot: int = N_BOOT, seed: int = 0, chunk: int = CHUNK,
               families: Sequence | None = None) -> dict[str, np.ndarray]:
     """Replicates (``n_boot``,) of each method's group mean (percent), on shared family, task
-    and query draws. ``hits``: method -> :func:`run_hits` (same tasks and query counts for
-    all); ``families``: the family of each task (None: tasks drawn as independent units)."""
+    and query draws, each one's deviation from their mean scaled by :func:`widening` of the
+    units drawn first (one factor for all methods, so paired differences scale alike).
+    ``hits``: method -> :func:`run_hits` (same tasks and query counts for all); ``families``:
+    the family of each task (None: tasks drawn as independent units)."""
     methods = list(hits)
     n_q = [h.shape[1] for h in hits[methods[0]]]
     for m in methods:
@@ -228,6 +262,11 @@ def bootstrap(hits: dict[str, list[np.ndarray]], n_boot: int = N_BOOT, seed: int
             mean = slot.mean(1) if valid is None else (slot * valid).sum(1) / valid.sum(1)
             out[m][start : start + c] = 100.0 * mean
         start += c
+    scale = widening(n_units(families, len(n_q)))
+    if scale != 1.0:
+        for m in methods:
+            centre = out[m].mean()
+            out[m] = centre + scale * (out[m] - centre)
     return out
 
 
@@ -326,6 +365,6 @@ def n_runs(per_task: dict[str, dict]) -> int:
     return len({r for res in per_task.values() for r in (res.get("runs") or [0])})
 
 
-__all__ = ["Interval", "interval", "query_hits", "run_hits", "clusters", "resampling", "task_query_draws", "run_draws",
-           "estimate", "bootstrap", "GroupStats", "group_stats", "family_labels", "Power", "power", "units_for", "n_runs",
-           "N_BOOT", "LEVEL", "DETECTABLE"]
+__all__ = ["Interval", "interval", "query_hits", "run_hits", "clusters", "n_units", "widening", "resampling",
+           "task_query_draws", "run_draws", "estimate", "bootstrap", "GroupStats", "group_stats", "family_labels",
+           "Power", "power", "units_for", "n_runs", "N_BOOT", "LEVEL", "DETECTABLE"]

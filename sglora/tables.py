@@ -260,8 +260,12 @@ def _se_note(rows: list[dict], cols: list[str], results: dict[str, dict[str, dic
     return note
 
 
+#: The small-sample widening of the replicates (:func:`sglora.stats.widening`), in the captions.
+WIDENED = "widened by sqrt(n/(n-1)) for the n units drawn first"
+
+
 def _cells_caption(resampled: str) -> str:
-    return f"Cells: mean over the group's tasks [95% bootstrap interval; resampled: {resampled}]."
+    return f"Cells: mean over the group's tasks [95% bootstrap interval, {WIDENED}; resampled: {resampled}]."
 
 
 def render(rows: list[dict], cols: list[str], title: str, marks: dict[tuple[str, str], str] | None = None,
@@ -331,7 +335,8 @@ def render_paired(rows: list[dict], cols: list[str], stats: dict[str, GroupStats
         md.append(f"| {name} − {r['label']} | " + " | ".join(
             f"{d.estimate:+.2f} [{d.lo:+.2f}, {d.hi:+.2f}]" + ("*" if d.excludes_zero() else "")
             + f" (MDD {d.detectable:.2f})" for d in diffs) + " |")
-    md += ["", f"Cells: difference of the means [paired 95% bootstrap interval; resampled: {stats[cols[0]].resampled}; "
+    md += ["", f"Cells: difference of the means [paired 95% bootstrap interval, {WIDENED}; resampled: "
+           f"{stats[cols[0]].resampled}; "
            "the same draws for both methods, except each method's runs, drawn on their own]. *: the interval excludes "
            f"0. MDD: the minimum detectable difference, {DETECTABLE:.2f} x the paired SE (z 0.975 + z 0.80): a true "
            "difference this large is resolved with 80% power at the 5% level; a smaller one may go unseen."]
