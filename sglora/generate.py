@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from .cvae import CVAE
-from .io import SGLoraError, Settings, setting, umask
+from .io import SGLoraError, Settings, reading, setting, umask
 from .prior import Prior, PriorSpec, task_condition
-from .repository import ExpertTable
+from .repository import NORM_FACTOR, ExpertTable
 
 log = logging.getLogger("sglora")
 
@@ -64,10 +64,34 @@ def sample_loras(cvae: CVAE, experts: ExpertTable, query: np.ndarray, prior: Pri
         if seen_task not in experts.tasks:
             raise SGLoraError(f"sampling: seen task {seen_task!r} is not an expert of the repository")
         expert = experts.tasks.index(seen_task)
+    trained_on = getattr(cvae, "trained_on", None)
+    if trained_on and trained_on != experts.checksum:
+        raise SGLoraError(f"{_source(cvae).parent / 'config.json'}: the CVAE was trained on a repository with checksum "
+                          f"{trained_on[:12]}..., but {experts.path} has {experts.checksum[:12]}...; it was trained for "
+                          "another repository")
     mu, var, p = task_condition(query, experts.embedding(prior.modality), experts.mu, experts.var, prior.k, prior.tau,
                                 cvae.spec.condition, expert=expert)
     gen = torch.Generator().manual_seed(seed)
-    return cvae.sample(mu, var, n, generator=gen, temperature=temperature, embedding=query).numpy(), p
+    vectors = cvae.sample(mu, var, n, generator=gen, temperature=temperature, embedding=query).numpy()
+    check_decoded(vectors, cvae, experts)
+    return vectors, p
+
+
+def _source(cvae: CVAE) -> Path:
+    return Path(getattr(cvae, "source", "the CVAE's model.safetensors"))
+
+
+def check_decoded(vectors: np.ndarray, cvae: CVAE, experts: ExpertTable) -> None:
+    """Refuse decoded LoRAs that no working CVAE gives: non-finite values, or a norm above
+    ``experts.norm_bound``. Either means damaged weights, so the error names the CVAE's file."""
+    bad = int(vectors.size - np.isfinite(vectors).sum())
+    if bad:
+        raise SGLoraError(f"{_source(cvae)}: the CVAE decoded {bad} non-finite (NaN/inf) value(s); its weights are "
+                          "damaged")
+    norm = float(np.linalg.norm(vectors.astype(np.float64), axis=1).max())
+    if norm > experts.norm_bound:
+        raise SGLoraError(f"{_source(cvae)}: the CVAE decoded a LoRA of norm {norm:.3g}, above {experts.norm_bound:.3g} "
+                          f"({NORM_FACTOR:g}x the largest expert's norm in {experts.path}); its weights are damaged")
 
 
 def describe_prior(p: Prior, experts: ExpertTable) -> list[dict]:
@@ -133,6 +157,8 @@ def generate(description: str, repository: str | Path, cvae_dir: str | Path, out
     if cvae.dim != repo.layout.dim:
         raise SGLoraError(f"{cvae_dir}: the CVAE generates LoRAs of {cvae.dim} values, but the repository "
                           f"{repository} holds LoRAs of {repo.layout.dim}; it was trained for another repository")
+    with reading(Path(cvae_dir) / "config.json", "CVAE config"):  # what export-cvae chose on validation
+        sampling = SamplingSpec.from_dict(cfg.get("sampling"))
     prior = prior or PriorSpec.from_dict(cfg.get("prior"))
     if prior.modality != "textual":
         raise SGLoraError("sglora generate needs the textual prior (a description has no images)")
@@ -144,9 +170,8 @@ def generate(description: str, repository: str | Path, cvae_dir: str | Path, out
         log.warning(f"warning: the description has {tokens} tokens; the text encoder reads only the first {context}")
     query = encode_texts(model, processor, [description]).numpy()[0]
     experts = repo.experts()
-    temperature = float(cfg.get("sampling", {}).get("temperature", 1.0))
-    vectors, p = sample_loras(cvae, experts, query, prior, samples, seed, temperature=temperature)
-    if cfg.get("sampling", {}).get("average"):  # chosen on validation: one adapter, the mean of the samples
+    vectors, p = sample_loras(cvae, experts, query, prior, samples, seed, temperature=sampling.temperature)
+    if sampling.average:  # chosen on validation: one adapter, the mean of the samples
         vectors, samples = vectors.astype(np.float64).mean(0, keepdims=True).astype(np.float32), 1
     used = describe_prior(p, experts)
     names = ["adapter"] if samples == 1 else [f"sample_{i:03d}" for i in range(samples)]

@@ -133,6 +133,11 @@ def read_json(path: str | os.PathLike) -> Any:
         raise SGLoraError(f"{path}: not valid JSON ({one_line(err)})") from err
 
 
+#: how every Parquet file is written: each page carries a CRC, so a flipped bit is a read
+#: error (readers pass ``page_checksum_verification=True``) instead of a silently changed value
+PARQUET_WRITE = {"compression": "zstd", "write_page_checksum": True}
+
+
 def write_table(path: str | os.PathLike, table) -> None:
     """Write a pyarrow Table (or pandas DataFrame) as Parquet, atomically and deterministically."""
     import pyarrow as pa
@@ -141,7 +146,7 @@ def write_table(path: str | os.PathLike, table) -> None:
     if not isinstance(table, pa.Table):
         table = pa.Table.from_pandas(table, preserve_index=False)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, **PARQUET_WRITE)
 
 
 def slugify(name: str) -> str:

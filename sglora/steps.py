@@ -290,7 +290,7 @@ def train_cvae(repository: A[Path, "expert repository folder"], out: A[Path, "CV
     model, history = train(np.concatenate(vecs), index, cm, cv, cvae, threads=threads, pools=pools,
                            embeddings=keys if cvae.describe else None)
     save_cvae(out, model, {"prior": asdict(prior), "condition": cvae.condition, "history": history,
-                           "repository": str(repository)})
+                           "repository": str(repository), "repository_checksum": experts.checksum})
     return history[-1]
 
 
@@ -352,7 +352,7 @@ def candidates(method: A[str, "the method", {"choices": [m for m, v in METHODS.i
                              {"task": t, "description": emb[t]["description"], "seed": info[t]["seeds"][info[t]["runs"][i]],
                               "run": info[t]["runs"][i], "sample": i, "experts": info[t]["experts"], "kind": "sglora"})
         Path(adapters).mkdir(parents=True, exist_ok=True)
-    save_candidates(out, vecs, repo.layout, method, info)
+    save_candidates(out, vecs, repo.layout, method, info, bound=experts.norm_bound)
     return {"method": method, "tasks": len(vecs), "settings": settings}
 
 
