@@ -470,9 +470,9 @@ def _show_generated(res: dict) -> str:
 @step("generate", show=_show_generated)
 def generate(description: A[str, 'e.g. "a photo of a zebra"', POSITIONAL],
              out: A[Path, "adapter folder (or parent of sample_NNN folders)"],
-             overwrite: A[bool, "write into an existing non-empty --out, replacing only the adapter files written "
-                                "here"] = False,
-             samples: A[int, "adapters to write"] = 1, seed: A[int, "sampling seed"] = 0,
+             overwrite: A[bool, "write into an existing non-empty --out: the files of an earlier generate there "
+                                "(its generate.json) are replaced or removed, nothing else"] = False,
+             samples: A[int, "adapters to write"] = 1, seed: A[int, "sampling seed, 0 to 2^64 - 1"] = 0,
              repository: A[Path, "expert repository (default: the embedded run's)"] = Path("results/embedded/repository"),
              cvae: A[Path, "exported CVAE (default: the embedded run's)"] = Path("results/embedded/cvae/selected"),
              backbone: A[str | None, "defaults to the repository's backbone"] = None) -> dict:
