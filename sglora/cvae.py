@@ -277,9 +277,29 @@ def load_cvae(model_dir: str | Path) -> tuple[CVAE, dict]:
     with reading(cfg_path, "CVAE config (JSON with 'dim' and 'cvae')"):
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
         model = CVAE(int(cfg["dim"]), CVAESpec.from_dict(cfg["cvae"]), int(cfg.get("embed_dim", 0)))
+        _check_config(cfg, model.spec)
     with reading(weights, "CVAE weights file (safetensors matching config.json)"):
-        model.load_state_dict(_renamed(load_file(str(weights)), {v: k for k, v in CHECKPOINT_NAMES.items()}))
+        state = load_file(str(weights))
+        for name, tensor in sorted(state.items()):
+            if not torch.isfinite(tensor).all():
+                raise SGLoraError(f"{weights}: tensor {name!r} holds non-finite (NaN/inf) values")
+        model.load_state_dict(_renamed(state, {v: k for k, v in CHECKPOINT_NAMES.items()}))
+    model.source = weights  # named when what it decodes is refused
+    model.trained_on = cfg.get("repository_checksum")  # checked against the repository it samples with
     return model.eval(), cfg
+
+
+def _check_config(cfg: dict, spec: CVAESpec) -> None:
+    """The keys of ``config.json`` that sampling reads besides ``cvae`` and ``sampling``:
+    ``condition`` (a copy of ``cvae.condition``), ``prior`` and ``repository_checksum``."""
+    from .prior import PriorSpec
+
+    if "condition" in cfg and cfg["condition"] != spec.condition:
+        raise SGLoraError(f"field 'condition' is {cfg['condition']!r}; expected cvae.condition, {spec.condition!r}")
+    PriorSpec.from_dict(cfg.get("prior"))
+    checksum = cfg.get("repository_checksum")
+    if checksum is not None and not (isinstance(checksum, str) and len(checksum) == 64):
+        raise SGLoraError(f"field 'repository_checksum' is {checksum!r}; expected the repository's SHA-256 (64 hex digits)")
 
 
 def cvae_parameters(dim: int, spec: CVAESpec, embed_dim: int = 0) -> int:

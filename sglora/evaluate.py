@@ -146,6 +146,17 @@ def summarize(per_sample: list[dict[str, np.ndarray]], runs: list[int] | None = 
     }
 
 
+def check_range(vectors: np.ndarray, bound: float | None, what: str) -> None:
+    """Refuse LoRAs far outside the repository they come from: a norm above ``bound`` (the
+    candidates file records it; see ``sglora.repository.NORM_FACTOR``). No bound, no check."""
+    if bound is None:
+        return
+    norm = float(np.linalg.norm(np.asarray(vectors, dtype=np.float64), axis=1).max())
+    if not norm <= bound:
+        raise SGLoraError(f"{what} have norm {norm:.3g}, above the file's norm_bound {bound:.3g} (far beyond any "
+                          "expert of the repository it was made from); the file is damaged")
+
+
 def evaluate_method(backbone: str, manifest: str | Path, tasks: list[str], method: str, out_dir: str | Path,
                     candidates: str | Path | None = None, scaling: float | None = None, group: str = "",
                     threads: int | None = None, device: str = "auto", cache: str | Path | None = None,
@@ -170,6 +181,9 @@ def evaluate_method(backbone: str, manifest: str | Path, tasks: list[str], metho
         if candidates is not None and not np.isfinite(vectors[task]).all():
             raise SGLoraError(f"{candidates}: the candidate LoRA(s) of method {method!r} for task {task!r} hold "
                               f"{int(vectors[task].size - np.isfinite(vectors[task]).sum())} non-finite (NaN/inf) value(s)")
+        if candidates is not None:
+            check_range(vectors[task], info.get("norm_bound"), f"{candidates}: the candidate LoRA(s) of method "
+                        f"{method!r} for task {task!r}")
         try:
             per = evaluate_queries(model, processor, data, vectors.get(task) if candidates else None, layout, scaling or 1.0)
         except SGLoraError as err:

@@ -89,6 +89,39 @@ def _remove_stale(path: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def exclusive(lock: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``lock`` for the block, or refuse at once naming
+    ``what``. The file is created (with its folder) and removed on release; the kernel
+    drops the lock when the process ends, however it ends."""
+    import fcntl
+
+    lock = Path(lock)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            f = open(lock, "a")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                raise SGLoraError(f"{what}: another process is writing it (it holds {lock}); "
+                                  "wait for it to finish") from None
+            try:  # a holder that finished removed the file: lock the one that is there now
+                if os.fstat(f.fileno()).st_ino == os.stat(lock).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            f.close()
+    except OSError as err:
+        raise SGLoraError(f"{what}: cannot write there ({type(err).__name__}: {one_line(err)})") from err
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        f.close()
+
+
 def one_line(err: BaseException, limit: int = 300) -> str:
     """An exception's message on one line (readers' messages can span several)."""
     text = " ".join(str(err).split()) or type(err).__name__
@@ -133,6 +166,11 @@ def read_json(path: str | os.PathLike) -> Any:
         raise SGLoraError(f"{path}: not valid JSON ({one_line(err)})") from err
 
 
+#: how every Parquet file is written: each page carries a CRC, so a flipped bit is a read
+#: error (readers pass ``page_checksum_verification=True``) instead of a silently changed value
+PARQUET_WRITE = {"compression": "zstd", "write_page_checksum": True}
+
+
 def write_table(path: str | os.PathLike, table) -> None:
     """Write a pyarrow Table (or pandas DataFrame) as Parquet, atomically and deterministically."""
     import pyarrow as pa
@@ -141,7 +179,7 @@ def write_table(path: str | os.PathLike, table) -> None:
     if not isinstance(table, pa.Table):
         table = pa.Table.from_pandas(table, preserve_index=False)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, **PARQUET_WRITE)
 
 
 def slugify(name: str) -> str:

@@ -16,21 +16,27 @@ DuckDB and pandas read them as they are.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .io import SGLoraError, atomic_path, read_json, reading
+from .io import PARQUET_WRITE, SGLoraError, atomic_path, read_json, reading
 from .lora import Layout, LoraSpec
 
 
 EXPERTS_TABLE = "expert table (Parquet written by 'sglora assemble')"
 SNAPSHOTS_TABLE = "snapshot table (Parquet written by 'sglora assemble')"
+
+#: a LoRA whose norm is above this multiple of the repository's largest expert norm is not
+#: a LoRA of it (a corrupted weight, an overflow): sampling and evaluation refuse it
+NORM_FACTOR = 100.0
 
 
 def _meta(layout: Layout, lora: dict, backbone: str) -> dict[bytes, bytes]:
@@ -72,7 +78,7 @@ def assemble(
                     vec_type = pa.list_(pa.float32(), layout.dim)
                     schema = pa.schema([("task", pa.string()), ("task_name", pa.string()), ("description", pa.string()),
                                         ("snapshot", pa.int32()), ("vector", vec_type)], metadata=_meta(layout, lora, backbone))
-                    writer = pq.ParquetWriter(tmp / "snapshots.parquet", schema, compression="zstd")
+                    writer = pq.ParquetWriter(tmp / "snapshots.parquet", schema, **PARQUET_WRITE)
                 elif lay.keys != layout.keys or lay.shapes != layout.shapes:
                     raise SGLoraError(f"{Path(e['lora_dir']) / 'snapshots.safetensors'}: LoRA layout (module keys and "
                                       f"shapes, {lay.dim} values) differs from the first expert's ({layout.dim} values)")
@@ -101,7 +107,7 @@ def assemble(
         cols = {f.name: [r[f.name] for r in expert_rows] for f in schema}
         cols["mu"] = pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(cols["mu"]), pa.float32()), layout.dim)
         cols["var"] = pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(cols["var"]), pa.float32()), layout.dim)
-        pq.write_table(pa.table(cols, schema=schema), tmp / "experts.parquet", compression="zstd")
+        pq.write_table(pa.table(cols, schema=schema), tmp / "experts.parquet", **PARQUET_WRITE)
     return {"experts": len(expert_rows), "dim": layout.dim, "snapshots": sum(r["snapshots"] for r in expert_rows)}
 
 
@@ -168,7 +174,7 @@ class Repository:
         """The per-expert table (μ, σ², embeddings) as numpy arrays."""
         path = self.path / "experts.parquet"
         with reading(path, EXPERTS_TABLE):
-            t = pq.read_table(path)
+            t = pq.read_table(path, page_checksum_verification=True)
             dim = self.layout.dim
             mu = _matrix(t.column("mu"), dim)
             if mu.shape[1] != dim:
@@ -177,7 +183,7 @@ class Repository:
                 tasks=t.column("task").to_pylist(), names=t.column("task_name").to_pylist(),
                 descriptions=t.column("description").to_pylist(),
                 text_embedding=_matrix(t.column("text_embedding")), visual_embedding=_matrix(t.column("visual_embedding")),
-                mu=mu, var=_matrix(t.column("var"), dim))
+                mu=mu, var=_matrix(t.column("var"), dim), path=path)
         for name in ("mu", "var", "text_embedding", "visual_embedding"):
             if not np.isfinite(getattr(table, name)).all():
                 raise SGLoraError(f"{path}: column {name!r} holds non-finite (NaN/inf) values")
@@ -186,7 +192,8 @@ class Repository:
     def expert(self, task: str) -> np.ndarray:
         """One expert's snapshots (M x D), reading only its rows."""
         with reading(self.path / "snapshots.parquet", SNAPSHOTS_TABLE):
-            t = pq.read_table(self.path / "snapshots.parquet", filters=[("task", "=", task)], columns=["snapshot", "vector"])
+            t = pq.read_table(self.path / "snapshots.parquet", filters=[("task", "=", task)], columns=["snapshot", "vector"],
+                              page_checksum_verification=True)
         if t.num_rows == 0:
             raise SGLoraError(f"{self.path}: no expert {task!r}")
         order = np.argsort(t.column("snapshot").to_numpy())
@@ -196,7 +203,7 @@ class Repository:
         """Yield ``(tasks, vectors)`` batches over every snapshot (streamed)."""
         path = self.path / "snapshots.parquet"
         with reading(path, SNAPSHOTS_TABLE):
-            f = pq.ParquetFile(path)
+            f = pq.ParquetFile(path, page_checksum_verification=True)
             batches = f.iter_batches(batch_size=batch_rows, columns=["task", "vector"])
         while True:
             with reading(path, SNAPSHOTS_TABLE):
@@ -216,11 +223,34 @@ class ExpertTable:
     visual_embedding: np.ndarray
     mu: np.ndarray
     var: np.ndarray
+    path: Path | None = None  #: the ``experts.parquet`` it was read from
+
+    @cached_property
+    def norm_bound(self) -> float:
+        """:data:`NORM_FACTOR` times the largest expert norm: an expert's root-mean-square
+        snapshot norm is sqrt(||mu||^2 + sum(var))."""
+        return norm_bound(self.mu, self.var)
+
+    @cached_property
+    def checksum(self) -> str:
+        """SHA-256 of what a CVAE learns its conditions from (tasks, embeddings, mu, var):
+        a CVAE records it, and sampling refuses a CVAE of another repository."""
+        h = hashlib.sha256("\0".join(self.tasks).encode())
+        for name in ("text_embedding", "visual_embedding", "mu", "var"):
+            h.update(np.ascontiguousarray(getattr(self, name), dtype="<f4").tobytes())
+        return h.hexdigest()
 
     def embedding(self, modality: str) -> np.ndarray:
         if modality not in ("textual", "visual"):
             raise SGLoraError(f"prior.modality: {modality!r} is not 'textual' or 'visual'")
         return self.text_embedding if modality == "textual" else self.visual_embedding
+
+
+def norm_bound(mu: np.ndarray, var: np.ndarray) -> float:
+    """:data:`NORM_FACTOR` times the largest root-mean-square norm of the snapshots of the
+    experts whose per-coordinate mean and variance are the rows of ``mu`` and ``var``."""
+    mu, var = np.atleast_2d(mu).astype(np.float64), np.atleast_2d(var).astype(np.float64)
+    return float(NORM_FACTOR * np.sqrt(((mu**2).sum(1) + var.sum(1)).max()))
 
 
 def _matrix(col, dim: int | None = None) -> np.ndarray:

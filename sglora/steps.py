@@ -297,7 +297,7 @@ def train_cvae(repository: A[Path, "expert repository folder"], out: A[Path, "CV
     model, history = train(np.concatenate(vecs), index, cm, cv, cvae, threads=threads, pools=pools,
                            embeddings=keys if cvae.describe else None)
     save_cvae(out, model, {"prior": asdict(prior), "condition": cvae.condition, "history": history,
-                           "repository": str(repository)})
+                           "repository": str(repository), "repository_checksum": experts.checksum})
     return history[-1]
 
 
@@ -359,7 +359,7 @@ def candidates(method: A[str, "the method", {"choices": [m for m, v in METHODS.i
                              {"task": t, "description": emb[t]["description"], "seed": info[t]["seeds"][info[t]["runs"][i]],
                               "run": info[t]["runs"][i], "sample": i, "experts": info[t]["experts"], "kind": "sglora"})
         Path(adapters).mkdir(parents=True, exist_ok=True)
-    save_candidates(out, vecs, repo.layout, method, info)
+    save_candidates(out, vecs, repo.layout, method, info, bound=experts.norm_bound)
     return {"method": method, "tasks": len(vecs), "settings": settings}
 
 
@@ -477,9 +477,9 @@ def _show_generated(res: dict) -> str:
 @step("generate", show=_show_generated)
 def generate(description: A[str, 'e.g. "a photo of a zebra"', POSITIONAL],
              out: A[Path, "adapter folder (or parent of sample_NNN folders)"],
-             overwrite: A[bool, "write into an existing non-empty --out, replacing only the adapter files written "
-                                "here"] = False,
-             samples: A[int, "adapters to write"] = 1, seed: A[int, "sampling seed"] = 0,
+             overwrite: A[bool, "write into an existing non-empty --out: the files of an earlier generate there "
+                                "(its generate.json) are replaced or removed, nothing else"] = False,
+             samples: A[int, "adapters to write"] = 1, seed: A[int, "sampling seed, 0 to 2^64 - 1"] = 0,
              repository: A[Path, "expert repository (default: the embedded run's)"] = Path("results/embedded/repository"),
              cvae: A[Path, "exported CVAE (default: the embedded run's)"] = Path("results/embedded/cvae/selected"),
              backbone: A[str | None, "defaults to the repository's backbone"] = None) -> dict:
