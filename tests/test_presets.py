@@ -6,6 +6,7 @@ by the code that will read it, and a DAG that asks for GPUs where the work is he
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -321,3 +322,17 @@ def test_profile_gpu_limit_follows_the_gpus_present(visible, gpu, miniatures, tm
                         env={"CUDA_VISIBLE_DEVICES": visible})
     heavy = [j for j in jobs if j["rule"] in HEAVY]
     assert heavy and all(j["resources"]["gpu"] == gpu for j in heavy), [(j["rule"], j["resources"]) for j in heavy]
+
+
+def test_presets_data_placeholder_is_git_ignored():
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    roots = set()
+    for preset in (ROOT / "config").glob("*.yaml"):
+        for d in (yaml.safe_load(preset.read_text()).get("datasets") or {}).values():
+            if "root" in d and not os.path.isabs(d["root"]):
+                roots.add(d["root"])
+    assert roots, "the presets name no relative dataset root"
+    for root in sorted(roots):
+        proc = subprocess.run(["git", "check-ignore", "-q", f"{root}/annotations/list.txt"], cwd=ROOT)
+        assert proc.returncode == 0, f"{root} is not git-ignored"
