@@ -27,8 +27,11 @@ run: setup
 ## The whole test suite: lint, a dry run of every shipped config, then pytest.
 test: setup lint dryrun pytest
 
+## Snakemake's own lint, and the rules' formatting (snakefmt, settings in pyproject.toml;
+## `snakefmt Snakefile workflow/` reformats).
 lint: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile workflow/
 
 dryrun: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python tests/dryrun_configs.py
