@@ -9,7 +9,7 @@ CORES  ?= all
 # keep: take whatever torch pip resolves / is already in the environment (GPU machines).
 TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo keep || echo cpu)
 
-.PHONY: setup run test lint dryrun pytest report lock clean-results
+.PHONY: setup run test lint dryrun pytest report rulegraph lock clean-results
 
 setup: $(VENV)/.installed
 
@@ -41,6 +41,13 @@ pytest: setup
 
 report: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --report report.zip
+
+## The rule graph of the embedded default (config.yaml) as docs/rulegraph.svg, shown in
+## docs/pipeline.md. Needs graphviz's `dot` (not part of `make test`).
+rulegraph: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --rulegraph --quiet all > docs/rulegraph.dot.tmp
+	dot -Tsvg docs/rulegraph.dot.tmp > docs/rulegraph.svg.tmp
+	rm docs/rulegraph.dot.tmp && mv docs/rulegraph.svg.tmp docs/rulegraph.svg
 
 lock: setup
 	(head -2 requirements/lock.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v "^torch==") > requirements/lock.new && mv requirements/lock.new requirements/lock.txt
