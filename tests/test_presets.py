@@ -217,6 +217,7 @@ def test_snakefile_declares_the_light_rules_local():
     assert not local & (HEAVY | {"caption", "pretrain_backbone"})
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("preset", ["coco_to_pets", "coco_seen"])
 def test_dry_run_asks_a_gpu_for_every_heavy_job(preset, miniatures, tmp_path):
     """`snakemake -n` prints each job's resources: heavy rules ask for gpu=1 (and the
@@ -285,6 +286,7 @@ def with_demos(cfg: dict, tmp_path: Path) -> dict:
     return cfg
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("preset", ["coco_to_pets", "coco_seen"])
 def test_every_job_that_asks_for_a_gpu_runs_its_step_on_cuda(preset, miniatures, tmp_path, monkeypatch):
     """Each job that declares a GPU: its printed command, parsed by sglora's own parser,
@@ -312,6 +314,7 @@ def test_every_job_that_asks_for_a_gpu_runs_its_step_on_cuda(preset, miniatures,
     assert expected <= steps, steps
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("visible,gpu", [("", "0"), ("0,1", "1")])
 def test_profile_gpu_limit_follows_the_gpus_present(visible, gpu, miniatures, tmp_path):
     """With the workstation profile, a preset's heavy jobs ask for a GPU only where one is
