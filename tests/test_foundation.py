@@ -2,10 +2,12 @@
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -106,6 +108,26 @@ def test_atomic_path_leaves_nothing_on_error(tmp_path):
         unique_slugs(["Desert-Rose", "desert rose"])
     with pytest.raises(SGLoraError, match="escapes"):
         inside(tmp_path, "../x")
+
+
+def test_outputs_respect_the_umask(tmp_path):
+    from sglora.io import atomic_path, save_safetensors, write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        save_safetensors(tmp_path / "b.safetensors", {"t": np.zeros(2, np.float32)})
+        with atomic_path(tmp_path / "folder", directory=True) as tmp:
+            (tmp / "inner.txt").write_text("x")
+        os.umask(0o077)
+        write_json(tmp_path / "private.json", {"x": 1})
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "a.json") == 0o644
+    assert mode(tmp_path / "b.safetensors") == 0o644
+    assert mode(tmp_path / "folder") == 0o755
+    assert mode(tmp_path / "private.json") == 0o600
 
 
 def test_noisy_expert_without_a_spread_fails_before_any_job(tmp_path):

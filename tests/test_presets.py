@@ -6,6 +6,7 @@ by the code that will read it, and a DAG that asks for GPUs where the work is he
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -208,13 +209,15 @@ def test_presets_on_one_repository_choose_settings_on_the_same_validation_tasks(
 def test_snakefile_declares_the_light_rules_local():
     """Dry runs never print whether a job is local (Snakemake hides it), so the declaration
     itself is checked here; tests/test_slurm.py checks that such jobs never reach sbatch."""
-    m = re.search(r"^localrules:\s*(.+)$", (ROOT / "Snakefile").read_text(), re.M)
-    assert m, "Snakefile has a localrules: line"
-    local = {name.strip() for name in m.group(1).split(",")}
+    # one line, or one name a line as snakefmt writes it
+    m = re.search(r"^localrules:((?:\s*\w+\s*,)*[ \t]*\w*)", (ROOT / "Snakefile").read_text(), re.M)
+    assert m, "Snakefile has a localrules: directive"
+    local = set(re.findall(r"\w+", m.group(1)))
     assert LIGHT <= local
     assert not local & (HEAVY | {"caption", "pretrain_backbone"})
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("preset", ["coco_to_pets", "coco_seen"])
 def test_dry_run_asks_a_gpu_for_every_heavy_job(preset, miniatures, tmp_path):
     """`snakemake -n` prints each job's resources: heavy rules ask for gpu=1 (and the
@@ -284,6 +287,7 @@ def with_demos(cfg: dict, tmp_path: Path) -> dict:
     return cfg
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("preset", ["coco_to_pets", "coco_seen"])
 def test_every_job_that_asks_for_a_gpu_runs_its_step_on_cuda(preset, miniatures, tmp_path, monkeypatch):
     """Each job that declares a GPU: its printed command, parsed by sglora's own parser,
@@ -311,6 +315,7 @@ def test_every_job_that_asks_for_a_gpu_runs_its_step_on_cuda(preset, miniatures,
     assert expected <= steps, steps
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("visible,gpu", [("", "0"), ("0,1", "1")])
 def test_profile_gpu_limit_follows_the_gpus_present(visible, gpu, miniatures, tmp_path):
     """With the workstation profile, a preset's heavy jobs ask for a GPU only where one is
@@ -322,3 +327,17 @@ def test_profile_gpu_limit_follows_the_gpus_present(visible, gpu, miniatures, tm
                         env={"CUDA_VISIBLE_DEVICES": visible})
     heavy = [j for j in jobs if j["rule"] in HEAVY]
     assert heavy and all(j["resources"]["gpu"] == gpu for j in heavy), [(j["rule"], j["resources"]) for j in heavy]
+
+
+def test_presets_data_placeholder_is_git_ignored():
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    roots = set()
+    for preset in (ROOT / "config").glob("*.yaml"):
+        for d in (yaml.safe_load(preset.read_text()).get("datasets") or {}).values():
+            if "root" in d and not os.path.isabs(d["root"]):
+                roots.add(d["root"])
+    assert roots, "the presets name no relative dataset root"
+    for root in sorted(roots):
+        proc = subprocess.run(["git", "check-ignore", "-q", f"{root}/annotations/list.txt"], cwd=ROOT)
+        assert proc.returncode == 0, f"{root} is not git-ignored"

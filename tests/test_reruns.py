@@ -18,6 +18,7 @@ import yaml
 from conftest import ROOT
 
 BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.heavy
 DIRECTORY_RULES = {"pretrain_backbone", "train_lora", "assemble", "train_cvae", "train_mole", "train_pdiff", "evaluate",
                    "evaluate_zero_shot", "evaluate_mole", "image_cache", "export_cvae", "evaluate_validation"}
 # Stands in for `sglora` in the shell commands: its stdout is the job's log file, which

@@ -125,6 +125,7 @@ def _holder(slots: Path, visible: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", HOLDER], env=env, stdout=subprocess.PIPE, text=True)
 
 
+@pytest.mark.heavy
 def test_concurrent_gpu_jobs_get_distinct_devices_and_a_killed_job_frees_its_slot(tmp_path, monkeypatch):
     """Three GPU steps started at once on a (simulated) 3-GPU machine see three different
     devices; a fourth finds none free; after one holder is killed (SIGKILL: no cleanup
