@@ -8,6 +8,7 @@ half-written file behind.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import glob
 import json
 import os
@@ -180,6 +181,18 @@ def write_table(path: str | os.PathLike, table) -> None:
         table = pa.Table.from_pandas(table, preserve_index=False)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, **PARQUET_WRITE)
+
+
+def file_sha256(path: str | os.PathLike, what: str = "a file") -> str:
+    """The SHA-256 of a file's bytes (hex), e.g. to name exactly which model a result came from."""
+    path = Path(path)
+    if not path.is_file():
+        raise SGLoraError(f"{path}: file not found (expected {what})")
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def slugify(name: str) -> str:

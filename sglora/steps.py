@@ -468,25 +468,46 @@ def premises(backbone: Backbone, manifest: A[Path, "task manifest of the experts
     return res
 
 
-def _show_generated(res: dict) -> str:
-    lines = [f"description: {res['description']}", "experts used (top-K, alpha):"]
-    lines += [f"  {e['name']:<30} sim={e['similarity']:.3f}  alpha={e['alpha']:.3f}" for e in res["experts"]]
-    return "\n".join(lines + [f"wrote {d}" for d in res["adapters"]])
+def _show_generated(res: dict | list[dict]) -> str:
+    lines = []
+    for one in res if isinstance(res, list) else [res]:
+        lines += [f"description: {one['description']}", "experts used (top-K, alpha):"]
+        lines += [f"  {e['name']:<30} sim={e['similarity']:.3f}  alpha={e['alpha']:.3f}" for e in one["experts"]]
+        lines += [f"wrote {d}" for d in one["adapters"]]
+    return "\n".join(lines)
 
 
 @step("generate", show=_show_generated)
-def generate(description: A[str, 'e.g. "a photo of a zebra"', POSITIONAL],
-             out: A[Path, "adapter folder (or parent of sample_NNN folders)"],
+def generate(out: A[Path, "adapter folder (or parent of sample_NNN folders); with --descriptions, the parent of "
+                          "one folder per description, named by its slug (a_photo_of_a_zebra)"],
+             description: A[str | None, 'the task, e.g. "a photo of a zebra"', POSITIONAL | {"nargs": "?"}] = None,
+             descriptions: A[Path | None, "UTF-8 file of descriptions, one a line (blank lines and # comments "
+                                          "skipped), all generated in this process with the same --seed",
+                                          {"metavar": "FILE"}] = None,
+             results: A[Path | None, "a finished run's results folder: uses its repository/ and cvae/selected/",
+                                     {"metavar": "DIR"}] = None,
+             repository: A[Path | None, "expert repository folder (with --cvae, instead of --results)",
+                                        {"metavar": "DIR"}] = None,
+             cvae: A[Path | None, "exported CVAE folder (with --repository, instead of --results)",
+                                  {"metavar": "DIR"}] = None,
              overwrite: A[bool, "write into an existing non-empty --out: the files of an earlier generate there "
                                 "(its generate.json) are replaced or removed, nothing else"] = False,
-             samples: A[int, "adapters to write"] = 1, seed: A[int, "sampling seed, 0 to 2^64 - 1"] = 0,
-             repository: A[Path, "expert repository (default: the embedded run's)"] = Path("results/embedded/repository"),
-             cvae: A[Path, "exported CVAE (default: the embedded run's)"] = Path("results/embedded/cvae/selected"),
-             backbone: A[str | None, "defaults to the repository's backbone"] = None) -> dict:
-    """Generate LoRA adapter(s) for any text description with the trained SG-LoRA."""
-    from .generate import generate as run
+             samples: A[int, "adapters to write per description"] = 1,
+             seed: A[int, "sampling seed, 0 to 2^64 - 1"] = 0,
+             backbone: A[str | None, "defaults to the repository's backbone"] = None) -> dict | list[dict]:
+    """Generate LoRA adapter(s), each with a model card (README.md), for a text description
+    or a file of them, with a run's SG-LoRA (--results) or a given repository and CVAE."""
+    from .generate import generate as one, generate_many, model_paths, read_descriptions
 
-    return run(description, repository, cvae, out, samples=samples, seed=seed, backbone=backbone, overwrite=overwrite)
+    if (description is None) == (descriptions is None):
+        raise SGLoraError('give a description ("a photo of a zebra") or --descriptions FILE'
+                          + (", not both" if description is not None else ""))
+    repository, cvae = model_paths(results, repository, cvae)
+    if description is not None:
+        return one(description, repository, cvae, out, samples=samples, seed=seed, backbone=backbone,
+                   overwrite=overwrite)
+    return generate_many(read_descriptions(descriptions), repository, cvae, out, samples=samples, seed=seed,
+                         backbone=backbone, overwrite=overwrite)
 
 
 # --- evaluation and report -------------------------------------------------------------

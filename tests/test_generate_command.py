@@ -110,8 +110,8 @@ def test_generate_into_a_new_or_empty_folder(capsys, tiny_repo, tiny_cvae, tmp_p
     for out in (empty, tmp_path / "new" / "adapter"):
         rc, stdout, _ = generate(capsys, tiny_repo, tiny_cvae, "a photo of a terrier", "--out", out)
         assert rc == 0 and f"wrote {out}" in stdout
-        assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
-                                                         "generate.json"]
+        assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter_config.json",
+                                                         "adapter_model.safetensors", "generate.json"]
 
 
 # --- bad arguments and damaged inputs ---------------------------------------------------------------

@@ -44,7 +44,7 @@ def test_overwrite_makes_the_folder_the_product_of_one_call(capsys, tiny_repo, t
     record = json.loads((out / "generate.json").read_text())
     assert record["description"] == "a photo of a lily" and record["samples"] == 2
     assert record["files"] == [f"sample_00{i}/{name}" for i in range(2)
-                               for name in ("adapter_config.json", "adapter_model.safetensors")]
+                               for name in ("README.md", "adapter_config.json", "adapter_model.safetensors")]
     # back to one adapter: sample_000 would go, but it holds the user's file
     rc, _, err = generate(capsys, tiny_repo, tiny_cvae, "a photo of a dog", "--out", out, "--overwrite")
     assert rc == 2
@@ -54,7 +54,8 @@ def test_overwrite_makes_the_folder_the_product_of_one_call(capsys, tiny_repo, t
     rc, _, err = generate(capsys, tiny_repo, tiny_cvae, "a photo of a dog", "--out", out, "--overwrite")
     assert rc == 0, err
     assert descriptions(out) == {".": "a photo of a dog"}
-    assert listing(out) == ["adapter_config.json", "adapter_model.safetensors", "generate.json", "notes.txt"]
+    assert listing(out) == ["README.md", "adapter_config.json", "adapter_model.safetensors", "generate.json",
+                            "notes.txt"]
 
 
 @pytest.mark.parametrize("recorded", [False, True])
@@ -193,3 +194,93 @@ def test_undecodable_description_and_out_of_range_seed(capsys, tiny_repo, tiny_c
 def test_the_largest_seed_is_accepted(capsys, tiny_repo, tiny_cvae, tmp_path):
     rc, _, err = generate(capsys, tiny_repo, tiny_cvae, "a dog", "--out", tmp_path / "a", "--seed", str(2**64 - 1))
     assert rc == 0, err
+
+
+def card(folder: Path) -> tuple[dict, str]:
+    """The YAML front matter and the Markdown body of an adapter folder's model card."""
+    import yaml
+
+    text = (folder / "README.md").read_text(encoding="utf-8")
+    assert text.startswith("---\n"), text[:80]
+    front, body = text[4:].split("\n---\n", 1)
+    return yaml.safe_load(front), body
+
+
+def table(body: str, heading: str) -> list[list[str]]:
+    """The rows of the Markdown table under ``## heading`` (header and rule dropped)."""
+    section = body.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("|")]
+    return [[cell.strip().strip("`") for cell in row] for row in rows[2:]]
+
+
+def test_every_adapter_folder_carries_a_model_card(capsys, tiny_repo, tiny_cvae, tmp_path):
+    import hashlib
+
+    from sglora.repository import Repository
+
+    out = tmp_path / "zoo"
+    rc, _, err = generate(capsys, tiny_repo, tiny_cvae, "a photo of a terrier", "--out", out, "--samples", 2,
+                          "--seed", 5)
+    assert rc == 0, err
+    record = json.loads((out / "generate.json").read_text())
+    assert "sample_000/README.md" in record["files"] and "sample_001/README.md" in record["files"]
+    sha = {name: hashlib.sha256(path.read_bytes()).hexdigest()
+           for name, path in (("experts.parquet", tiny_repo / "experts.parquet"),
+                              ("model.safetensors", tiny_cvae / "model.safetensors"))}
+    for i in range(2):
+        front, body = card(out / f"sample_00{i}")
+        assert front["library_name"] == "peft"
+        assert front["base_model"] == Repository(tiny_repo).backbone
+        assert {"sglora", "lora", "clip"} <= set(front["tags"])
+        assert "a photo of a terrier" in body and f"**Seed:** 5 (sample {i} of 2)" in body
+        experts = table(body, "Experts used")
+        assert [row[1] for row in experts] == [e["task"] for e in record["experts"]]
+        assert [float(row[3]) for row in experts] == [round(e["alpha"], 4) for e in record["experts"]]
+        assert sum(float(row[3]) for row in experts) == pytest.approx(1, abs=5e-4 * len(experts))
+        assert {row[1]: row[2] for row in table(body, "Checksums")} == sha
+    again = tmp_path / "again"
+    assert generate(capsys, tiny_repo, tiny_cvae, "a photo of a terrier", "--out", again, "--samples", 2,
+                    "--seed", 5)[0] == 0
+    assert (again / "sample_001" / "README.md").read_bytes() == (out / "sample_001" / "README.md").read_bytes()
+
+
+def test_overwrite_replaces_a_card_it_wrote_and_never_one_it_did_not(capsys, tiny_repo, tiny_cvae, tmp_path):
+    out = tmp_path / "zoo"
+    out.mkdir()
+    (out / "README.md").write_text("my notes")
+    rc, _, err = generate(capsys, tiny_repo, tiny_cvae, "a photo of a lily", "--out", out, "--overwrite")
+    assert rc == 2
+    one_error_line(err, out, "README.md is not in generate.json")
+    assert listing(out) == ["README.md"] and (out / "README.md").read_text() == "my notes"
+    (out / "README.md").unlink()
+    assert generate(capsys, tiny_repo, tiny_cvae, "a photo of a lily", "--out", out, "--overwrite")[0] == 0
+    assert "a photo of a lily" in card(out)[1]
+    assert generate(capsys, tiny_repo, tiny_cvae, "a photo of a dog", "--out", out, "--overwrite")[0] == 0
+    assert "a photo of a dog" in card(out)[1] and "a photo of a lily" not in card(out)[1]
+    assert generate(capsys, tiny_repo, tiny_cvae, "a photo of a dog", "--out", out, "--overwrite",
+                    "--samples", 2)[0] == 0
+    assert listing(out) == ["generate.json"] + [f"sample_00{i}{name}" for i in range(2)
+                                                for name in ("", "/README.md", "/adapter_config.json",
+                                                             "/adapter_model.safetensors")]
+
+
+def test_overwrite_of_a_descriptions_call_removes_the_folders_it_no_longer_writes(capsys, tiny_repo, tiny_cvae,
+                                                                                   tmp_path):
+    out, tasks = tmp_path / "zoo", tmp_path / "tasks.txt"
+    tasks.write_text("a terrier\na lily\n")
+    assert generate(capsys, tiny_repo, tiny_cvae, "--descriptions", tasks, "--out", out, "--samples", 2)[0] == 0
+    (out / "a_terrier" / "eval.txt").write_text("R@1 12.0")
+    tasks.write_text("a terrier\na dog\n")
+    rc, _, err = generate(capsys, tiny_repo, tiny_cvae, "--descriptions", tasks, "--out", out, "--overwrite")
+    assert rc == 0, err
+    assert descriptions(out) == {"a_dog": "a dog", "a_terrier": "a terrier"}
+    assert (out / "a_terrier" / "eval.txt").read_text() == "R@1 12.0"
+    assert sorted(p.name for p in out.iterdir()) == ["a_dog", "a_terrier", "generate.json"]
+    assert sorted(p.name for p in (out / "a_terrier").iterdir()) == ["README.md", "adapter_config.json",
+                                                                     "adapter_model.safetensors", "eval.txt"]
+    (out / "a_dog" / "eval.txt").write_text("mine")
+    tasks.write_text("a terrier\n")
+    rc, _, err = generate(capsys, tiny_repo, tiny_cvae, "--descriptions", tasks, "--out", out, "--overwrite")
+    assert rc == 2
+    one_error_line(err, "a_dog/eval.txt", "move it away")
+    assert descriptions(out) == {"a_dog": "a dog", "a_terrier": "a terrier"}

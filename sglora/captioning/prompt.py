@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..io import SGLoraError
+from ..io import SGLoraError, file_sha256
 
 if TYPE_CHECKING:
     from .config import CaptionOptions
@@ -94,12 +94,6 @@ def json_hash(obj: Any) -> str:
     """16 hex digits of the SHA-256 of ``obj`` as sorted JSON: names prompts, caption
     settings and shards by content."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
-
-
-def file_sha256(path: Path, what: str = "a file") -> str:
-    if not path.is_file():
-        raise SGLoraError(f"{path}: file not found (expected {what})")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # --- post-processing ----------------------------------------------------------------

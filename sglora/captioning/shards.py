@@ -9,11 +9,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..io import SGLoraError, write_json, write_table
+from ..io import SGLoraError, file_sha256, write_json, write_table
 from ..manifest import read_manifest, write_manifest
 from . import qwen2vl
 from .config import CaptionOptions, parse_options
-from .prompt import file_sha256, json_hash, prompt_spec
+from .prompt import json_hash, prompt_spec
 
 log = logging.getLogger("sglora.captioning")
 

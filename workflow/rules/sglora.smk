@@ -145,7 +145,7 @@ rule sample_sglora_paper:
 
 rule export_cvae:
     """The chosen SG-LoRA (run 0 of the chosen variant) with its sampling temperature: what
-    `sglora generate` uses by default."""
+    `sglora generate --results` uses."""
     input:
         cvae=cvae_dirs(),
         selection=selection_file("sglora"),
