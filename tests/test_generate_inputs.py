@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from test_reliability_round2 import generate, one_error_line, run, tiny_cvae  # noqa: F401 (a fixture)
+from test_generate_command import generate, one_error_line, run, tiny_cvae  # noqa: F401 (a fixture)
 
 
 def finished_run(results: Path, repo: Path, cvae: Path) -> Path:

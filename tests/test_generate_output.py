@@ -15,7 +15,7 @@ from sglora.generate import generate as generate_adapters
 from sglora.io import SGLoraError
 from sglora.lora import read_adapter
 
-from test_reliability_round2 import generate, one_error_line, tiny_cvae  # noqa: F401 (a fixture)
+from test_generate_command import generate, one_error_line, tiny_cvae  # noqa: F401 (a fixture)
 
 
 def descriptions(out: Path) -> dict[str, str]:

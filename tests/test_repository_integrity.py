@@ -15,7 +15,7 @@ import pytest
 from sglora.cli import main
 from sglora.io import SGLoraError, save_safetensors
 
-from test_reliability_round2 import CVAE_SPEC, generate, one_error_line, run, tiny_cvae  # noqa: F401 (a fixture)
+from test_generate_command import CVAE_SPEC, generate, one_error_line, run, tiny_cvae  # noqa: F401 (a fixture)
 
 TASKS = ["scottish_terrier", "boston_terrier", "tiger_lily", "water_lily"]
 
