@@ -154,6 +154,13 @@ def paper_point():
 SELECTABLE = tuple(m for m, v in METHODS.items() if v.settings)
 
 
+def method_sampling(method):
+    """The sampling settings ``method`` reads (config ``sampling``): a generative method's
+    (SG-LoRA samples its candidates), none for the others, so that editing them reruns
+    nothing of the merging baselines."""
+    return as_json(SAMPLING if METHODS[method].kind == "generative" else {})
+
+
 def selection_file(method):
     return f"{R}/selection/{method}.json"
 
