@@ -118,6 +118,15 @@ def evaluate_vectors(model, processor, data: TaskData, vectors: np.ndarray | Non
     return [metrics_of(q) for q in evaluate_queries(model, processor, data, vectors, layout, scaling)]
 
 
+def layout_rank(layout: Layout, where: str) -> int:
+    """The LoRA rank of a layout: the rows of its ``lora_A`` factors (the columns of ``lora_B``)."""
+    ranks = {shape[0] for key, shape in zip(layout.keys, layout.shapes) if ".lora_A." in key}
+    ranks |= {shape[1] for key, shape in zip(layout.keys, layout.shapes) if ".lora_B." in key}
+    if len(ranks) != 1:
+        raise SGLoraError(f"{where}: the layout's LoRA factors have ranks {sorted(ranks)}; expected one rank")
+    return int(ranks.pop())
+
+
 def summarize(per_sample: list[dict[str, np.ndarray]], runs: list[int] | None = None) -> dict:
     """Metrics of each sample (from its per-query results), their mean and spread over samples,
     the best of N (labelled: it peeks at test data), and the per-query results themselves:
@@ -160,19 +169,28 @@ def check_range(vectors: np.ndarray, bound: float | None, what: str) -> None:
 def evaluate_method(backbone: str, manifest: str | Path, tasks: list[str], method: str, out_dir: str | Path,
                     candidates: str | Path | None = None, scaling: float | None = None, group: str = "",
                     threads: int | None = None, device: str = "auto", cache: str | Path | None = None,
-                    gallery: int = 0) -> dict:
+                    gallery: int = 0, lora=None) -> dict:
     """Write ``out_dir/<task>.json`` for each task: the metrics of the method's LoRA(s).
-    ``device``: "auto" = CUDA when available; ``cache``: the dataset's image cache."""
+    ``device``: "auto" = CUDA when available; ``cache``: the dataset's image cache.
+    ``lora``: the run's :class:`~sglora.lora.LoraSpec`, whose rank must be the one of the
+    layout stored with the candidates (the scaling is then its alpha / rank); without it,
+    ``scaling`` is taken as given."""
     from tqdm import tqdm
 
     from .candidates import load_candidates
 
+    vectors, layout, info = ({}, None, {"info": {}}) if candidates is None else load_candidates(candidates)
+    if candidates is not None and lora is not None:
+        rank = layout_rank(layout, str(candidates))
+        if lora.rank != rank:
+            raise SGLoraError(f"{candidates}: the candidates' layout has LoRA rank {rank}, but lora.rank is {lora.rank} "
+                              "(--lora); pass the lora section of the run that wrote the candidates")
+        scaling = lora.scaling
+    if candidates is not None and scaling is None:
+        raise SGLoraError("evaluate: a LoRA scaling (alpha / rank) is needed with candidates")
     if threads:
         torch.set_num_threads(threads)
     model, processor = load_clip(backbone, device=pick_device(device))
-    vectors, layout, info = ({}, None, {"info": {}}) if candidates is None else load_candidates(candidates)
-    if candidates is not None and scaling is None:
-        raise SGLoraError("evaluate: a LoRA scaling (alpha / rank) is needed with candidates")
     results = {}
     for task in tqdm(tasks, desc=f"evaluate[{group}/{method}]"):
         data = load_task(manifest, task, processor, cache=cache, workers=threads or 0, gallery=gallery)

@@ -15,6 +15,7 @@ Columns (all required):
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -106,20 +107,26 @@ def task_rows(table: pa.Table, task: str, split: str) -> list[dict]:
 
 def check_tasks(manifests: dict[str, str | Path], wanted: dict[str, dict[str, list[str]]]) -> dict:
     """Check, before any training, that every configured task exists in its dataset with
-    captioned train and test images.
+    captioned train and test images, that none of its captions is blank, and that none of
+    its test images is one of its train images.
 
     ``wanted``: ``{config key: {dataset: [task, ...]}}`` (e.g. ``{"experts.tasks": {"world": [...]}}``).
     Returns ``{dataset: {task: {"train": n, "test": n}}}`` for every task of every manifest.
     """
     counts: dict[str, dict[str, dict[str, int]]] = {}
+    blank: dict[str, Counter] = {}  # dataset -> task -> images with a blank caption
+    images: dict[str, dict[str, dict[str, list[str]]]] = {}  # dataset -> task -> split -> image paths
     for dataset, path in manifests.items():
         table = read_manifest(path)
         per: dict[str, dict[str, int]] = {}
-        for task, split, caps in zip(table.column("task").to_pylist(), table.column("split").to_pylist(),
-                                     table.column("captions").to_pylist()):
+        blank[dataset], images[dataset] = Counter(), {}
+        for task, split, caps, image in zip(table.column("task").to_pylist(), table.column("split").to_pylist(),
+                                            table.column("captions").to_pylist(), table.column("image_path").to_pylist()):
             entry = per.setdefault(task, {"train": 0, "test": 0})
             if caps:
                 entry[split] += 1
+            blank[dataset][task] += any(not (c or "").strip() for c in caps or [])
+            images[dataset].setdefault(task, {"train": [], "test": []})[split].append(image)
         counts[dataset] = per
     for key, by_dataset in wanted.items():
         for dataset, tasks in by_dataset.items():
@@ -138,5 +145,17 @@ def check_tasks(manifests: dict[str, str | Path], wanted: dict[str, dict[str, li
                     raise SGLoraError(
                         f"config {key}: task {t!r} of dataset {dataset!r} has no captioned {'/'.join(empty)} images "
                         f"in {manifests[dataset]}"
+                    )
+                if blank[dataset][t]:
+                    raise SGLoraError(
+                        f"config {key}: task {t!r} of dataset {dataset!r} has {blank[dataset][t]} image(s) with a blank "
+                        f"caption in {manifests[dataset]}; expected text in every caption"
+                    )
+                train = set(images[dataset][t]["train"])
+                leaked = sum(image in train for image in images[dataset][t]["test"])
+                if leaked:
+                    raise SGLoraError(
+                        f"config {key}: task {t!r} of dataset {dataset!r} has {leaked} test image(s) that are also its "
+                        f"train images in {manifests[dataset]}; expected disjoint train and test splits"
                     )
     return counts

@@ -520,7 +520,7 @@ def evaluate(backbone: Backbone, manifest: Manifest, tasks: Tasks, method: A[str
     """Evaluate a method's LoRA(s) (merged into the weights) on each task's test split."""
     from .evaluate import evaluate_method
 
-    return evaluate_method(backbone, manifest, list(tasks), method, out, candidates, (lora or settings_class("LoraSpec")()).scaling,
+    return evaluate_method(backbone, manifest, list(tasks), method, out, candidates, lora=lora or settings_class("LoraSpec")(),
                            group=group, threads=threads, device=device, cache=image_cache, gallery=gallery)
 
 

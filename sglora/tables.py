@@ -19,6 +19,7 @@ how our run differs from the paper's experiment.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -39,9 +40,11 @@ COL_NAMES = {"i2t_r1": "I2T R@1", "i2t_r5": "I2T R@5", "i2t_r10": "I2T R@10", "t
 
 def load_group(metrics: dict[str, str | Path], group: str, methods: list[str],
                tasks: list[str]) -> dict[str, dict[str, dict]]:
-    """The metric files of a group: ``metrics`` maps ``"<group>/<method>"`` to the folder
-    'sglora evaluate' wrote (one ``<task>.json`` per task)."""
+    """The metric files of a group, each checked (:func:`read_metrics`): ``metrics`` maps
+    ``"<group>/<method>"`` to the folder 'sglora evaluate' wrote (one ``<task>.json`` per task)."""
     out: dict[str, dict[str, dict]] = {}
+    kinds: dict[str, Path] = {}
+    queries: dict[str, tuple[str, Path]] = {}  # task -> its test queries per direction, and the first file read
     for m in methods:
         folder = metrics.get(f"{group}/{m}")
         if folder is None:
@@ -50,10 +53,18 @@ def load_group(metrics: dict[str, str | Path], group: str, methods: list[str],
             path = Path(folder) / f"{t}.json"
             if not path.exists():
                 raise SGLoraError(f"{path}: metrics file missing (method {m!r}, task {t!r})")
-            res = json.loads(path.read_text())
-            if "ranks" not in res and "correct" not in res:
-                raise SGLoraError(f"{path}: no per-query results (written by an older 'sglora evaluate'); rerun the "
-                                  "evaluations: snakemake --forcerun evaluate evaluate_zero_shot evaluate_mole")
+            res = read_metrics(path, group, m, t)
+            kinds.setdefault(res["kind"], path)
+            if len(kinds) > 1:
+                kind, other = next(iter(kinds.items()))
+                raise SGLoraError(f"{path}: field 'kind' is {res['kind']!r}, but {other} of the same group is "
+                                  f"{kind!r}; expected one kind per group")
+            per_query = {"correct": res["correct"]} if "correct" in res else res["ranks"]
+            counts = " / ".join(f"{len(v[0])} {d}" for d, v in sorted(per_query.items()))
+            want, other = queries.setdefault(t, (counts, path))
+            if counts != want:
+                raise SGLoraError(f"{path}: {counts} test queries, but {other} of the same task has {want}; every "
+                                  "method of a group is scored on the same test queries")
             out.setdefault(m, {})[t] = res
     return out
 
@@ -87,6 +98,63 @@ def group_families(group: dict, embedded: Collection[str] = (), name: str = "") 
                               f"give the group's families in groups.{name}.families")
         out[t] = fam
     return out
+
+
+def read_metrics(path: str | Path, group: str, method: str, task: str) -> dict:
+    """One ``<task>.json`` of 'sglora evaluate', checked before it reaches a table: its
+    ``method``, ``task`` (and ``group``, where written) are the ones asked for; ``n`` samples
+    with their metrics, all finite; per-query ranks (integers >= 1) or correct flags (0/1)
+    for each sample, and a run label for each. An error names the file and the field."""
+    res = read_json(path)
+    if not isinstance(res, dict):
+        raise SGLoraError(f"{path}: expected a JSON object (a metrics file of 'sglora evaluate')")
+    if "ranks" not in res and "correct" not in res:
+        raise SGLoraError(f"{path}: no per-query results (written by an older 'sglora evaluate'); rerun the "
+                          "evaluations: snakemake --forcerun evaluate evaluate_zero_shot evaluate_mole")
+    missing = [k for k in ("method", "task", "kind", "n", "mean", "std", "best_of_n", "per_sample", "runs") if k not in res]
+    if missing:
+        raise SGLoraError(f"{path}: lacks the field(s) {missing} of a metrics file of 'sglora evaluate'")
+    for key, want in (("method", method), ("task", task), ("group", group)):
+        if res.get(key, "") not in (want, "" if key == "group" else want):  # 'sglora evaluate' without --group: ""
+            raise SGLoraError(f"{path}: field {key!r} is {res[key]!r}; expected {want!r} (the folder it was given for)")
+    if res["kind"] not in ("retrieval", "classification"):
+        raise SGLoraError(f"{path}: field 'kind' is {res['kind']!r}; expected 'retrieval' or 'classification'")
+    n = res["n"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise SGLoraError(f"{path}: field 'n' is {n!r}; expected the number of samples (an integer >= 1)")
+    cols = ["accuracy"] if res["kind"] == "classification" else RETRIEVAL_COLS
+    samples = res["per_sample"]
+    if not isinstance(samples, list) or len(samples) != n:
+        raise SGLoraError(f"{path}: field 'per_sample' has {len(samples) if isinstance(samples, list) else 'no'} "
+                          f"entries; expected n = {n}")
+    for field, metrics in [("mean", res["mean"]), ("std", res["std"]), ("best_of_n", res["best_of_n"])] + [
+            (f"per_sample[{i}]", s) for i, s in enumerate(samples)]:
+        for c in cols:
+            v = metrics.get(c) if isinstance(metrics, dict) else None
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+                raise SGLoraError(f"{path}: field '{field}.{c}' is {v!r}; expected a finite number")
+    if not isinstance(res["runs"], list) or len(res["runs"]) != n or not all(
+            isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in res["runs"]):
+        raise SGLoraError(f"{path}: field 'runs' is {res['runs']!r}; expected n = {n} run labels (integers >= 0)")
+    if res["kind"] == "classification":
+        per_query = {"correct": res.get("correct")}
+    else:
+        ranks = res.get("ranks") if isinstance(res.get("ranks"), dict) else {}
+        per_query = {f"ranks.{d}": ranks.get(d) for d in ("i2t", "t2i")}
+    for field, values in per_query.items():
+        try:
+            arr = np.asarray(values)
+        except ValueError:  # ragged lists
+            arr = np.asarray(None)
+        if arr.ndim != 2 or arr.shape[0] != n or arr.shape[1] == 0 or arr.dtype.kind not in "iu":
+            raise SGLoraError(f"{path}: field {field!r} must hold n = {n} lists of one integer per test query, "
+                              f"all of one length")
+        low, high = (0, 1) if field == "correct" else (1, None)
+        if arr.min() < low or (high is not None and arr.max() > high):
+            bad = int(arr.min()) if arr.min() < low else int(arr.max())
+            raise SGLoraError(f"{path}: field {field!r} holds {bad}; expected "
+                              + ("0 or 1 per image" if field == "correct" else "ranks >= 1"))
+    return res
 
 
 def metric_cols(results: dict[str, dict[str, dict]]) -> list[str]:
@@ -395,14 +463,15 @@ def write_tables(metrics: dict[str, str | Path], out_dir: str | Path, groups: di
     metric folder (:func:`load_group`)."""
     if unit not in BOOTSTRAP_UNITS:
         raise SGLoraError(f"evaluation.bootstrap_unit: {unit!r}; expected one of {list(BOOTSTRAP_UNITS)}")
-    out_dir = Path(out_dir)
+    # every metrics file of every group is read and checked, and every table made, before any is written
+    loaded = {group: load_group(metrics, group, g["methods"], g["tasks"]) for group, g in groups.items()}
+    files: dict[str, str] = {}
 
     def write(name: str, text: str) -> None:
-        with atomic_path(out_dir / name) as tmp:
-            tmp.write_text(text)
+        files[name] = text
 
     for group, g in groups.items():
-        results = load_group(metrics, group, g["methods"], g["tasks"])
+        results = loaded[group]
         families = group_families(g, embedded, group) if unit == "family" else None
         rows, cols, stats = summarize_group(results, n_boot, seed, families)
         marks = best_marks(rows, cols, stats)
@@ -418,3 +487,12 @@ def write_tables(metrics: dict[str, str | Path], out_dir: str | Path, groups: di
                                                           resampled))
         write(f"{group}.per_task.md", f"**{title}: per task**\n\n" + per_task_table(results, cols)
               + "".join(f"\n{n}\n" for n in notes[1:2] if n))
+    write_all(out_dir, files)
+
+
+def write_all(out_dir: str | Path, files: dict[str, str]) -> None:
+    """Write a set of text files as a whole: each goes to a temporary beside its name, and
+    they are renamed into place only once all are written (an error keeps the old set)."""
+    with contextlib.ExitStack() as stack:
+        for name, text in files.items():
+            stack.enter_context(atomic_path(Path(out_dir) / name)).write_text(text)

@@ -136,6 +136,17 @@ def test_removing_an_expert_trains_nothing(base):
     assert not rules & {"train_lora", "check_tasks", "world", "caption", "embed", "pretrain_backbone"}
 
 
+def test_changing_the_sampling_reruns_nothing_of_the_merging_baselines(base):
+    """Only SG-LoRA (and what follows its samples) reads config sampling: its selection reruns,
+    AdapterSoup's and Top-K's selections, candidates and evaluations do not."""
+    cfg = edited(base)
+    cfg["sampling"]["samples"] += 1
+    jobs = planned(cfg, base[1])
+    assert ("select", {"method": "sglora"}) in [(rule, w) for rule, w, *_ in jobs]
+    merging = [(rule, w) for rule, w, *_ in jobs if w.get("method") in ("model_soups", "adaptersoup", "topk_weighted")]
+    assert merging == []
+
+
 def test_restoring_the_config_after_a_failed_check(base):
     cfg, tmp = base
     broken = edited(base)

@@ -13,7 +13,38 @@ sys.path.insert(0, str(Path(workflow.basedir)))  # the sglora package beside the
 from sglora.methods import METHODS, methods_where
 
 
-validate(config, "../schemas/config.schema.yaml")
+SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def schema_errors(cfg, schema_path=SCHEMA):
+    """Every way ``cfg`` breaks the config schema, one line each, the key first
+    (``config training.lr: -1 is less than ...``; an unknown key: the keys its section knows).
+    Snakemake's own report of a failed validation prints the whole config and schema."""
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    lines = []
+    for err in sorted(jsonschema.Draft202012Validator(schema).iter_errors(cfg), key=lambda e: [str(p) for p in e.absolute_path]):
+        where = ".".join(str(p) for p in err.absolute_path)
+        prefix, section = (f"{where}.", f"in {where}") if where else ("", "at the top level")
+        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+            known = sorted(err.schema.get("properties", {}))
+            for key in sorted(set(err.instance) - set(known)):
+                lines.append(f"config {prefix}{key}: unknown key {section}; known keys: {', '.join(known)}")
+        elif err.validator == "required" and isinstance(err.instance, dict):
+            for key in [k for k in err.validator_value if k not in err.instance]:
+                lines.append(f"config {prefix}{key}: required key missing {section}")
+        else:
+            message = " ".join(err.message.split())
+            lines.append(f"config {where or '(top level)'}: {message[:300] + ' ...' if len(message) > 300 else message}")
+    return list(dict.fromkeys(lines))  # a key missing from a section is reported by each of its required errors
+
+
+_errors = schema_errors(config)  # one line per error, before Snakemake's validation (which adds the defaults)
+if _errors:
+    raise ValueError("\n".join(_errors) + f"\n(schema: {SCHEMA.relative_to(Path(workflow.basedir))})")
+validate(config, "../schemas/config.schema.yaml")  # sets the schema's defaults
 
 
 def _check_config():
@@ -54,6 +85,14 @@ def _check_config():
         raise ValueError(f"config: validation.dataset {val['dataset']!r} is not a key of datasets ({sorted(names)})")
     if len(set(val["tasks"])) != len(val["tasks"]):
         raise ValueError("config: validation.tasks lists a task twice")
+    experts = {(config["experts"]["dataset"], t) for t in config["experts"]["tasks"]}
+    for g, spec in config["groups"].items():
+        shared = [t for t in spec["tasks"] if (spec["dataset"], t) in experts]
+        if spec.get("unseen", True) and shared:
+            raise ValueError(
+                f"config: groups.{g}.tasks: {shared} of dataset {spec['dataset']!r} are experts (experts.tasks), but "
+                f"groups.{g} is an unseen group; its tasks must be disjoint from the experts (or set groups.{g}.unseen: false)"
+            )
     taken = {(config["experts"]["dataset"], t): "experts.tasks" for t in config["experts"]["tasks"]}
     for g, spec in config["groups"].items():
         taken.update({(spec["dataset"], t): f"groups.{g}.tasks" for t in spec["tasks"]})
@@ -113,6 +152,13 @@ def paper_point():
 
 
 SELECTABLE = tuple(m for m, v in METHODS.items() if v.settings)
+
+
+def method_sampling(method):
+    """The sampling settings ``method`` reads (config ``sampling``): a generative method's
+    (SG-LoRA samples its candidates), none for the others, so that editing them reruns
+    nothing of the merging baselines."""
+    return as_json(SAMPLING if METHODS[method].kind == "generative" else {})
 
 
 def selection_file(method):

@@ -51,7 +51,7 @@ rule select:
         dataset=VALIDATION["dataset"],
         grid=lambda w: as_json({w.method: selection_grid()[w.method]}),
         prior=as_json(config["prior"]),
-        sampling=as_json(SAMPLING),
+        sampling=lambda w: method_sampling(w.method),
         lora=as_json(config["lora"]),
         backbone=backbone_param,
         device=config["device"],
