@@ -37,5 +37,5 @@ localrules: world, manifest, check_tasks, embed, assemble, candidates_oracle, ca
 rule all:
     input:
         all_outputs(),
-        issue15_outputs(),
+        analysis_outputs(),
     default_target: True

@@ -16,7 +16,7 @@ Design choices (each a config key, see ``CVAESpec``):
 - *Residual decoder*: the decoder predicts the deviation from mu*, X_hat = mu* + g(z, c);
   with ``residual: false`` it predicts X directly.
 
-Generator variants (issue #15; off by default, each chosen on the validation tasks):
+Generator variants (off by default, each chosen on the validation tasks):
 
 - ``augment``: A extra conditions per expert (:func:`sglora.prior.augmented_conditions`);
   each snapshot of a batch takes its expert's training condition or one of its A, uniformly.
@@ -30,8 +30,7 @@ The network p(z | c) is the *condition prior*, named so apart from the semantic 
 
 Checkpoint format (``model.safetensors`` of :func:`save_cvae`): the state dict of
 :class:`CVAE` with the condition prior's tensors under ``prior.*``, the name they had in
-the first release, so checkpoints written before the rename load unchanged and a new one
-has the same bytes (:data:`CHECKPOINT_NAMES` maps the names both ways).
+a fixed name, so every checkpoint of this format loads and a new one has the same bytes (:data:`CHECKPOINT_NAMES` maps the names both ways).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reruns touch only what changed (issue 16, item 3), checked on the real DAG of
+"""Reruns touch only what changed, checked on the real DAG of
 config/tiny.yaml: a run where a stand-in `sglora` creates each job's declared outputs
 (empty) records params, code and input sets exactly as a real run does; then a config
 edit is dry-run and the planned jobs are compared with what depends on the edit."""

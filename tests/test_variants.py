@@ -1,4 +1,4 @@
-"""SG-LoRA's generator variants (issue #15 item 4): condition augmentation, the description
+"""SG-LoRA's generator variants: condition augmentation, the description
 embedding in the condition, the mean of the samples, and the ablation table. Each is off
 by default, and off means the code path and the bytes of before."""
 

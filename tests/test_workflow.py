@@ -101,7 +101,7 @@ def test_dag_writes_tables_and_figures(tiny_run):
     assert "SG-LoRA − MoLE" in (tiny_run / "tables" / "in_dataset.paired.md").read_text()
     tex = (tiny_run / "tables" / "in_dataset.tex").read_text()
     assert "\\toprule" in tex and ("\\textbf{" in tex or "$^\\dagger$" in tex)
-    # issue #15: the generator baselines in every unseen table, the spaces and the novelty per group
+    # the generator baselines in every unseen table, the spaces and the novelty per group
     for group in ("in_dataset", "cross_dataset"):
         md = (tiny_run / "tables" / f"{group}.md").read_text()
         assert "| Prior sampling (2 runs x 3 samples) | " in md and "| Noisy nearest expert (2 runs x 3 samples) | " in md

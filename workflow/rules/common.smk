@@ -118,7 +118,7 @@ BOOTSTRAP_UNIT = config.get("evaluation", {}).get("bootstrap_unit", "family")
 SAMPLING = {"samples": 10, "seed": 0, "temperature": 1.0, "runs": 1, **config["sampling"]}
 
 
-# SG-LoRA's generator variants (issue #15) and their "off" values: (config section, key) -> off
+# SG-LoRA's generator variants and their "off" values: (config section, key) -> off
 VARIANTS = {"augment": ("cvae", 0), "describe": ("cvae", False), "average": ("sampling", False)}
 
 

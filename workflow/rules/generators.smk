@@ -1,4 +1,4 @@
-# Issue #15, "what the generator adds": the generator baselines (prior sampling, noisy
+# What the generator adds over retrieval: the generator baselines (prior sampling, noisy
 # nearest expert), the LoRA spaces of the merging baselines, and the novelty of generated LoRAs.
 # Helpers: generators_common.smk.
 

@@ -1,4 +1,4 @@
-# Helpers of workflow/rules/generators.smk (issue #15): which groups compare LoRA spaces,
+# Helpers of workflow/rules/generators.smk: which groups compare LoRA spaces,
 # which have generated LoRAs, and the outputs `all` asks for.
 
 GENERATOR_BASELINES = ("prior_sampling", "noisy_expert")
@@ -30,7 +30,7 @@ def generative_methods(group):
     return [m for m in GROUPS[group]["methods"] if m in GENERATIVE]
 
 
-def issue15_outputs():
+def analysis_outputs():
     out = [f"{R}/novelty/{g}.md" for g in novelty_groups()]
     out += [f"{R}/spaces/{g}.md" for g in space_groups()]
     out += [f"{R}/spaces/runs/{g}.md" for g in compare_groups()]

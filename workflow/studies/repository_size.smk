@@ -1,4 +1,4 @@
-# The repository-size study (issue: what the generator adds): the whole pipeline once per
+# The repository-size study (what the generator adds as experts grow): the whole pipeline once per
 # number of experts per family, then SG-LoRA minus Top-K LoRA Weighted and minus the
 # Oracle against repository size, with paired 95% intervals.
 #
