@@ -315,6 +315,30 @@ def family_labels(families: dict[str, str] | None, tasks: list[str]) -> list[str
     return [families[t] for t in tasks]
 
 
+VERDICTS = ("win", "tie", "loss")  #: a per-task verdict: interval wholly above 0, including 0, wholly below
+
+
+def task_differences(a: dict[str, dict], b: dict[str, dict], metric: str, n_boot: int = N_BOOT, seed: int = 0,
+                     names: tuple[str, str] = ("a", "b")) -> dict[str, Interval]:
+    """Per task: method ``a`` minus method ``b`` (task -> ``<task>.json`` each, the same tasks)
+    with the paired interval of that task alone: its test queries (the same draws for both)
+    and each method's runs (its own draws) resampled, as :func:`bootstrap` does for a group
+    of one task (one unit: nothing widened). ``names``: the methods' ids (their run streams)."""
+    if list(a) != list(b):
+        raise SGLoraError(f"per-task differences: {names[0]} has tasks {list(a)}, {names[1]} {list(b)}")
+    out = {}
+    for t in a:
+        hits = {names[0]: run_hits({t: a[t]}, metric, names[0]), names[1]: run_hits({t: b[t]}, metric, names[1])}
+        reps = bootstrap(hits, n_boot, seed)
+        out[t] = interval(estimate(hits[names[0]]) - estimate(hits[names[1]]), reps[names[0]] - reps[names[1]])
+    return out
+
+
+def verdict(difference: Interval) -> str:
+    """"win" where the interval lies wholly above 0, "loss" wholly below, else "tie"."""
+    return "win" if difference.lo > 0 else "loss" if difference.hi < 0 else "tie"
+
+
 @dataclass(frozen=True)
 class Power:
     """How a method's unit means vary (percent points squared). A unit is what the bootstrap
@@ -367,4 +391,5 @@ def n_runs(per_task: dict[str, dict]) -> int:
 
 __all__ = ["Interval", "interval", "query_hits", "run_hits", "clusters", "n_units", "widening", "resampling",
            "task_query_draws", "run_draws", "estimate", "bootstrap", "GroupStats", "group_stats", "family_labels",
-           "Power", "power", "units_for", "n_runs", "N_BOOT", "LEVEL", "DETECTABLE"]
+           "Power", "power", "units_for", "n_runs", "task_differences", "verdict", "VERDICTS", "N_BOOT", "LEVEL",
+           "DETECTABLE"]

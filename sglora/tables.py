@@ -31,7 +31,8 @@ import numpy as np
 from .io import SGLoraError, atomic_path, read_json
 from .methods import METHODS, label
 from .paper import PAPER_TABLES
-from .stats import DETECTABLE, N_BOOT, GroupStats, family_labels, group_stats, n_runs, power, run_hits, units_for
+from .stats import (DETECTABLE, N_BOOT, VERDICTS, GroupStats, family_labels, group_stats, n_runs, power, run_hits,
+                    task_differences, units_for, verdict)
 
 RETRIEVAL_COLS = ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"]
 COL_NAMES = {"i2t_r1": "I2T R@1", "i2t_r5": "I2T R@5", "i2t_r10": "I2T R@10", "t2i_r1": "T2I R@1",
@@ -160,6 +161,11 @@ def read_metrics(path: str | Path, group: str, method: str, task: str) -> dict:
 def metric_cols(results: dict[str, dict[str, dict]]) -> list[str]:
     first = next(iter(next(iter(results.values())).values()))
     return ["accuracy"] if first["kind"] == "classification" else list(RETRIEVAL_COLS)
+
+
+def primary_cols(cols: list[str]) -> list[str]:
+    """The columns a group is judged on: accuracy, or I2T and T2I R@1."""
+    return ["accuracy"] if cols == ["accuracy"] else ["i2t_r1", "t2i_r1"]
 
 
 def method_label(method: str, per_task: dict[str, dict]) -> str:
@@ -302,7 +308,7 @@ def _se_note(rows: list[dict], cols: list[str], results: dict[str, dict[str, dic
     ``results``, where it exceeds ``TARGET_SE``, the independent units (families, with
     ``families``; else tasks) the group would need and how much of the worst method's spread
     more test images could not remove (:func:`sglora.stats.power`)."""
-    primary = ["accuracy"] if cols == ["accuracy"] else ["i2t_r1", "t2i_r1"]
+    primary = primary_cols(cols)
     have = [r for r in rows if primary[0] + "_se" in r]
     if not have:
         return ""
@@ -413,6 +419,64 @@ def render_paired(rows: list[dict], cols: list[str], stats: dict[str, GroupStats
     return {"csv": buf.getvalue(), "md": "\n".join(md) + "\n"}
 
 
+#: the method each test task's verdict compares SG-LoRA with
+VERDICT_AGAINST = "nearest_expert"
+
+
+def task_verdicts(results: dict[str, dict[str, dict]], cols: list[str], method: str = "sglora",
+                  against: str = VERDICT_AGAINST, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, dict]:
+    """``method`` minus ``against`` on each task, per primary column: ``{column: {task:
+    (Interval, verdict)}}`` (:func:`sglora.stats.task_differences`, :func:`sglora.stats.verdict`)."""
+    return {c: {t: (d, verdict(d)) for t, d in task_differences(results[method], results[against], c, n_boot, seed,
+                                                                 (method, against)).items()}
+            for c in primary_cols(cols)}
+
+
+def verdict_counts(verdicts: dict[str, dict]) -> dict[str, dict[str, int]]:
+    """``{column: {"win": n, "tie": n, "loss": n}}`` of :func:`task_verdicts`."""
+    return {c: {v: sum(1 for _, x in per.values() if x == v) for v in VERDICTS} for c, per in verdicts.items()}
+
+
+PLURAL = {"win": "wins", "tie": "ties", "loss": "losses"}
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{counts[v]} {v if counts[v] == 1 else PLURAL[v]}" for v in VERDICTS)
+
+
+def verdicts_note(verdicts: dict[str, dict], group: str, method: str = "sglora", against: str = VERDICT_AGAINST) -> str:
+    """The paired table's line of per-task wins, ties and losses."""
+    counts = verdict_counts(verdicts)
+    parts = [f"{COL_NAMES[c]} {_counts_text(n)}" for c, n in counts.items()]
+    tasks = len(next(iter(verdicts.values())))
+    return (f"Per task, {label(method)} − {label(against)} ({tasks} tasks; {group}.verdicts.md): " + "; ".join(parts)
+            + ". Win: the task's paired 95% interval lies wholly above 0; loss: wholly below; tie: it includes 0.")
+
+
+def render_verdicts(verdicts: dict[str, dict], title: str, method: str = "sglora",
+                    against: str = VERDICT_AGAINST) -> dict[str, str]:
+    """The per-task table of :func:`task_verdicts`: CSV and Markdown, its last row the counts."""
+    cols = list(verdicts)
+    tasks = list(next(iter(verdicts.values())))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["task"] + [f"{c}{x}" for c in cols for x in ("", "_lo", "_hi", "_verdict")])
+    md = [f"**{title}: {label(method)} minus {label(against)}, per task**", "",
+          "| Task | " + " | ".join(COL_NAMES[c] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for t in tasks:
+        w.writerow([t] + [x for c in cols for x in (f"{verdicts[c][t][0].estimate:.4f}", f"{verdicts[c][t][0].lo:.4f}",
+                                                       f"{verdicts[c][t][0].hi:.4f}", verdicts[c][t][1])])
+        md.append(f"| {t} | " + " | ".join(f"{d.estimate:+.2f} [{d.lo:+.2f}, {d.hi:+.2f}] {v}"
+                                           for d, v in (verdicts[c][t] for c in cols)) + " |")
+    counts = verdict_counts(verdicts)
+    md.append("| Wins / ties / losses | " + " | ".join(" / ".join(str(counts[c][v]) for v in VERDICTS) for c in cols)
+              + " |")
+    md += ["", "Cells: difference of the task's means [paired 95% bootstrap interval of that task alone; resampled: its "
+           "test queries, the same draws for both methods, and each method's runs, drawn on their own; not widened]. "
+           "Win: the interval lies wholly above 0; loss: wholly below; tie: it includes 0."]
+    return {"csv": buf.getvalue(), "md": "\n".join(md) + "\n"}
+
+
 def render_diagnostic(rows: list[dict], best: list[dict], cols: list[str], title: str, notes: list[str] = (),
                       resampled: str | None = None) -> str:
     """Every row of the main table, each generative method followed by its best of N;
@@ -439,7 +503,7 @@ def _tex_escape(s: str) -> str:
 
 def per_task_table(results: dict[str, dict[str, dict]], cols: list[str]) -> str:
     """Markdown: rows = tasks, columns = methods, cells = primary metric(s)."""
-    primary = ["accuracy"] if cols == ["accuracy"] else ["i2t_r1", "t2i_r1"]
+    primary = primary_cols(cols)
     methods = list(results)
     tasks = list(next(iter(results.values())))
     head = "| Task | " + " | ".join(f"{label(m)} {COL_NAMES[c]}" for m in methods for c in primary) + " |"
@@ -452,8 +516,9 @@ def per_task_table(results: dict[str, dict[str, dict]], cols: list[str]) -> str:
 def write_tables(metrics: dict[str, str | Path], out_dir: str | Path, groups: dict, selection: dict | None = None,
                  n_boot: int = N_BOOT, seed: int = 0, paper: dict | None = None, embedded: Collection[str] = (),
                  unit: str = "family") -> None:
-    """For each group: ``<group>.{csv,md,tex}``, ``<group>.per_task.md``, ``<group>.diagnostic.md``
-    and, where the group has SG-LoRA, ``<group>.paired.{csv,md}``. A group's ``paper`` key
+    """For each group: ``<group>.{csv,md,tex}``, ``<group>.per_task.md``, ``<group>.diagnostic.md``;
+    where the group has SG-LoRA, ``<group>.paired.{csv,md}``; where it also has the nearest
+    expert, ``<group>.verdicts.{csv,md}`` (:func:`task_verdicts`), counted in the paired table. A group's ``paper`` key
     (``sglora.paper.PAPER_TABLES``) adds the published rows and a note on how our run differs
     (``paper_note`` adds to it). ``selection``: method -> settings chosen on the validation
     tasks, footnoted under every table; ``paper``: the fixed settings of the ``sglora_paper``
@@ -480,8 +545,14 @@ def write_tables(metrics: dict[str, str | Path], out_dir: str | Path, groups: di
         for ext, text in render(rows + paper_rows(g.get("paper") or None, cols), cols, title, marks, notes,
                                 resampled).items():
             write(f"{group}.{ext}", text)
+        judged = "sglora" in results and VERDICT_AGAINST in results
+        verdicts = task_verdicts(results, cols, n_boot=n_boot, seed=seed) if judged else None
+        if verdicts:
+            for ext, text in render_verdicts(verdicts, title).items():
+                write(f"{group}.verdicts.{ext}", text)
         if "sglora" in results:
-            for ext, text in render_paired(rows, cols, stats, title, notes=notes[1:2]).items():
+            extra = [verdicts_note(verdicts, group)] if verdicts else []
+            for ext, text in render_paired(rows, cols, stats, title, notes=extra + notes[1:2]).items():
                 write(f"{group}.paired.{ext}", text)
         write(f"{group}.diagnostic.md", render_diagnostic(rows, diagnostic_rows(results, cols), cols, title, notes[1:2],
                                                           resampled))

@@ -271,3 +271,80 @@ def test_embedded_groups_need_world_classes(metrics, tmp_path, capsys):
     assert main(["tables", *metrics_flag(metrics), "--groups", json.dumps({"nosg": GROUPS["nosg"]}), "--out",
                  str(tmp_path), "--bootstrap", "50", "--embedded", "world"]) == 2
     assert "groups.nosg.tasks: 't0' is not a class of the embedded world" in capsys.readouterr().err
+
+
+# --- per-task verdicts: SG-LoRA minus the nearest expert on each task -------------------------
+
+VERDICT_GROUP = {"verdicts": {"title": "Verdicts", "dataset": "world", "tasks": TASKS,
+                              "methods": ["zero_shot", "nearest_expert", "sglora"]}}
+
+
+def sglora_by_task(i, s):
+    """Far ahead of the nearest expert (0.5) on t0, t1; level on t2, t3; far behind on t4, t5."""
+    return (0.97, 0.97, 0.5, 0.5, 0.03, 0.03)[i]
+
+
+def write_verdict_group(root: Path, sglora=sglora_by_task) -> dict[str, Path]:
+    write_method(root, "verdicts", "zero_shot", 0.2, seed=11)
+    write_method(root, "verdicts", "nearest_expert", 0.5, seed=12)
+    write_method(root, "verdicts", "sglora", sglora, n_samples=4, runs=[0, 0, 1, 1], seed=13)
+    return folders(root)
+
+
+def test_verdicts_judge_each_task_on_its_own_interval_and_the_paired_table_counts_them(tmp_path):
+    from sglora.stats import task_differences
+
+    metrics = write_verdict_group(tmp_path / "metrics")
+    write_tables(metrics, tmp_path / "out", VERDICT_GROUP, n_boot=400)
+    md = (tmp_path / "out" / "verdicts.verdicts.md").read_text()
+    verdicts = {t: [c.split()[-1] for c in md_row(md, t)] for t in TASKS}
+    assert verdicts["t0"] == verdicts["t1"] == ["win", "win"]
+    assert verdicts["t4"] == verdicts["t5"] == ["loss", "loss"]
+    wins = {c: sum(v[i] == "win" for v in verdicts.values()) for i, c in enumerate(("i2t", "t2i"))}
+    losses = {c: sum(v[i] == "loss" for v in verdicts.values()) for i, c in enumerate(("i2t", "t2i"))}
+    ties = {c: 6 - wins[c] - losses[c] for c in wins}
+    assert md_row(md, "Wins / ties / losses") == [f"{wins[c]} / {ties[c]} / {losses[c]}" for c in ("i2t", "t2i")]
+    # each cell is the task's own paired difference (its queries and runs), as sglora.stats computes it
+    results = load_group(metrics, "verdicts", ["nearest_expert", "sglora"], TASKS)
+    d = task_differences(results["sglora"], results["nearest_expert"], "t2i_r1", 400, 0, ("sglora", "nearest_expert"))
+    assert md_row(md, "t2")[1].startswith(f"{d['t2'].estimate:+.2f} [{d['t2'].lo:+.2f}, {d['t2'].hi:+.2f}]")
+    rows = list(csv.DictReader(open(tmp_path / "out" / "verdicts.verdicts.csv")))
+    assert [r["task"] for r in rows] == TASKS and [r["i2t_r1_verdict"] for r in rows] == [v[0] for v in verdicts.values()]
+    paired = (tmp_path / "out" / "verdicts.paired.md").read_text()
+    plural = {"win": "wins", "tie": "ties", "loss": "losses"}
+    said = lambda n, v: f"{n} {v if n == 1 else plural[v]}"  # noqa: E731
+    assert (f"Per task, SG-LoRA − Nearest expert (6 tasks; verdicts.verdicts.md): I2T R@1 {said(wins['i2t'], 'win')}, "
+            f"{said(ties['i2t'], 'tie')}, {said(losses['i2t'], 'loss')}; T2I R@1 {said(wins['t2i'], 'win')}") in paired
+    # groups without the nearest expert get no verdicts
+    write_tables(metrics, tmp_path / "other", {"verdicts": VERDICT_GROUP["verdicts"] | {"methods": ["zero_shot", "sglora"]}},
+                 n_boot=50)
+    assert not (tmp_path / "other" / "verdicts.verdicts.md").exists()
+    assert "Per task" not in (tmp_path / "other" / "verdicts.paired.md").read_text()
+
+
+def test_a_tasks_verdict_resamples_only_its_own_queries_and_runs(tmp_path):
+    """Another task's numbers leave a task's interval as it was; a task whose runs differ but whose
+    queries do not has a spread from its runs alone; a single-run difference has the SE of a paired
+    mean over its queries (computed here: sqrt(var(d) / Q))."""
+    from sglora.stats import task_differences, verdict
+
+    before = load_group(write_verdict_group(tmp_path / "a"), "verdicts", ["nearest_expert", "sglora"], TASKS)
+    after = load_group(write_verdict_group(tmp_path / "b", lambda i, s: sglora_by_task(i, s) if i == 0 else 0.9),
+                       "verdicts", ["nearest_expert", "sglora"], TASKS)
+    assert before["sglora"]["t0"] == after["sglora"]["t0"] and before["sglora"]["t3"] != after["sglora"]["t3"]
+    d0 = {k: task_differences(r["sglora"], r["nearest_expert"], "i2t_r1", 300, 0, ("sglora", "nearest_expert"))["t0"]
+          for k, r in (("before", before), ("after", after))}
+    assert d0["before"] == d0["after"]
+
+    q = 400
+    rng = np.random.default_rng(0)
+    a, b = (rng.random(q) < 0.6).astype(int), (rng.random(q) < 0.4).astype(int)
+    one = lambda hits, runs=None: {"t": {"correct": [list(h) for h in hits], "runs": runs}}  # noqa: E731
+    d = task_differences(one([a]), one([b]), "accuracy", 2000, 0)["t"]
+    assert d.estimate == pytest.approx(100 * (a.mean() - b.mean()))
+    assert d.se == pytest.approx(100 * np.std(a - b, ddof=1) / np.sqrt(q), rel=0.08)
+    assert verdict(d) == "win"
+    # runs: run 0 hits every query, run 1 none; query draws alone could not move the mean
+    runs = task_differences(one([np.ones(q, int), np.zeros(q, int)], [0, 1]), one([np.full(q, 1)]), "accuracy", 500,
+                            0)["t"]
+    assert runs.estimate == pytest.approx(-50.0) and runs.hi - runs.lo > 40 and verdict(runs) == "tie"

@@ -306,6 +306,11 @@ def paired_groups():
     return [g for g, spec in GROUPS.items() if "sglora" in spec["methods"]]
 
 
+def verdict_groups():
+    """Groups with a per-task verdict table (SG-LoRA minus the nearest expert on each task)."""
+    return [g for g in paired_groups() if "nearest_expert" in GROUPS[g]["methods"]]
+
+
 # The premises are measured on the validation tasks only: no test task's number is looked at
 # before the tables.
 

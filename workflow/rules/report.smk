@@ -5,7 +5,7 @@
 
 rule tables:
     """Metric tables per group (CSV, Markdown, LaTeX) with 95% bootstrap intervals; SG-LoRA minus
-    each method with paired intervals; the test-selected best-of-N rows in a diagnostic table;
+    each method with paired intervals; SG-LoRA minus the nearest expert on each task; the test-selected best-of-N rows in a diagnostic table;
     every table footnotes the settings chosen on the validation tasks."""
     input:
         metrics=list(metric_dirs().values()),
@@ -26,6 +26,11 @@ rule tables:
             for g in paired_groups()
         ],
         paired_csv=[f"{R}/tables/{g}.paired.csv" for g in paired_groups()],
+        verdicts=[
+            report(f"{R}/tables/{g}.verdicts.md", caption="../report/verdicts.rst", category="Tables", labels={"group": g, "format": "verdicts"})
+            for g in verdict_groups()
+        ],
+        verdicts_csv=[f"{R}/tables/{g}.verdicts.csv" for g in verdict_groups()],
         diagnostic=[
             report(f"{R}/tables/{g}.diagnostic.md", caption="../report/diagnostic.rst", category="Tables", labels={"group": g, "format": "diagnostic"})
             for g in GROUPS
