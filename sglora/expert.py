@@ -46,13 +46,30 @@ class TrainSpec(Settings):
             raise SGLoraError(f"training.snapshots={self.snapshots} must be between 1 and training.epochs={self.epochs}")
 
 
-def task_pairs(manifest: str | Path, task: str, split: str) -> tuple[list[str], list[list[str]]]:
-    """Image paths and their caption lists for one task and split."""
-    rows = task_rows(read_manifest(manifest, [task]), task, split)
-    rows = [r for r in rows if r["captions"]]
-    if not rows:
-        raise SGLoraError(f"{manifest}: task {task!r} has no {split} images with captions")
-    return [r["image_path"] for r in rows], [list(r["captions"]) for r in rows]
+def task_pairs(manifest: str | Path, task: str | list[str], split: str) -> tuple[list[str], list[list[str]]]:
+    """Image paths and their caption lists for one task and split; for a list of tasks, the
+    union of theirs, task by task in the list's order."""
+    tasks = [task] if isinstance(task, str) else list(task)
+    table = read_manifest(manifest, tasks)
+    paths, captions = [], []
+    for t in tasks:
+        rows = [r for r in task_rows(table, t, split) if r["captions"]]
+        if not rows:
+            raise SGLoraError(f"{manifest}: task {t!r} has no {split} images with captions")
+        paths += [r["image_path"] for r in rows]
+        captions += [list(r["captions"]) for r in rows]
+    return paths, captions
+
+
+@dataclass
+class Fit:
+    """What :func:`fit_lora` trained: the kept snapshots (M x D), their layout, the mean
+    loss of each epoch and the number of training pairs."""
+
+    snapshots: np.ndarray
+    layout: Layout
+    losses: list[float]
+    pairs: int
 
 
 def train_lora(
@@ -78,6 +95,16 @@ def train_lora(
     - ``adapter/``: the final LoRA as a PEFT adapter folder
     - ``training.json``: loss per epoch, settings, layout size
     """
+    fit = fit_lora(backbone, manifest, task, lora, train, threads=threads, progress=progress, cache=cache)
+    return write_lora(out_dir, fit, lora, train, backbone, task)
+
+
+def fit_lora(backbone: str, manifest: str | Path, task: str | list[str], lora: LoraSpec, train: TrainSpec,
+             threads: int | None = None, progress: bool = True, cache: str | Path | None = None,
+             keep: list[int] | None = None) -> Fit:
+    """The training of :func:`train_lora`, nothing written. ``task`` a list: on the union of
+    those tasks' training pairs (the multi-task LoRA). ``keep``: the epochs (1-based) whose
+    factors are the snapshots, in place of the last ``train.snapshots`` ones."""
     from peft import get_peft_model_state_dict
     from tqdm import tqdm
 
@@ -103,7 +130,9 @@ def train_lora(
     gen = torch.Generator().manual_seed(train.seed)
     autocast = device.type == "cuda" and train.bf16
     losses, snaps = [], []
-    bar = tqdm(range(train.epochs), desc=f"lora[{task}]", disable=not progress)
+    keep = set(keep) if keep is not None else set(range(train.epochs - train.snapshots + 1, train.epochs + 1))
+    name = task if isinstance(task, str) else f"{len(task)} tasks"
+    bar = tqdm(range(train.epochs), desc=f"lora[{name}]", disable=not progress)
     steps = math.ceil(len(paths) / train.batch_size)
     for epoch in bar:
         peft_model.train()
@@ -118,21 +147,26 @@ def train_lora(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 loss = clip_loss(peft_model, pixels, enc["input_ids"][cap].to(device),
                                  enc["attention_mask"][cap].to(device), targets)
-            optimizer_step(opt, loss, f"task {task}", epoch, losses)
+            optimizer_step(opt, loss, f"task {name}", epoch, losses)
             total += loss.item()
         losses.append(total / steps)
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        if epoch >= train.epochs - train.snapshots:
+        if epoch + 1 in keep:
             snaps.append(layout.to_vector(get_peft_model_state_dict(peft_model)))
-    return _write(out_dir, np.stack(snaps), layout, lora, train, backbone, task, losses, len(paths))
+    if not snaps:
+        raise SGLoraError(f"fit_lora: keep={sorted(keep)} names no epoch of 1..{train.epochs}")
+    return Fit(np.stack(snaps), layout, losses, len(paths))
 
 
-def _write(out_dir, snaps, layout, lora, train, backbone, task, losses, n_pairs) -> dict:
+def write_lora(out_dir: str | Path, fit: Fit, lora: LoraSpec, train: TrainSpec, backbone: str, task: str,
+               extra: dict | None = None) -> dict:
+    """Write a trained LoRA folder (:func:`train_lora`'s); ``extra``: more keys of training.json."""
+    snaps, layout = fit.snapshots, fit.layout
     training = asdict(train)
     if not train.freeze_a:  # written only when set: a factors-space run's training.json stays as it was
         training.pop("freeze_a")
-    info = {"task": task, "losses": losses, "pairs": n_pairs, "dim": layout.dim, "snapshots": len(snaps),
-            "lora": asdict(lora), "training": training, "backbone": backbone}
+    info = {"task": task, "losses": fit.losses, "pairs": fit.pairs, "dim": layout.dim, "snapshots": len(snaps),
+            "lora": asdict(lora), "training": training, "backbone": backbone} | (extra or {})
     with atomic_path(out_dir, directory=True) as tmp:
         save_safetensors(tmp / "snapshots.safetensors", {"snapshots": snaps.astype(np.float32)},
                          {"layout": layout.to_json(), "task": task, "lora": json.dumps(asdict(lora), sort_keys=True)})

@@ -31,9 +31,9 @@ def select_training(backbone: str, manifest: str | Path, tasks: list[str], lora,
     "per_task"}]}, "tasks", "criterion"}``."""
     from .backbone import load_clip
     from .devices import pick_device
-    from .evaluate import evaluate_vectors, load_task
+    from .evaluate import load_task
     from .expert import read_snapshots, train_lora
-    from .selection import grid_points, primary_score
+    from .selection import grid_points
 
     bad = sorted(set(grid) - set(TRAINER_SETTINGS))
     if bad or not grid:
@@ -49,10 +49,24 @@ def select_training(backbone: str, manifest: str | Path, tasks: list[str], lora,
                 out = Path(tmp) / f"{i}" / t
                 train_lora(backbone, manifest, t, out, lora, spec, threads=threads, progress=False, cache=cache)
                 snaps, layout = read_snapshots(out)
-                per = evaluate_vectors(model, processor, data[t], snaps[-1:], layout, lora.scaling)
-                per_task[t] = float(np.mean([primary_score(m) for m in per]))
+                per_task |= score_vector(model, processor, {t: data[t]}, snaps[-1], layout, lora.scaling)
             rows.append({"settings": settings, "score": float(np.mean(list(per_task.values()))), "per_task": per_task})
-    best = max(range(len(rows)), key=lambda i: (rows[i]["score"], -i))
+    best = best_row(rows)
     return {"chosen": {"training": rows[best]["settings"]}, "scores": {"training": rows}, "tasks": list(tasks),
             "criterion": "mean over validation tasks of the final snapshot's (I2T R@1 + T2I R@1) / 2, or accuracy, "
                          "each LoRA trained on its validation task's own training pairs"}
+
+
+def score_vector(model, processor, data: dict, vector: np.ndarray, layout, scaling: float) -> dict[str, float]:
+    """One LoRA's score on each task of ``data`` (task -> ``evaluate.load_task``): accuracy, or
+    the mean of I2T and T2I R@1 (``selection.primary_score``)."""
+    from .evaluate import evaluate_vectors
+    from .selection import primary_score
+
+    return {t: float(primary_score(evaluate_vectors(model, processor, d, vector[None], layout, scaling)[0]))
+            for t, d in data.items()}
+
+
+def best_row(rows: list[dict]) -> int:
+    """The index of the best-scoring row (ties: the first)."""
+    return max(range(len(rows)), key=lambda i: (rows[i]["score"], -i))
