@@ -24,7 +24,7 @@ from .stats import N_BOOT
 
 #: colour and marker of each merging baseline in the samples t-SNE
 MERGING_STYLE = {"model_soups": ("tab:red", "*"), "adaptersoup": ("tab:orange", "P"), "topk_weighted": ("tab:purple", "X"),
-                 "nearest_expert": ("tab:brown", "D")}
+                 "nearest_expert": ("tab:brown", "D"), "expert_mean": ("tab:pink", "v")}
 
 
 def _save(fig, out_dir: Path, name: str) -> None:

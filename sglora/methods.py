@@ -32,10 +32,12 @@ class Method:
 METHODS: dict[str, Method] = {m.id: m for m in (
     Method("zero_shot", "Zero-Shot CLIP", "backbone", candidates=None),
     Method("oracle", "Oracle", "trained", ranked=False),
+    Method("multitask", "Multi-task LoRA", "trained"),
     Method("model_soups", "Model Soups", "merging"),
     Method("adaptersoup", "AdapterSoup", "merging", settings=("k",)),
     Method("topk_weighted", "Top-K LoRA Weighted", "merging", settings=("k", "tau")),
     Method("nearest_expert", "Nearest expert", "merging"),
+    Method("expert_mean", "Expert mean", "merging"),
     Method("mole", "MoLE", "trained", candidates=None),
     Method("pdiff", "P-diff", "generative", seen_only=True, candidates="sample-pdiff"),
     Method("cond_pdiff", "COND P-Diff", "generative", seen_only=True, candidates="sample-pdiff"),

@@ -24,6 +24,7 @@ from .methods import METHODS
 
 if TYPE_CHECKING:
     from .baselines.mole.config import MoLESpec
+    from .baselines.multitask import MultitaskSpec
     from .baselines.pdiff.config import PDiffSpec
     from .cvae import CVAESpec
     from .expert import TrainSpec
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 #: step that takes one runs (``hints``): most live beside torch code, and a light step
 #: (check-tasks, tables, ...) should not pay torch's import on every Snakemake job.
 SETTINGS_HOME = {
-    "MoLESpec": "sglora.baselines.mole.config", "PDiffSpec": "sglora.baselines.pdiff.config",
+    "MoLESpec": "sglora.baselines.mole.config", "MultitaskSpec": "sglora.baselines.multitask", "PDiffSpec": "sglora.baselines.pdiff.config",
     "CVAESpec": "sglora.cvae", "TrainSpec": "sglora.expert", "SamplingSpec": "sglora.generate",
     "NoisySpec": "sglora.generators", "LoraSpec": "sglora.lora", "PremiseSpec": "sglora.premises",
     "PretrainSpec": "sglora.pretrain", "PriorSpec": "sglora.prior",
@@ -318,11 +319,13 @@ def candidates(method: A[str, "the method", {"choices": [m for m, v in METHODS.i
                seen: A[bool, "the tasks are experts (seen tasks): build their condition as in the CVAE's training, "
                              "and leave a task out of its own merge"] = False,
                adapters: A[Path | None, "also write each sample as a PEFT adapter folder here (sglora)"] = None,
-               loras: A[list[Path], "trained LoRA folders (oracle; folder name = task id)"] = (),
+               loras: A[list[Path], "trained LoRA folders (oracle: folder name = task id; multitask: its one "
+                                    "folder)"] = (),
                settings: A[dict | None, "JSON: fixed settings in place of the chosen ones (sglora_paper: the "
                                         "paper-faithful grid point)"] = None) -> dict:
     """Write a method's candidate LoRA(s) for each task of a group (sglora samples, the
-    paper-faithful sglora_paper samples, oracle, model_soups, adaptersoup, topk_weighted)."""
+    paper-faithful sglora_paper samples, oracle, multitask, model_soups, adaptersoup, topk_weighted,
+    nearest_expert, expert_mean)."""
     from .candidates import save_candidates
     from .embed import read_embeddings
     from .repository import Repository
@@ -337,7 +340,21 @@ def candidates(method: A[str, "the method", {"choices": [m for m, v in METHODS.i
             vecs[Path(d).name] = snaps[-1:]
         save_candidates(out, vecs, layout, method, {t: {"kind": "trained on the task's own data"} for t in vecs})
         return {"method": method, "tasks": len(vecs)}
+    if method == "multitask":
+        from .baselines.multitask import multitask_candidates
+
+        if len(loras) != 1:
+            raise SGLoraError(f"multitask: --loras takes the multi-task LoRA's one folder, got {len(loras)}")
+        vecs, layout, info = multitask_candidates(loras[0], list(tasks))
+        save_candidates(out, vecs, layout, method, info)
+        return {"method": method, "tasks": len(vecs)}
     repo = Repository(repository)
+    if method == "expert_mean":
+        from .baselines.merging import expert_mean
+
+        vecs, info = expert_mean(repo, list(tasks), seen)
+        save_candidates(out, vecs, repo.layout, method, info)
+        return {"method": method, "tasks": len(vecs)}
     experts = repo.experts()
     if method == "sglora_paper" and settings is None:
         raise SGLoraError("sglora_paper: --settings (the paper-faithful grid point) is required")
@@ -570,6 +587,28 @@ def figures(repository: A[Path, "expert repository folder"], metrics: Metrics,
 
 
 # --- learned baselines -----------------------------------------------------------------
+
+
+@step("train-multitask", device="training")
+def train_multitask(backbone: Backbone, manifest: A[Path, "task manifest with the experts' training pairs"],
+                    tasks: A[list[str], "the experts' task ids (comma-separated): the training data", SPLIT],
+                    validation: A[list[str], "validation task ids (comma-separated): its epochs are chosen on them",
+                                  SPLIT],
+                    out: A[Path, "output folder: snapshots.safetensors, adapter/, training.json"],
+                    lora: LoraSpec, training: TrainSpec, multitask: MultitaskSpec,
+                    validation_manifest: A[Path | None, "task manifest of the validation tasks (default: "
+                                                        "--manifest)"] = None,
+                    image_cache: Cache = None,
+                    validation_cache: A[Path | None, "the validation dataset's image cache"] = None,
+                    gallery: Gallery = 0, threads: Threads = None, device: Device = "auto") -> dict:
+    """Multi-task LoRA baseline: one LoRA trained on the union of the experts' training
+    pairs (the experts' rank, targets and trainer), its epochs chosen on the validation tasks."""
+    from .baselines.multitask import train_multitask as run
+
+    info = run(backbone, manifest, list(tasks), validation_manifest or manifest, list(validation), out, lora, training,
+               multitask, threads=threads, device=device, cache=image_cache, validation_cache=validation_cache,
+               gallery=gallery)
+    return {"pairs": info["pairs"], "tasks": len(info["tasks"])} | info["selection"]["chosen"]
 
 
 @step("train-mole", device="mole")

@@ -365,3 +365,76 @@ def test_nearest_expert_is_the_k1_merge_of_the_description_nearest_expert(tmp_pa
         written["info"].pop("settings")  # {} for the nearest expert: it has none to choose
         scores[method] = {k: v for k, v in written.items() if k != "method"}
     assert scores["nearest_expert"] == scores["topk_weighted"]
+
+
+# --- the expert mean and the multi-task LoRA -----------------------------------------------
+
+
+def test_expert_mean_is_the_mean_of_every_experts_final_snapshot(tmp_path, tiny_experts, tiny_repo, tiny_embeddings):
+    """The expert-mean row: every expert's final snapshot (its last epoch, the adapter it
+    ships) averaged by hand here, the same LoRA for every task; not Model Soups' mean of mu_k.
+    On seen tasks a task's own expert is left out."""
+    from sglora.expert import read_snapshots
+
+    final = {t: read_snapshots(d)[0][-1].astype(np.float64) for t, d in tiny_experts.items()}
+    by_hand = sum(final.values()) / len(final)
+    tasks = ["yorkshire_terrier", "calla_lily"]
+    out = tmp_path / "expert_mean.safetensors"
+    assert main(["candidates", "--method", "expert_mean", "--tasks", ",".join(tasks), "--dataset", "world",
+                 "--repository", str(tiny_repo), "--embeddings", str(tiny_embeddings), "--out", str(out)]) in (0, None)
+    vecs, _, meta = load_candidates(out)
+    for t in tasks:
+        assert vecs[t].shape == (1, by_hand.size)
+        np.testing.assert_allclose(vecs[t][0], by_hand, rtol=0, atol=1e-7)
+        assert meta["info"][t]["experts"] == list(tiny_experts)
+    assert not np.allclose(vecs[tasks[0]][0], Repository(tiny_repo).experts().mu.mean(0), atol=1e-6)
+    seen = tmp_path / "seen.safetensors"
+    assert main(["candidates", "--method", "expert_mean", "--tasks", "tiger_lily", "--dataset", "world", "--seen",
+                 "--repository", str(tiny_repo), "--embeddings", str(tiny_embeddings), "--out", str(seen)]) in (0, None)
+    others = [v for t, v in final.items() if t != "tiger_lily"]
+    np.testing.assert_allclose(load_candidates(seen)[0]["tiger_lily"][0], sum(others) / len(others), rtol=0, atol=1e-7)
+
+
+def test_multitask_trains_on_every_experts_training_pairs_and_chooses_its_epochs_on_validation(tmp_path, tiny_world,
+                                                                                              tiny_clip):
+    """The multi-task LoRA sees the union of the experts' training pairs and no validation or
+    test image; its length is the best-scoring epoch on the validation tasks, and every task of a
+    group gets that one LoRA."""
+    import pyarrow.parquet as pq
+
+    from sglora.expert import fit_lora, read_snapshots, task_pairs
+
+    manifest = tiny_world / "manifest.parquet"
+    experts, validation = ["scottish_terrier", "tiger_lily", "water_lily"], ["calla_lily", "yorkshire_terrier"]
+    rows = pq.read_table(manifest).to_pylist()
+    union = {r["image_path"] for r in rows if r["task"] in experts and r["split"] == "train" and r["captions"]}
+    unseen = {r["image_path"] for r in rows if r["task"] in validation or r["split"] == "test"}
+    paths, _ = task_pairs(manifest, experts, "train")
+    assert set(paths) == union and len(paths) == len(union) and not set(paths) & unseen
+
+    from conftest import TINY_TRAIN
+
+    training = dict(TINY_TRAIN)
+    out = tmp_path / "multitask"
+    assert main(["train-multitask", "--backbone", tiny_clip, "--manifest", str(manifest), "--tasks", ",".join(experts),
+                 "--validation", ",".join(validation), "--out", str(out), "--training", json.dumps(training),
+                 "--multitask", json.dumps({"epochs": [2, 1]}), "--threads", "1", "--device", "cpu"]) in (0, None)
+    info = json.loads((out / "training.json").read_text())
+    assert info["tasks"] == experts and info["pairs"] == len(union) and len(info["losses"]) == 2
+    scores = info["selection"]["scores"]
+    assert [s["epochs"] for s in scores] == [1, 2] and set(scores[0]["per_task"]) == set(validation)
+    best = max(range(2), key=lambda i: (scores[i]["score"], -i))
+    assert info["selection"]["chosen"] == {"epochs": scores[best]["epochs"]}
+    snaps, _ = read_snapshots(out)
+    again = fit_lora(tiny_clip, manifest, experts, LoraSpec(), TrainSpec.from_dict(training | {"epochs": 2, "snapshots": 2}),
+                     threads=1, progress=False, keep=[1, 2])
+    np.testing.assert_array_equal(snaps, again.snapshots[best : best + 1])
+
+    cands = tmp_path / "multitask.safetensors"
+    assert main(["candidates", "--method", "multitask", "--loras", str(out), "--tasks", "boston_terrier,calla_lily",
+                 "--out", str(cands)]) in (0, None)
+    vecs, _, meta = load_candidates(cands)
+    for t in ("boston_terrier", "calla_lily"):
+        np.testing.assert_array_equal(vecs[t], snaps[-1:])
+        assert meta["info"][t]["experts"] == experts and meta["info"][t]["settings"] == info["selection"]["chosen"]
+

@@ -33,11 +33,11 @@ TABLE6 = {
 }  # fmt: skip
 # Experts a preset adds to Table 6, and why (see the preset's header).
 EXTRA_EXPERTS = {"coco_seen": ["motorcycle", "sheep"], "ablation_dog_expert": ["dog"]}  # Table 13, Table 12
-HEAVY = {"train_lora", "train_cvae", "train_mole", "train_pdiff", "select", "premises", "evaluate", "evaluate_zero_shot",
+HEAVY = {"train_lora", "train_multitask", "train_cvae", "train_mole", "train_pdiff", "select", "premises", "evaluate", "evaluate_zero_shot",
          "evaluate_mole", "evaluate_validation", "novelty", "spaces_select", "spaces_evaluate"}  # fmt: skip
 # heavy rules that take the resources of another rule's section
-RESOURCES_OF = {"novelty": "evaluate", "spaces_evaluate": "evaluate", "spaces_select": "select"}
-LIGHT = {"world", "manifest", "embed", "assemble", "candidates_oracle", "candidates_validation_oracle", "candidates_merging", "candidates_pdiff",
+RESOURCES_OF = {"train_multitask": "train_lora", "novelty": "evaluate", "spaces_evaluate": "evaluate", "spaces_select": "select"}
+LIGHT = {"world", "manifest", "embed", "assemble", "candidates_oracle", "candidates_validation_oracle", "candidates_multitask", "candidates_merging", "candidates_pdiff",
          "sample_sglora", "tables", "figures", "results_page", "all"}  # fmt: skip
 
 
@@ -121,6 +121,7 @@ def test_preset_follows_the_paper_and_validates(path):
 @pytest.mark.parametrize("path", PRESETS, ids=PRESET_IDS)
 def test_every_section_parses_with_the_code_that_reads_it(path, tmp_path):
     from sglora.baselines.mole import MoLESpec
+    from sglora.baselines.multitask import MultitaskSpec
     from sglora.baselines.pdiff import PDiffSpec
     from sglora.captioning import parse_options
     from sglora.cvae import CVAESpec
@@ -135,6 +136,7 @@ def test_every_section_parses_with_the_code_that_reads_it(path, tmp_path):
     CVAESpec.from_dict(cfg["cvae"])
     PriorSpec.from_dict(cfg["prior"])
     MoLESpec.from_dict(cfg.get("mole"))
+    MultitaskSpec.from_dict(cfg.get("multitask"))
     PDiffSpec.from_dict(cfg.get("pdiff"))
     PDiffSpec.from_dict(cfg.get("cond_pdiff"))
     demo = tmp_path / "demo.jpg"

@@ -1,4 +1,4 @@
-# Baselines: Oracle, the merging baselines, MoLE, P-diff and COND P-Diff.
+# Baselines: Oracle, the multi-task LoRA, the merging baselines, MoLE, P-diff and COND P-Diff.
 
 
 rule candidates_oracle:
@@ -15,8 +15,65 @@ rule candidates_oracle:
         "sglora candidates --method oracle --loras {input:q} --out {output:q} > {log:q} 2>&1"
 
 
+rule train_multitask:
+    """The multi-task LoRA: one LoRA on the union of every expert's training pairs (the experts'
+    rank, targets and trainer), its epochs chosen on the validation tasks."""
+    input:
+        manifest=manifest(EXPERTS["dataset"]),
+        validation_manifest=manifest(VALIDATION["dataset"]),
+        checks=[check_file(EXPERTS["dataset"], t) for t in EXPERTS["tasks"]]
+        + [check_file(VALIDATION["dataset"], t) for t in VALIDATION["tasks"]],
+        backbone=backbone_input(),
+        images=image_cache(EXPERTS["dataset"]),
+        validation_images=image_cache(VALIDATION["dataset"]),
+        trainer=lambda w: trainer_selection_input(w),
+    output:
+        directory(f"{R}/multitask"),
+    params:
+        tasks=",".join(EXPERTS["tasks"]),
+        validation=",".join(VALIDATION["tasks"]),
+        lora=as_json(config["lora"]),
+        training=lambda w: training_section(w),
+        multitask=as_json(config.get("multitask")),
+        backbone=backbone_param,
+        device=config["device"],
+        gallery=GALLERY,
+    threads: THREADS
+    resources:
+        **heavy_resources("train_lora", mem_mb=4000, runtime=30),  # the LoRA trainer: train_lora's resources
+    conda:
+        "../../envs/sglora.yaml"
+    log:
+        f"{R}/logs/train_multitask.log",
+    benchmark:
+        f"{R}/benchmarks/train_multitask.tsv"
+    shell:
+        "sglora train-multitask --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
+        "--validation {params.validation:q} --validation-manifest {input.validation_manifest:q} --out {output:q} "
+        "--lora {params.lora:q} --training {params.training:q} --multitask {params.multitask:q} "
+        "--image-cache {input.images:q} --validation-cache {input.validation_images:q} --gallery {params.gallery} "
+        "--device {params.device:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule candidates_multitask:
+    """The multi-task LoRA, the same for every task of a group."""
+    input:
+        f"{R}/multitask",
+    output:
+        f"{R}/candidates/{{group}}/multitask.safetensors",
+    params:
+        tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
+    conda:
+        "../../envs/sglora.yaml"
+    log:
+        f"{R}/logs/candidates/{{group}}/multitask.log",
+    shell:
+        "sglora candidates --method multitask --loras {input:q} --tasks {params.tasks:q} --out {output:q} > {log:q} 2>&1"
+
+
 rule candidates_merging:
-    """Model Soups, AdapterSoup, Top-K LoRA Weighted: averages of expert factors."""
+    """Model Soups, AdapterSoup, Top-K LoRA Weighted, the nearest expert, the expert mean:
+    averages of expert factors."""
     input:
         repository=f"{R}/repository",
         embeddings=f"{R}/tasks/embeddings.parquet",
