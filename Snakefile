@@ -31,11 +31,32 @@ include: "workflow/rules/generators.smk"
 
 
 # Light rules run where snakemake runs (on a cluster: the submit host), never as cluster jobs.
-localrules: world, manifest, check_tasks, embed, assemble, candidates_oracle, candidates_validation_oracle, candidates_multitask, candidates_merging, candidates_pdiff, sample_sglora, sample_sglora_paper, export_cvae, selection_summary, tables, figures, candidates_generator, compare_runs, ablation, results_page, all
+localrules:
+    world,
+    manifest,
+    check_tasks,
+    embed,
+    assemble,
+    candidates_oracle,
+    candidates_validation_oracle,
+    candidates_multitask,
+    candidates_merging,
+    candidates_pdiff,
+    sample_sglora,
+    sample_sglora_paper,
+    export_cvae,
+    selection_summary,
+    tables,
+    figures,
+    candidates_generator,
+    compare_runs,
+    ablation,
+    results_page,
+    all,
 
 
 rule all:
+    default_target: True
     input:
         all_outputs(),
         analysis_outputs(),
-    default_target: True

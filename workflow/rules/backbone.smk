@@ -3,26 +3,26 @@
 
 rule pretrain_backbone:
     """Pretrain the small CLIP of the embedded benchmark on coarse captions of all classes
-    of every embedded dataset (it knows class names, not a task's fine details)."""
+of every embedded dataset (it knows class names, not a task's fine details)."""
     input:
         expand(f"{R}/data/{{dataset}}/world/captions.parquet", dataset=EMBEDDED),
     output:
         directory(f"{R}/backbone"),
-    params:
-        worlds=expand(f"{R}/data/{{dataset}}/world", dataset=EMBEDDED),
-        pretrain=as_json(config.get("backbone", {}).get("pretrain")),
-        seed=config.get("seed", 0),
+    log:
+        f"{R}/logs/pretrain_backbone.log",
+    benchmark:
+        f"{R}/benchmarks/pretrain_backbone.tsv"
+    conda:
+        "../../envs/sglora.yaml"
     threads: max(THREADS, 2)
     resources:
         gpu=0,
         mem_mb=lambda w: res("pretrain_backbone", "mem_mb", 4000),
         runtime=lambda w: res("pretrain_backbone", "runtime", 30),
-    conda:
-        "../../envs/sglora.yaml"
-    log:
-        f"{R}/logs/pretrain_backbone.log",
-    benchmark:
-        f"{R}/benchmarks/pretrain_backbone.tsv"
+    params:
+        worlds=expand(f"{R}/data/{{dataset}}/world", dataset=EMBEDDED),
+        pretrain=as_json(config.get("backbone", {}).get("pretrain")),
+        seed=config.get("seed", 0),
     shell:
         "sglora pretrain --worlds {params.worlds:q} --out {output:q} --seed {params.seed:q} "
         "--threads {threads} --pretrain {params.pretrain:q} > {log:q} 2>&1"
@@ -36,16 +36,16 @@ rule embed:
         images=[image_cache(d) for d in config["datasets"]],
     output:
         f"{R}/tasks/embeddings.parquet",
+    log:
+        f"{R}/logs/embed.log",
+    conda:
+        "../../envs/sglora.yaml"
     params:
         pairs=[f"{d}={manifest(d)}" for d in config["datasets"]],
         caches=[f"{d}={image_cache(d)}" for d in config["datasets"]],
         template=config.get("description", {}).get("template", ""),
         backbone=backbone_param,
         device=config["device"],
-    conda:
-        "../../envs/sglora.yaml"
-    log:
-        f"{R}/logs/embed.log",
     shell:
         "sglora embed --backbone {params.backbone:q} --manifest {params.pairs:q} "
         "--template {params.template:q} --image-cache {params.caches:q} --device {params.device:q} --out {output:q} > {log:q} 2>&1"

@@ -7,17 +7,17 @@ rule candidates_oracle:
         lambda w: [lora_dir(GROUPS[w.group]["dataset"], t) for t in GROUPS[w.group]["tasks"]],
     output:
         f"{R}/candidates/{{group}}/oracle.safetensors",
-    conda:
-        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/candidates/{{group}}/oracle.log",
+    conda:
+        "../../envs/sglora.yaml"
     shell:
         "sglora candidates --method oracle --loras {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule train_multitask:
     """The multi-task LoRA: one LoRA on the union of every expert's training pairs (the experts'
-    rank, targets and trainer), its epochs chosen on the validation tasks."""
+rank, targets and trainer), its epochs chosen on the validation tasks."""
     input:
         manifest=manifest(EXPERTS["dataset"]),
         validation_manifest=manifest(VALIDATION["dataset"]),
@@ -29,6 +29,15 @@ rule train_multitask:
         trainer=lambda w: trainer_selection_input(w),
     output:
         directory(f"{R}/multitask"),
+    log:
+        f"{R}/logs/train_multitask.log",
+    benchmark:
+        f"{R}/benchmarks/train_multitask.tsv"
+    conda:
+        "../../envs/sglora.yaml"
+    threads: THREADS
+    resources:
+        **heavy_resources("train_lora", mem_mb=4000, runtime=30),  # the LoRA trainer: train_lora's resources
     params:
         tasks=",".join(EXPERTS["tasks"]),
         validation=",".join(VALIDATION["tasks"]),
@@ -38,15 +47,6 @@ rule train_multitask:
         backbone=backbone_param,
         device=config["device"],
         gallery=GALLERY,
-    threads: THREADS
-    resources:
-        **heavy_resources("train_lora", mem_mb=4000, runtime=30),  # the LoRA trainer: train_lora's resources
-    conda:
-        "../../envs/sglora.yaml"
-    log:
-        f"{R}/logs/train_multitask.log",
-    benchmark:
-        f"{R}/benchmarks/train_multitask.tsv"
     shell:
         "sglora train-multitask --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
         "--validation {params.validation:q} --validation-manifest {input.validation_manifest:q} --out {output:q} "
@@ -61,37 +61,37 @@ rule candidates_multitask:
         f"{R}/multitask",
     output:
         f"{R}/candidates/{{group}}/multitask.safetensors",
-    params:
-        tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
-    conda:
-        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/candidates/{{group}}/multitask.log",
+    conda:
+        "../../envs/sglora.yaml"
+    params:
+        tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
     shell:
         "sglora candidates --method multitask --loras {input:q} --tasks {params.tasks:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule candidates_merging:
     """Model Soups, AdapterSoup, Top-K LoRA Weighted, the nearest expert, the expert mean:
-    averages of expert factors."""
+averages of expert factors."""
     input:
         repository=f"{R}/repository",
         embeddings=f"{R}/tasks/embeddings.parquet",
         selection=lambda w: selection_input(w.method),
     output:
         f"{R}/candidates/{{group}}/{{method}}.safetensors",
+    log:
+        f"{R}/logs/candidates/{{group}}/{{method}}.log",
     wildcard_constraints:
         method="|".join(methods_where(kind="merging")),
+    conda:
+        "../../envs/sglora.yaml"
     params:
         tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
         dataset=lambda w: GROUPS[w.group]["dataset"],
         seen=lambda w: "" if GROUPS[w.group].get("unseen", True) else "--seen",
         selection=lambda w, input: f"--selection {shlex.quote(input.selection[0])}" if input.selection else "",
         prior=as_json(config["prior"]),
-    conda:
-        "../../envs/sglora.yaml"
-    log:
-        f"{R}/logs/candidates/{{group}}/{{method}}.log",
     shell:
         "sglora candidates --method {wildcards.method:q} --tasks {params.tasks:q} --dataset {params.dataset:q} {params.seen} "
         "--repository {input.repository:q} --embeddings {input.embeddings:q} --prior {params.prior:q} "
@@ -107,24 +107,23 @@ rule train_mole:
         images=image_cache(EXPERTS["dataset"]),
     output:
         directory(f"{R}/mole"),
-    params:
-        tasks=",".join(EXPERTS["tasks"]),
-        mole=as_json(config.get("mole")),
-        backbone=backbone_param,
-    threads: THREADS
-    resources:
-        **heavy_resources("train_mole", mem_mb=8000, runtime=60),
-    conda:
-        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/train_mole.log",
     benchmark:
         f"{R}/benchmarks/train_mole.tsv"
+    conda:
+        "../../envs/sglora.yaml"
+    threads: THREADS
+    resources:
+        **heavy_resources("train_mole", mem_mb=8000, runtime=60),
+    params:
+        tasks=",".join(EXPERTS["tasks"]),
+        mole=as_json(config.get("mole")),
+        backbone=backbone_param,
     shell:
         "sglora train-mole --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
         "--repository {input.repository:q} --mole {params.mole:q} --image-cache {input.images:q} --out {output:q} "
         "--threads {threads} > {log:q} 2>&1"
-
 
 
 rule train_pdiff:
@@ -134,22 +133,22 @@ rule train_pdiff:
         embeddings=f"{R}/tasks/embeddings.parquet",
     output:
         directory(f"{R}/{{variant}}"),
+    log:
+        f"{R}/logs/train_{{variant}}.log",
+    benchmark:
+        f"{R}/benchmarks/train_{{variant}}.tsv"
     wildcard_constraints:
         variant="|".join(methods_where(candidates="sample-pdiff")),
+    conda:
+        "../../envs/sglora.yaml"
+    threads: THREADS
+    resources:
+        **heavy_resources("train_pdiff", mem_mb=8000, runtime=60),
     params:
         # P-diff: one model per seen task that a group evaluates; COND P-Diff: one model on all experts
         tasks=lambda w: ",".join(pdiff_tasks() if w.variant == "pdiff" else EXPERTS["tasks"]),
         pdiff=lambda w: as_json(config.get(w.variant)),
         flag=lambda w: "--conditional" if w.variant == "cond_pdiff" else "--no-conditional",
-    threads: THREADS
-    resources:
-        **heavy_resources("train_pdiff", mem_mb=8000, runtime=60),
-    conda:
-        "../../envs/sglora.yaml"
-    log:
-        f"{R}/logs/train_{{variant}}.log",
-    benchmark:
-        f"{R}/benchmarks/train_{{variant}}.tsv"
     shell:
         "sglora train-pdiff --repository {input.repository:q} --embeddings {input.embeddings:q} "
         "--tasks {params.tasks:q} {params.flag} --pdiff {params.pdiff:q} --out {output:q} > {log:q} 2>&1"
@@ -162,14 +161,14 @@ rule candidates_pdiff:
         embeddings=f"{R}/tasks/embeddings.parquet",
     output:
         f"{R}/candidates/{{group}}/{{variant}}.safetensors",
-    wildcard_constraints:
-        variant="|".join(methods_where(candidates="sample-pdiff")),
-    params:
-        tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
-    conda:
-        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/candidates/{{group}}/{{variant}}.log",
+    wildcard_constraints:
+        variant="|".join(methods_where(candidates="sample-pdiff")),
+    conda:
+        "../../envs/sglora.yaml"
+    params:
+        tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
     shell:
         "sglora sample-pdiff --model {input.model:q} --repository {input.repository:q} "
         "--embeddings {input.embeddings:q} --tasks {params.tasks:q} --out {output:q} > {log:q} 2>&1"

@@ -12,7 +12,6 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir)))  # the sglora package beside the Snakefile, installed or not
 from sglora.methods import METHODS, methods_where
 
-
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 
 
@@ -25,7 +24,9 @@ def schema_errors(cfg, schema_path=SCHEMA):
 
     schema = yaml.safe_load(Path(schema_path).read_text())
     lines = []
-    for err in sorted(jsonschema.Draft202012Validator(schema).iter_errors(cfg), key=lambda e: [str(p) for p in e.absolute_path]):
+    for err in sorted(
+        jsonschema.Draft202012Validator(schema).iter_errors(cfg), key=lambda e: [str(p) for p in e.absolute_path]
+    ):
         where = ".".join(str(p) for p in err.absolute_path)
         prefix, section = (f"{where}.", f"in {where}") if where else ("", "at the top level")
         if err.validator == "additionalProperties" and isinstance(err.instance, dict):
@@ -37,7 +38,9 @@ def schema_errors(cfg, schema_path=SCHEMA):
                 lines.append(f"config {prefix}{key}: required key missing {section}")
         else:
             message = " ".join(err.message.split())
-            lines.append(f"config {where or '(top level)'}: {message[:300] + ' ...' if len(message) > 300 else message}")
+            lines.append(
+                f"config {where or '(top level)'}: {message[:300] + ' ...' if len(message) > 300 else message}"
+            )
     return list(dict.fromkeys(lines))  # a key missing from a section is reported by each of its required errors
 
 
@@ -56,12 +59,16 @@ def _check_config():
         )
     for g, spec in config["groups"].items():
         if spec["dataset"] not in names:
-            raise ValueError(f"config: groups.{g}.dataset {spec['dataset']!r} is not a key of datasets ({sorted(names)})")
+            raise ValueError(
+                f"config: groups.{g}.dataset {spec['dataset']!r} is not a key of datasets ({sorted(names)})"
+            )
         if len(set(spec["tasks"])) != len(spec["tasks"]):
             raise ValueError(f"config: groups.{g}.tasks lists a task twice")
         unknown = [m for m in spec["methods"] if m not in METHODS]
         if unknown:
-            raise ValueError(f"config: groups.{g}.methods: {unknown} are not methods of sglora/methods.py ({list(METHODS)})")
+            raise ValueError(
+                f"config: groups.{g}.methods: {unknown} are not methods of sglora/methods.py ({list(METHODS)})"
+            )
         seen_only = set(methods_where(seen_only=True)) & set(spec["methods"])
         not_experts = [t for t in spec["tasks"] if t not in config["experts"]["tasks"]]
         if seen_only and (not_experts or spec["dataset"] != config["experts"]["dataset"]):
@@ -69,8 +76,14 @@ def _check_config():
                 f"config: groups.{g} uses {sorted(seen_only)}, seen-task baselines, but {not_experts or spec['dataset']} "
                 "is not among the experts (experts.tasks / experts.dataset)"
             )
-    averaged = config.get("sampling", {}).get("average") or True in config.get("selection", {}).get("sglora", {}).get("average", [])
-    if averaged and config.get("sampling", {}).get("runs", 1) < 2 and any("noisy_expert" in s["methods"] for s in config["groups"].values()):
+    averaged = config.get("sampling", {}).get("average") or True in config.get("selection", {}).get("sglora", {}).get(
+        "average", []
+    )
+    if (
+        averaged
+        and config.get("sampling", {}).get("runs", 1) < 2
+        and any("noisy_expert" in s["methods"] for s in config["groups"].values())
+    ):
         raise ValueError(
             "config: noisy_expert matches the spread of SG-LoRA's candidates, but with sampling.average (set, or in "
             "selection.sglora.average) and sampling.runs < 2 a task has one candidate and no spread: set sampling.runs >= 2"
@@ -146,8 +159,12 @@ def paper_point():
     """SG-LoRA's paper-faithful grid point: the paper's sampling (temperature 1, N samples
     each a candidate) and generator (one condition per expert, no description in it), with
     the config's own condition, k and tau (config.yaml's are the paper's k = 4, tau = 0.05)."""
-    point = {"condition": config["cvae"].get("condition", "loo"), "k": config["prior"].get("k", 4),
-             "tau": config["prior"].get("tau", 0.05), "temperature": 1.0}
+    point = {
+        "condition": config["cvae"].get("condition", "loo"),
+        "k": config["prior"].get("k", 4),
+        "tau": config["prior"].get("tau", 0.05),
+        "temperature": 1.0,
+    }
     return point | {key: off for key, (_, off) in VARIANTS.items()}
 
 
@@ -216,8 +233,11 @@ def impossible_requests(gpus, memory_mb, gpu_limit=None):
     the GPUs present (when there are any), its `mem_mb` above the machine's memory, and a
     `--resources gpu` limit above the GPUs present (CPU jobs would queue for a GPU)."""
     asked = [(f"resources.{r}", spec) for r, spec in config.get("resources", {}).items()]
-    asked += [(f"datasets.{d}.captioner", spec.get("captioner", {})) for d, spec in config["datasets"].items()
-              if spec.get("captioner", {}).get("backend") == "qwen2vl"]
+    asked += [
+        (f"datasets.{d}.captioner", spec.get("captioner", {}))
+        for d, spec in config["datasets"].items()
+        if spec.get("captioner", {}).get("backend") == "qwen2vl"
+    ]
     problems = []
     for key, spec in asked:
         if gpus and int(spec.get("gpu", 0)) > gpus:
@@ -225,9 +245,11 @@ def impossible_requests(gpus, memory_mb, gpu_limit=None):
         if int(spec.get("mem_mb", 0)) > memory_mb:
             problems.append(f"{key}.mem_mb={spec['mem_mb']}, but this machine has {memory_mb} MB")
     if gpu_limit is not None and gpu_limit > gpus:
-        problems.append(f"--resources gpu={gpu_limit}, but this machine has {gpus} GPU(s): GPU rules would "
-                        f"queue for a GPU that is not there (give gpu={gpus}, or use the default profile, "
-                        "whose limit is the number of GPUs present)")
+        problems.append(
+            f"--resources gpu={gpu_limit}, but this machine has {gpus} GPU(s): GPU rules would "
+            f"queue for a GPU that is not there (give gpu={gpus}, or use the default profile, "
+            "whose limit is the number of GPUs present)"
+        )
     return problems
 
 
@@ -292,9 +314,17 @@ FIGURES = ("experts_tsne", "samples_tsne", "r1_bars")  # <name>.png and .pdf, wr
 
 def all_outputs():
     """What a run ends with: every group's table, the figures, the premises, the chosen CVAE, the results page."""
-    return ([f"{R}/tables/{g}.md" for g in GROUPS] + [f"{R}/figures/{name}.png" for name in FIGURES]
-            + [f"{R}/premises/premises.json", f"{R}/cvae/selected", f"{R}/selection/selection.json",
-               f"{R}/tables/ablation.md", RESULTS_PAGE])
+    return (
+        [f"{R}/tables/{g}.md" for g in GROUPS]
+        + [f"{R}/figures/{name}.png" for name in FIGURES]
+        + [
+            f"{R}/premises/premises.json",
+            f"{R}/cvae/selected",
+            f"{R}/selection/selection.json",
+            f"{R}/tables/ablation.md",
+            RESULTS_PAGE,
+        ]
+    )
 
 
 #: the run's results page: config results_page.path (the default publishes docs/results.md), else inside results
@@ -313,6 +343,7 @@ def verdict_groups():
 
 # The premises are measured on the validation tasks only: no test task's number is looked at
 # before the tables.
+
 
 def premise_headroom():
     """Whether the premises measure the Oracle's headroom: when an unseen group compares
@@ -402,7 +433,9 @@ def figure_loras():
     """``"<dataset>/<task>"`` -> the Oracle LoRA folders the figures draw (unseen groups that evaluate the Oracle)."""
     return {
         f"{spec['dataset']}/{t}": lora_dir(spec["dataset"], t)
-        for spec in GROUPS.values() if spec.get("unseen", True) and "oracle" in spec["methods"] for t in spec["tasks"]
+        for spec in GROUPS.values()
+        if spec.get("unseen", True) and "oracle" in spec["methods"]
+        for t in spec["tasks"]
     }
 
 
@@ -410,7 +443,9 @@ def figure_candidates():
     """``"<group>/<method>"`` -> the candidates files the figures may draw (written by `sglora candidates`)."""
     return {
         f"{g}/{m}": f"{R}/candidates/{g}/{m}.safetensors"
-        for g, spec in GROUPS.items() for m in spec["methods"] if METHODS[m].candidates == "candidates"
+        for g, spec in GROUPS.items()
+        for m in spec["methods"]
+        if METHODS[m].candidates == "candidates"
     }
 
 

@@ -14,23 +14,23 @@ rule evaluate:
         images=lambda w: image_cache(GROUPS[w.group]["dataset"]),
     output:
         directory(f"{R}/metrics/{{group}}/{{method}}"),
+    log:
+        f"{R}/logs/evaluate/{{group}}/{{method}}.log",
+    benchmark:
+        f"{R}/benchmarks/evaluate/{{group}}/{{method}}.tsv"
     wildcard_constraints:
         method=CANDIDATE_METHODS,
+    conda:
+        "../../envs/sglora.yaml"
+    threads: THREADS
+    resources:
+        **heavy_resources("evaluate", mem_mb=4000, runtime=30),
     params:
         tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
         lora=as_json(config["lora"]),
         backbone=backbone_param,
         device=config["device"],
         gallery=GALLERY,
-    threads: THREADS
-    resources:
-        **heavy_resources("evaluate", mem_mb=4000, runtime=30),
-    conda:
-        "../../envs/sglora.yaml"
-    log:
-        f"{R}/logs/evaluate/{{group}}/{{method}}.log",
-    benchmark:
-        f"{R}/benchmarks/evaluate/{{group}}/{{method}}.tsv"
     shell:
         "sglora evaluate --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
         "--method {wildcards.method:q} --group {wildcards.group:q} --candidates {input.candidates:q} "
@@ -47,20 +47,20 @@ rule evaluate_zero_shot:
         images=lambda w: image_cache(GROUPS[w.group]["dataset"]),
     output:
         directory(f"{R}/metrics/{{group}}/zero_shot"),
+    log:
+        f"{R}/logs/evaluate/{{group}}/zero_shot.log",
+    benchmark:
+        f"{R}/benchmarks/evaluate/{{group}}/zero_shot.tsv"
+    conda:
+        "../../envs/sglora.yaml"
+    threads: THREADS
+    resources:
+        **heavy_resources("evaluate", mem_mb=4000, runtime=30),
     params:
         tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
         backbone=backbone_param,
         device=config["device"],
         gallery=GALLERY,
-    threads: THREADS
-    resources:
-        **heavy_resources("evaluate", mem_mb=4000, runtime=30),
-    conda:
-        "../../envs/sglora.yaml"
-    log:
-        f"{R}/logs/evaluate/{{group}}/zero_shot.log",
-    benchmark:
-        f"{R}/benchmarks/evaluate/{{group}}/zero_shot.tsv"
     shell:
         "sglora evaluate --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
         "--method zero_shot --group {wildcards.group:q} --image-cache {input.images:q} --gallery {params.gallery} --device {params.device:q} "
@@ -77,20 +77,20 @@ rule evaluate_mole:
         images=lambda w: image_cache(GROUPS[w.group]["dataset"]),
     output:
         directory(f"{R}/metrics/{{group}}/mole"),
+    log:
+        f"{R}/logs/evaluate/{{group}}/mole.log",
+    benchmark:
+        f"{R}/benchmarks/evaluate/{{group}}/mole.tsv"
+    conda:
+        "../../envs/sglora.yaml"
+    threads: THREADS
+    resources:
+        **heavy_resources("evaluate", mem_mb=4000, runtime=30),
     params:
         tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
         backbone=backbone_param,
         device=config["device"],
         gallery=GALLERY,
-    threads: THREADS
-    resources:
-        **heavy_resources("evaluate", mem_mb=4000, runtime=30),
-    conda:
-        "../../envs/sglora.yaml"
-    log:
-        f"{R}/logs/evaluate/{{group}}/mole.log",
-    benchmark:
-        f"{R}/benchmarks/evaluate/{{group}}/mole.tsv"
     shell:
         "sglora evaluate-mole --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
         "--mole {input.mole:q} --group {wildcards.group:q} --image-cache {input.images:q} --gallery {params.gallery} --device {params.device:q} "

@@ -5,7 +5,7 @@
 
 rule candidates_generator:
     """Prior sampling (N draws of N(mu*, sigma*^2), no CVAE) or the noisy nearest expert (the
-    top-1 expert plus noise of SG-LoRA's spread): as many samples and runs as SG-LoRA."""
+top-1 expert plus noise of SG-LoRA's spread): as many samples and runs as SG-LoRA."""
     input:
         repository=f"{R}/repository",
         embeddings=f"{R}/tasks/embeddings.parquet",
@@ -13,8 +13,12 @@ rule candidates_generator:
         sglora=lambda w: [f"{R}/candidates/{w.group}/sglora.safetensors"] if w.method == "noisy_expert" else [],
     output:
         f"{R}/candidates/{{group}}/{{method}}.safetensors",
+    log:
+        f"{R}/logs/candidates/{{group}}/{{method}}.log",
     wildcard_constraints:
         method="|".join(GENERATOR_BASELINES),
+    conda:
+        "../../envs/sglora.yaml"
     params:
         tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
         dataset=lambda w: GROUPS[w.group]["dataset"],
@@ -23,10 +27,6 @@ rule candidates_generator:
         prior=as_json(config["prior"]),
         sampling=as_json(SAMPLING),
         spec=lambda w: as_json(config.get("noisy_expert")) if w.method == "noisy_expert" else "{}",
-    conda:
-        "../../envs/sglora.yaml"
-    log:
-        f"{R}/logs/candidates/{{group}}/{{method}}.log",
     shell:
         "sglora generator-candidates --method {wildcards.method:q} --tasks {params.tasks:q} --dataset {params.dataset:q} "
         "{params.seen} --repository {input.repository:q} --embeddings {input.embeddings:q} --selection {input.selection:q} "
@@ -44,6 +44,17 @@ rule spaces_select:
         backbone=backbone_input(),
     output:
         f"{R}/spaces/selection.json",
+    log:
+        f"{R}/logs/spaces_select.log",
+    benchmark:
+        f"{R}/benchmarks/spaces_select.tsv"
+    conda:
+        "../../envs/sglora.yaml"
+    threads: THREADS
+    resources:
+        gpu=lambda w: res("select", "gpu", 1 if PRETRAINED else 0),
+        mem_mb=lambda w: res("select", "mem_mb", 4000),
+        runtime=lambda w: res("select", "runtime", 60),
     params:
         tasks=",".join(VALIDATION["tasks"]),
         dataset=VALIDATION["dataset"],
@@ -53,17 +64,6 @@ rule spaces_select:
         backbone=backbone_param,
         device=config["device"],
         gallery=GALLERY,
-    threads: THREADS
-    resources:
-        gpu=lambda w: res("select", "gpu", 1 if PRETRAINED else 0),
-        mem_mb=lambda w: res("select", "mem_mb", 4000),
-        runtime=lambda w: res("select", "runtime", 60),
-    conda:
-        "../../envs/sglora.yaml"
-    log:
-        f"{R}/logs/spaces_select.log",
-    benchmark:
-        f"{R}/benchmarks/spaces_select.tsv"
     shell:
         "sglora spaces-select --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
         "--dataset {params.dataset:q} --spaces {params.spaces:q} --grid {params.grid:q} --repository {input.repository:q} "
@@ -73,7 +73,7 @@ rule spaces_select:
 
 rule spaces_evaluate:
     """Every (merging method, LoRA space) on a group's test tasks with its validation-chosen
-    settings; the table of spaces (validation score, test R@1, paired difference to factors)."""
+settings; the table of spaces (validation score, test R@1, paired difference to factors)."""
     input:
         selection=f"{R}/spaces/selection.json",
         manifest=lambda w: manifest(GROUPS[w.group]["dataset"]),
@@ -86,8 +86,19 @@ rule spaces_evaluate:
         out=directory(f"{R}/spaces/{{group}}"),
         md=report(f"{R}/spaces/{{group}}.md", caption="../report/spaces.rst", category="LoRA spaces"),
         csv=f"{R}/spaces/{{group}}.csv",
+    log:
+        f"{R}/logs/spaces_evaluate/{{group}}.log",
+    benchmark:
+        f"{R}/benchmarks/spaces_evaluate/{{group}}.tsv"
     wildcard_constraints:
         group="|".join(space_groups()) or "^$",
+    conda:
+        "../../envs/sglora.yaml"
+    threads: THREADS
+    resources:
+        gpu=lambda w: res("evaluate", "gpu", 1 if PRETRAINED else 0),
+        mem_mb=lambda w: res("evaluate", "mem_mb", 4000),
+        runtime=lambda w: res("evaluate", "runtime", 30),
     params:
         tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
         dataset=lambda w: GROUPS[w.group]["dataset"],
@@ -96,17 +107,6 @@ rule spaces_evaluate:
         backbone=backbone_param,
         device=config["device"],
         gallery=GALLERY,
-    threads: THREADS
-    resources:
-        gpu=lambda w: res("evaluate", "gpu", 1 if PRETRAINED else 0),
-        mem_mb=lambda w: res("evaluate", "mem_mb", 4000),
-        runtime=lambda w: res("evaluate", "runtime", 30),
-    conda:
-        "../../envs/sglora.yaml"
-    log:
-        f"{R}/logs/spaces_evaluate/{{group}}.log",
-    benchmark:
-        f"{R}/benchmarks/spaces_evaluate/{{group}}.tsv"
     shell:
         "sglora spaces-evaluate --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
         "--dataset {params.dataset:q} --group {wildcards.group:q} --title {params.title:q} --selection {input.selection:q} "
@@ -117,7 +117,7 @@ rule spaces_evaluate:
 
 rule novelty:
     """Novelty of a group's generated LoRAs: distance to the nearest training snapshot against
-    the repository's own scales, and retrieval agreement with that snapshot (evaluated here)."""
+the repository's own scales, and retrieval agreement with that snapshot (evaluated here)."""
     input:
         candidates=lambda w: [f"{R}/candidates/{w.group}/{m}.safetensors" for m in generative_methods(w.group)],
         metrics=lambda w: [f"{R}/metrics/{w.group}/{m}" for m in generative_methods(w.group)],
@@ -132,6 +132,17 @@ rule novelty:
         md=report(f"{R}/novelty/{{group}}.md", caption="../report/novelty.rst", category="Novelty"),
         png=report(f"{R}/novelty/{{group}}.png", caption="../report/novelty.rst", category="Novelty"),
         pdf=f"{R}/novelty/{{group}}.pdf",
+    log:
+        f"{R}/logs/novelty/{{group}}.log",
+    benchmark:
+        f"{R}/benchmarks/novelty/{{group}}.tsv"
+    conda:
+        "../../envs/sglora.yaml"
+    threads: THREADS
+    resources:
+        gpu=lambda w: res("evaluate", "gpu", 1 if PRETRAINED else 0),
+        mem_mb=lambda w: res("evaluate", "mem_mb", 4000),
+        runtime=lambda w: res("evaluate", "runtime", 30),
     params:
         candidates=lambda w, input: [f"{m}={p}" for m, p in zip(generative_methods(w.group), input.candidates)],
         metrics=lambda w, input: [f"{m}={p}" for m, p in zip(generative_methods(w.group), input.metrics)],
@@ -143,17 +154,6 @@ rule novelty:
         backbone=backbone_param,
         device=config["device"],
         gallery=GALLERY,
-    threads: THREADS
-    resources:
-        gpu=lambda w: res("evaluate", "gpu", 1 if PRETRAINED else 0),
-        mem_mb=lambda w: res("evaluate", "mem_mb", 4000),
-        runtime=lambda w: res("evaluate", "runtime", 30),
-    conda:
-        "../../envs/sglora.yaml"
-    log:
-        f"{R}/logs/novelty/{{group}}.log",
-    benchmark:
-        f"{R}/benchmarks/novelty/{{group}}.tsv"
     shell:
         "sglora novelty --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
         "--dataset {params.dataset:q} --group {wildcards.group:q} --title {params.title:q} {params.seen} "
@@ -165,8 +165,8 @@ rule novelty:
 
 checkpoint select_training:
     """The trainer's settings (trainer_selection, e.g. the learning rate of the frozen_a space)
-    chosen on the validation tasks: one LoRA per grid point and validation task, trained on that
-    task's own pairs and scored on its test split. Every expert and Oracle then trains with them."""
+chosen on the validation tasks: one LoRA per grid point and validation task, trained on that
+task's own pairs and scored on its test split. Every expert and Oracle then trains with them."""
     input:
         manifest=manifest(VALIDATION["dataset"]),
         images=image_cache(VALIDATION["dataset"]),
@@ -174,6 +174,17 @@ checkpoint select_training:
         backbone=backbone_input(),
     output:
         f"{R}/selection/training.json",
+    log:
+        f"{R}/logs/select_training.log",
+    benchmark:
+        f"{R}/benchmarks/select_training.tsv"
+    conda:
+        "../../envs/sglora.yaml"
+    threads: THREADS
+    resources:
+        gpu=lambda w: res("train_lora", "gpu", 1 if PRETRAINED else 0),
+        mem_mb=lambda w: res("train_lora", "mem_mb", 4000),
+        runtime=lambda w: res("train_lora", "runtime", 30),
     params:
         tasks=",".join(VALIDATION["tasks"]),
         grid=as_json(TRAINER_GRID),
@@ -182,17 +193,6 @@ checkpoint select_training:
         backbone=backbone_param,
         device=config["device"],
         gallery=GALLERY,
-    threads: THREADS
-    resources:
-        gpu=lambda w: res("train_lora", "gpu", 1 if PRETRAINED else 0),
-        mem_mb=lambda w: res("train_lora", "mem_mb", 4000),
-        runtime=lambda w: res("train_lora", "runtime", 30),
-    conda:
-        "../../envs/sglora.yaml"
-    log:
-        f"{R}/logs/select_training.log",
-    benchmark:
-        f"{R}/benchmarks/select_training.tsv"
     shell:
         "sglora select-training --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
         "--grid {params.grid:q} --lora {params.lora:q} --training {params.training:q} --image-cache {input.images:q} "
@@ -201,7 +201,7 @@ checkpoint select_training:
 
 rule compare_runs:
     """This run against another run of the same world in another LoRA space (e.g. frozen_a
-    against the default factors run): every method, with paired differences."""
+against the default factors run): every method, with paired differences."""
     input:
         own=lambda w: [f"{R}/metrics/{w.group}/{m}" for m in compared_methods(w.group)],
         other=lambda w: other_run_metrics(w.group),
@@ -209,18 +209,22 @@ rule compare_runs:
         other_selection=[f"{root.rstrip('/')}/selection/selection.json" for root in COMPARE_RUNS.values()],
     output:
         report(f"{R}/spaces/runs/{{group}}.md", caption="../report/spaces.rst", category="LoRA spaces"),
+    log:
+        f"{R}/logs/compare_runs/{{group}}.log",
+    conda:
+        "../../envs/sglora.yaml"
     params:
         runs=lambda w: [f"{RUN_SPACE}/{m}={R}/metrics/{w.group}/{m}" for m in compared_methods(w.group)]
-        + [f"{s}/{m}={root.rstrip('/')}/metrics/{w.group}/{m}" for s, root in COMPARE_RUNS.items() for m in compared_methods(w.group)],
+        + [
+            f"{s}/{m}={root.rstrip('/')}/metrics/{w.group}/{m}"
+            for s, root in COMPARE_RUNS.items()
+            for m in compared_methods(w.group)
+        ],
         selections=lambda w: [f"{RUN_SPACE}={R}/selection/selection.json"]
         + [f"{s}={root.rstrip('/')}/selection/selection.json" for s, root in COMPARE_RUNS.items()],
         methods=lambda w: ",".join(compared_methods(w.group)),
         tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
         title=lambda w: GROUPS[w.group].get("title", w.group),
-    conda:
-        "../../envs/sglora.yaml"
-    log:
-        f"{R}/logs/compare_runs/{{group}}.log",
     shell:
         "sglora compare-runs --runs {params.runs:q} --selections {params.selections:q} --group {wildcards.group:q} "
         "--methods {params.methods:q} --tasks {params.tasks:q} --title {params.title:q} --out {output:q} > {log:q} 2>&1"

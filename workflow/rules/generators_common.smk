@@ -7,8 +7,10 @@ SPACES = config.get("spaces") or {}
 
 for _g, _spec in GROUPS.items():
     if "noisy_expert" in _spec["methods"] and "sglora" not in _spec["methods"]:
-        raise ValueError(f"config: groups.{_g} uses noisy_expert, whose noise scale comes from SG-LoRA's samples of the "
-                         "same tasks; add sglora to its methods")
+        raise ValueError(
+            f"config: groups.{_g} uses noisy_expert, whose noise scale comes from SG-LoRA's samples of the "
+            "same tasks; add sglora to its methods"
+        )
 
 
 def space_groups():
@@ -73,4 +75,6 @@ def compared_methods(group):
 
 def other_run_metrics(group):
     """The metric folders of the other runs (made by their own DAGs: run those configs first)."""
-    return [f"{root.rstrip('/')}/metrics/{group}/{m}" for root in COMPARE_RUNS.values() for m in compared_methods(group)]
+    return [
+        f"{root.rstrip('/')}/metrics/{group}/{m}" for root in COMPARE_RUNS.values() for m in compared_methods(group)
+    ]

@@ -5,24 +5,24 @@
 
 rule image_cache:
     """Decode, resize and crop every image of a dataset once with the backbone's image
-    processor (the cache is keyed by its settings: another backbone gets its own)."""
+processor (the cache is keyed by its settings: another backbone gets its own)."""
     input:
         manifest=raw_manifest,
         backbone=backbone_input(),
     output:
         directory(f"{R}/data/{{dataset}}/image_cache"),
-    params:
-        backbone=backbone_param,
-    threads: THREADS
-    resources:
-        mem_mb=lambda w: res("image_cache", "mem_mb", 4000),
-        runtime=lambda w: res("image_cache", "runtime", 60),
-    conda:
-        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/image_cache/{{dataset}}.log",
     benchmark:
         f"{R}/benchmarks/image_cache/{{dataset}}.tsv"
+    conda:
+        "../../envs/sglora.yaml"
+    threads: THREADS
+    resources:
+        mem_mb=lambda w: res("image_cache", "mem_mb", 4000),
+        runtime=lambda w: res("image_cache", "runtime", 60),
+    params:
+        backbone=backbone_param,
     shell:
         "sglora image-cache --backbone {params.backbone:q} --manifest {input.manifest:q} --out {output:q} "
         "--threads {threads} > {log:q} 2>&1"

@@ -3,7 +3,7 @@
 
 rule train_lora:
     """Fine-tune CLIP with LoRA on one task's own image-caption pairs; keep the last M
-    epochs' factors (snapshots) and the final adapter."""
+epochs' factors (snapshots) and the final adapter."""
     input:
         manifest=lambda w: manifest(w.dataset),
         check=lambda w: check_file(w.dataset, w.task),
@@ -12,19 +12,19 @@ rule train_lora:
         trainer=lambda w: trainer_selection_input(w),
     output:
         directory(f"{R}/loras/{{dataset}}/{{task}}"),
-    params:
-        lora=as_json(config["lora"]),
-        training=lambda w: training_section(w),
-        backbone=backbone_param,
-    threads: THREADS
-    resources:
-        **heavy_resources("train_lora", mem_mb=4000, runtime=30),
-    conda:
-        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/train_lora/{{dataset}}/{{task}}.log",
     benchmark:
         f"{R}/benchmarks/train_lora/{{dataset}}/{{task}}.tsv"
+    conda:
+        "../../envs/sglora.yaml"
+    threads: THREADS
+    resources:
+        **heavy_resources("train_lora", mem_mb=4000, runtime=30),
+    params:
+        lora=as_json(config["lora"]),
+        training=lambda w: training_section(w),
+        backbone=backbone_param,
     shell:
         "sglora train-lora --backbone {params.backbone:q} --manifest {input.manifest:q} --task {wildcards.task:q} "
         "--out {output:q} --lora {params.lora:q} --training {params.training:q} --image-cache {input.images:q} "
@@ -38,14 +38,14 @@ rule assemble:
         embeddings=f"{R}/tasks/embeddings.parquet",
     output:
         directory(f"{R}/repository"),
-    params:
-        dataset=EXPERTS["dataset"],
-    conda:
-        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/assemble.log",
     benchmark:
         f"{R}/benchmarks/assemble.tsv"
+    conda:
+        "../../envs/sglora.yaml"
+    params:
+        dataset=EXPERTS["dataset"],
     shell:
         "sglora assemble --loras {input.loras:q} --embeddings {input.embeddings:q} --dataset {params.dataset:q} "
         "--out {output:q} > {log:q} 2>&1"

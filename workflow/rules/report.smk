@@ -1,40 +1,67 @@
 # Tables and figures, wrapped for `snakemake --report report.zip`.
 
 
-
-
 rule tables:
     """Metric tables per group (CSV, Markdown, LaTeX) with 95% bootstrap intervals; SG-LoRA minus
-    each method with paired intervals; SG-LoRA minus the nearest expert on each task; the test-selected best-of-N rows in a diagnostic table;
-    every table footnotes the settings chosen on the validation tasks."""
+each method with paired intervals; SG-LoRA minus the nearest expert on each task; the test-selected best-of-N rows in a diagnostic table;
+every table footnotes the settings chosen on the validation tasks."""
     input:
         metrics=list(metric_dirs().values()),
         selection=f"{R}/selection/selection.json",
     output:
         csv=[
-            report(f"{R}/tables/{g}.csv", caption="../report/table.rst", category="Tables", labels={"group": g, "format": "csv"})
+            report(
+                f"{R}/tables/{g}.csv",
+                caption="../report/table.rst",
+                category="Tables",
+                labels={"group": g, "format": "csv"},
+            )
             for g in GROUPS
         ],
         md=[f"{R}/tables/{g}.md" for g in GROUPS],
         tex=[f"{R}/tables/{g}.tex" for g in GROUPS],
         per_task=[
-            report(f"{R}/tables/{g}.per_task.md", caption="../report/per_task.rst", category="Tables", labels={"group": g, "format": "per task"})
+            report(
+                f"{R}/tables/{g}.per_task.md",
+                caption="../report/per_task.rst",
+                category="Tables",
+                labels={"group": g, "format": "per task"},
+            )
             for g in GROUPS
         ],
         paired=[
-            report(f"{R}/tables/{g}.paired.md", caption="../report/paired.rst", category="Tables", labels={"group": g, "format": "paired"})
+            report(
+                f"{R}/tables/{g}.paired.md",
+                caption="../report/paired.rst",
+                category="Tables",
+                labels={"group": g, "format": "paired"},
+            )
             for g in paired_groups()
         ],
         paired_csv=[f"{R}/tables/{g}.paired.csv" for g in paired_groups()],
         verdicts=[
-            report(f"{R}/tables/{g}.verdicts.md", caption="../report/verdicts.rst", category="Tables", labels={"group": g, "format": "verdicts"})
+            report(
+                f"{R}/tables/{g}.verdicts.md",
+                caption="../report/verdicts.rst",
+                category="Tables",
+                labels={"group": g, "format": "verdicts"},
+            )
             for g in verdict_groups()
         ],
         verdicts_csv=[f"{R}/tables/{g}.verdicts.csv" for g in verdict_groups()],
         diagnostic=[
-            report(f"{R}/tables/{g}.diagnostic.md", caption="../report/diagnostic.rst", category="Tables", labels={"group": g, "format": "diagnostic"})
+            report(
+                f"{R}/tables/{g}.diagnostic.md",
+                caption="../report/diagnostic.rst",
+                category="Tables",
+                labels={"group": g, "format": "diagnostic"},
+            )
             for g in GROUPS
         ],
+    log:
+        f"{R}/logs/tables.log",
+    conda:
+        "../../envs/sglora.yaml"
     params:
         groups=as_json(GROUPS),
         metrics=keyed(metric_dirs()),
@@ -42,10 +69,6 @@ rule tables:
         paper=as_json(paper_point()),
         unit=BOOTSTRAP_UNIT,
         embedded=EMBEDDED,
-    conda:
-        "../../envs/sglora.yaml"
-    log:
-        f"{R}/logs/tables.log",
     shell:
         "sglora tables --metrics {params.metrics:q} --groups {params.groups:q} --selection {input.selection:q} "
         "--paper {params.paper:q} --bootstrap-unit {params.unit:q} --embedded {params.embedded:q} --out {params.out:q} "
@@ -61,10 +84,13 @@ rule figures:
         candidates=list(figure_candidates().values()),
     output:
         figures=[
-            report(f"{R}/figures/{name}.png", caption=f"../report/{name}.rst", category="Figures")
-            for name in FIGURES
+            report(f"{R}/figures/{name}.png", caption=f"../report/{name}.rst", category="Figures") for name in FIGURES
         ],
         pdfs=[f"{R}/figures/{name}.pdf" for name in FIGURES],
+    log:
+        f"{R}/logs/figures.log",
+    conda:
+        "../../envs/sglora.yaml"
     params:
         groups=as_json(GROUPS),
         metrics=keyed(metric_dirs()),
@@ -72,10 +98,6 @@ rule figures:
         loras=keyed(figure_loras()),
         samples_group=samples_group(),
         out=lambda w, output: parent(output.figures[0]),
-    conda:
-        "../../envs/sglora.yaml"
-    log:
-        f"{R}/logs/figures.log",
     shell:
         "sglora figures --repository {input.repository:q} --metrics {params.metrics:q} --candidates {params.candidates:q} "
         "--loras {params.loras:q} --groups {params.groups:q} --samples-group {params.samples_group:q} "
@@ -84,8 +106,8 @@ rule figures:
 
 rule results_page:
     """The run's results page, assembled from its own files (premises, every group's table and
-    paired table, time per rule from the benchmark files, what produced the numbers): the
-    default config publishes it as docs/results.md, so the docs never disagree with the run."""
+paired table, time per rule from the benchmark files, what produced the numbers): the
+default config publishes it as docs/results.md, so the docs never disagree with the run."""
     input:
         tables=[f"{R}/tables/{g}.md" for g in GROUPS],
         paired=[f"{R}/tables/{g}.paired.md" for g in paired_groups()],
@@ -93,6 +115,10 @@ rule results_page:
         figures=[f"{R}/figures/{name}.png" for name in FIGURES],
     output:
         RESULTS_PAGE,
+    log:
+        f"{R}/logs/results_page.log",
+    conda:
+        "../../envs/sglora.yaml"
     params:
         title=config.get("results_page", {}).get("title", "Results"),
         groups=",".join(GROUPS),
@@ -101,10 +127,6 @@ rule results_page:
         benchmarks=f"{R}/benchmarks",
         source=" ".join(os.path.relpath(f) for f in workflow.overwrite_configfiles) or "config.yaml",
         threads=THREADS,
-    conda:
-        "../../envs/sglora.yaml"
-    log:
-        f"{R}/logs/results_page.log",
     shell:
         "sglora results-page --out {output:q} --title {params.title:q} --tables {params.tables:q} "
         "--groups {params.groups:q} --paired {params.paired:q} --premises {input.premises:q} "

@@ -4,30 +4,36 @@
 
 rule train_cvae:
     """Train the conditional VAE (Eq. 8) on every snapshot of the repository, for one
-    variant (condition, k, tau, and augment, describe when the grid has them) and one run
-    (seed cvae.seed + run)."""
+variant (condition, k, tau, and augment, describe when the grid has them) and one run
+(seed cvae.seed + run)."""
     input:
         f"{R}/repository",
     output:
         directory(f"{R}/cvae/{{variant}}/run{{run}}"),
-    wildcard_constraints:
-        run=r"\d+",
-    params:
-        cvae=lambda w: as_json(
-            config["cvae"]
-            | {key: CVAE_VARIANTS[w.variant][key] for key in ("condition", "augment", "describe") if key in CVAE_VARIANTS[w.variant]}
-            | {"seed": config["cvae"].get("seed", 0) + int(w.run)}
-        ),
-        prior=lambda w: as_json(config["prior"] | {"k": CVAE_VARIANTS[w.variant]["k"], "tau": CVAE_VARIANTS[w.variant]["tau"]}),
-    threads: THREADS
-    resources:
-        **heavy_resources("train_cvae", mem_mb=8000, runtime=60),
-    conda:
-        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/train_cvae/{{variant}}/run{{run}}.log",
     benchmark:
         f"{R}/benchmarks/train_cvae/{{variant}}/run{{run}}.tsv"
+    wildcard_constraints:
+        run=r"\d+",
+    conda:
+        "../../envs/sglora.yaml"
+    threads: THREADS
+    resources:
+        **heavy_resources("train_cvae", mem_mb=8000, runtime=60),
+    params:
+        cvae=lambda w: as_json(
+            config["cvae"]
+            | {
+                key: CVAE_VARIANTS[w.variant][key]
+                for key in ("condition", "augment", "describe")
+                if key in CVAE_VARIANTS[w.variant]
+            }
+            | {"seed": config["cvae"].get("seed", 0) + int(w.run)}
+        ),
+        prior=lambda w: as_json(
+            config["prior"] | {"k": CVAE_VARIANTS[w.variant]["k"], "tau": CVAE_VARIANTS[w.variant]["tau"]}
+        ),
     shell:
         "sglora train-cvae --repository {input:q} --cvae {params.cvae:q} --prior {params.prior:q} "
         "--out {output:q} --threads {threads} > {log:q} 2>&1"
@@ -44,8 +50,17 @@ rule select:
         backbone=backbone_input(),
     output:
         f"{R}/selection/{{method}}.json",
+    log:
+        f"{R}/logs/select/{{method}}.log",
+    benchmark:
+        f"{R}/benchmarks/select/{{method}}.tsv"
     wildcard_constraints:
         method="|".join(SELECTABLE),
+    conda:
+        "../../envs/sglora.yaml"
+    threads: THREADS
+    resources:
+        **heavy_resources("select", mem_mb=4000, runtime=60),
     params:
         tasks=",".join(VALIDATION["tasks"]),
         dataset=VALIDATION["dataset"],
@@ -56,15 +71,6 @@ rule select:
         backbone=backbone_param,
         device=config["device"],
         gallery=GALLERY,
-    threads: THREADS
-    resources:
-        **heavy_resources("select", mem_mb=4000, runtime=60),
-    conda:
-        "../../envs/sglora.yaml"
-    log:
-        f"{R}/logs/select/{{method}}.log",
-    benchmark:
-        f"{R}/benchmarks/select/{{method}}.tsv"
     shell:
         "sglora select --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
         "--dataset {params.dataset:q} --grid {params.grid:q} --repository {input.repository:q} "
@@ -79,17 +85,17 @@ rule selection_summary:
         [selection_file(m) for m in selection_grid()],
     output:
         f"{R}/selection/selection.json",
-    conda:
-        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/selection_summary.log",
+    conda:
+        "../../envs/sglora.yaml"
     shell:
         "sglora selection-summary --selections {input:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule sample_sglora:
     """N LoRAs per task and run of a group from the CVAEs of the chosen variant (Eq. 9), as
-    candidates and as PEFT adapter folders (alpha of the experts used, run and seed in their metadata)."""
+candidates and as PEFT adapter folders (alpha of the experts used, run and seed in their metadata)."""
     input:
         cvae=cvae_dirs(),
         selection=selection_file("sglora"),
@@ -98,16 +104,16 @@ rule sample_sglora:
     output:
         candidates=f"{R}/candidates/{{group}}/sglora.safetensors",
         adapters=directory(f"{R}/samples/{{group}}"),
+    log:
+        f"{R}/logs/sample_sglora/{{group}}.log",
+    conda:
+        "../../envs/sglora.yaml"
     params:
         tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
         dataset=lambda w: GROUPS[w.group]["dataset"],
         seen=lambda w: "" if GROUPS[w.group].get("unseen", True) else "--seen",
         prior=as_json(config["prior"]),
         sampling=as_json(SAMPLING),
-    conda:
-        "../../envs/sglora.yaml"
-    log:
-        f"{R}/logs/sample_sglora/{{group}}.log",
     shell:
         "sglora candidates --method sglora --tasks {params.tasks:q} --dataset {params.dataset:q} {params.seen} "
         "--repository {input.repository:q} --embeddings {input.embeddings:q} --cvae {input.cvae:q} "
@@ -117,14 +123,18 @@ rule sample_sglora:
 
 rule sample_sglora_paper:
     """The paper-faithful SG-LoRA beside the selected one: N LoRAs per task and run from the
-    CVAEs of the paper's point (paper_point(): one condition per expert, no description in
-    it, temperature 1, every sample a candidate), fixed, not selected."""
+CVAEs of the paper's point (paper_point(): one condition per expert, no description in
+it, temperature 1, every sample a candidate), fixed, not selected."""
     input:
         cvae=cvae_dirs(),
         repository=f"{R}/repository",
         embeddings=f"{R}/tasks/embeddings.parquet",
     output:
         f"{R}/candidates/{{group}}/sglora_paper.safetensors",
+    log:
+        f"{R}/logs/sample_sglora/{{group}}.paper.log",
+    conda:
+        "../../envs/sglora.yaml"
     params:
         tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
         dataset=lambda w: GROUPS[w.group]["dataset"],
@@ -132,10 +142,6 @@ rule sample_sglora_paper:
         prior=as_json(config["prior"]),
         sampling=as_json(SAMPLING),
         settings=as_json(paper_point()),
-    conda:
-        "../../envs/sglora.yaml"
-    log:
-        f"{R}/logs/sample_sglora/{{group}}.paper.log",
     shell:
         "sglora candidates --method sglora_paper --tasks {params.tasks:q} --dataset {params.dataset:q} {params.seen} "
         "--repository {input.repository:q} --embeddings {input.embeddings:q} --cvae {input.cvae:q} "
@@ -145,34 +151,34 @@ rule sample_sglora_paper:
 
 rule export_cvae:
     """The chosen SG-LoRA (run 0 of the chosen variant) with its sampling temperature: what
-    `sglora generate --results` uses."""
+`sglora generate --results` uses."""
     input:
         cvae=cvae_dirs(),
         selection=selection_file("sglora"),
     output:
         directory(f"{R}/cvae/selected"),
-    conda:
-        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/export_cvae.log",
+    conda:
+        "../../envs/sglora.yaml"
     shell:
         "sglora export-cvae --cvae {input.cvae:q} --selection {input.selection:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule ablation:
     """SG-LoRA's generator variants: every grid point's validation score, the chosen one and
-    the paper-faithful one marked (tables/ablation.{md,csv}, like supplementary Tables 11-12)."""
+the paper-faithful one marked (tables/ablation.{md,csv}, like supplementary Tables 11-12)."""
     input:
         selection_file("sglora"),
     output:
         md=report(f"{R}/tables/ablation.md", caption="../report/ablation.rst", category="Tables"),
         csv=f"{R}/tables/ablation.csv",
-    params:
-        paper=as_json(paper_point()),
-    conda:
-        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/ablation.log",
+    conda:
+        "../../envs/sglora.yaml"
+    params:
+        paper=as_json(paper_point()),
     shell:
         "sglora ablation --selection {input:q} --paper {params.paper:q} --markdown {output.md:q} "
         "--csv {output.csv:q} > {log:q} 2>&1"
@@ -184,10 +190,10 @@ rule candidates_validation_oracle:
         [lora_dir(VALIDATION["dataset"], t) for t in VALIDATION["tasks"]],
     output:
         f"{R}/premises/validation/oracle.safetensors",
-    conda:
-        "../../envs/sglora.yaml"
     log:
         f"{R}/logs/premises/candidates_oracle.log",
+    conda:
+        "../../envs/sglora.yaml"
     shell:
         "sglora candidates --method oracle --loras {input:q} --out {output:q} > {log:q} 2>&1"
 
@@ -202,8 +208,15 @@ rule evaluate_validation:
         images=image_cache(VALIDATION["dataset"]),
     output:
         directory(validation_metrics("{method}")),
+    log:
+        f"{R}/logs/premises/evaluate_{{method}}.log",
     wildcard_constraints:
         method="zero_shot|oracle",
+    conda:
+        "../../envs/sglora.yaml"
+    threads: THREADS
+    resources:
+        **heavy_resources("evaluate", mem_mb=4000, runtime=30),
     params:
         tasks=",".join(VALIDATION["tasks"]),
         candidates=lambda w, input: f"--candidates {shlex.quote(input.candidates[0])}" if input.candidates else "",
@@ -211,13 +224,6 @@ rule evaluate_validation:
         backbone=backbone_param,
         device=config["device"],
         gallery=GALLERY,
-    threads: THREADS
-    resources:
-        **heavy_resources("evaluate", mem_mb=4000, runtime=30),
-    conda:
-        "../../envs/sglora.yaml"
-    log:
-        f"{R}/logs/premises/evaluate_{{method}}.log",
     shell:
         "sglora evaluate --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
         "--method {wildcards.method:q} --group validation {params.candidates} --lora {params.lora:q} "
@@ -227,8 +233,8 @@ rule evaluate_validation:
 
 rule premises:
     """The benchmark's premises on the validation tasks: description-nearest expert in the
-    task's family, Oracle headroom, family transfer. On embedded worlds a failed premise
-    stops the run."""
+task's family, Oracle headroom, family transfer. On embedded worlds a failed premise
+stops the run."""
     input:
         manifest=manifest(EXPERTS["dataset"]),
         images=image_cache(EXPERTS["dataset"]),
@@ -239,24 +245,28 @@ rule premises:
     output:
         json=f"{R}/premises/premises.json",
         md=report(f"{R}/premises/premises.md", caption="../report/premises.rst", category="Premises"),
+    log:
+        f"{R}/logs/premises.log",
+    conda:
+        "../../envs/sglora.yaml"
+    threads: THREADS
+    resources:
+        **heavy_resources("premises", mem_mb=4000, runtime=30),
     params:
         backbone=backbone_param,
         embedded=EMBEDDED,
         tasks=",".join(VALIDATION["tasks"]),
         transfer=premise_transfer_tasks(),
-        headroom=[f"validation={validation_metrics('zero_shot')},{validation_metrics('oracle')}"] if premise_headroom() else [],
+        headroom=(
+            [f"validation={validation_metrics('zero_shot')},{validation_metrics('oracle')}"]
+            if premise_headroom()
+            else []
+        ),
         prior=as_json(config["prior"]),
         premises=as_json(config.get("premises")),
         experts=EXPERTS["dataset"],
         device=config["device"],
         gallery=GALLERY,
-    threads: THREADS
-    resources:
-        **heavy_resources("premises", mem_mb=4000, runtime=30),
-    conda:
-        "../../envs/sglora.yaml"
-    log:
-        f"{R}/logs/premises.log",
     shell:
         "sglora premises --backbone {params.backbone:q} --manifest {input.manifest:q} --experts-dataset {params.experts:q} "
         "--repository {input.repository:q} --embeddings {input.embeddings:q} --embedded {params.embedded:q} "

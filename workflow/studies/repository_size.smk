@@ -39,10 +39,10 @@ def metrics_files(w):
 
 
 rule study_all:
+    default_target: True
     input:
         f"{R}/repository_size.md",
         f"{R}/figures/repository_size.png",
-    default_target: True
 
 
 rule size_config:
@@ -51,10 +51,10 @@ rule size_config:
         base=STUDY.base,
     output:
         f"{R}/experts-{{n}}/config.yaml",
-    params:
-        results=lambda w: f"{R}/experts-{w.n}",
     log:
         f"{R}/logs/size_config-{{n}}.log",
+    params:
+        results=lambda w: f"{R}/experts-{w.n}",
     shell:
         "sglora study-config --base {input.base:q} --experts-per-family {wildcards.n} --results {params.results:q} "
         "--out {output:q} > {log:q} 2>&1"
@@ -79,17 +79,17 @@ rule size_run:
         shared=shared_from,
     output:
         f"{R}/sizes/experts-{{n}}.json",
+    log:
+        f"{R}/logs/size_run-{{n}}.log",
+    benchmark:
+        f"{R}/benchmarks/size_run-{{n}}.tsv"
+    threads: workflow.cores
     params:
         main=MAIN,
         metrics=metrics_files,
         results=lambda w: f"{R}/experts-{w.n}",
         first=f"{R}/experts-{FIRST}",
         first_n=FIRST,
-    threads: workflow.cores
-    log:
-        f"{R}/logs/size_run-{{n}}.log",
-    benchmark:
-        f"{R}/benchmarks/size_run-{{n}}.tsv"
     shell:
         "if [ {wildcards.n} != {params.first_n} ] && [ ! -e {params.results:q}/backbone ]; then "
         "cp -a {params.first:q}/data {params.first:q}/backbone {params.results:q}/; fi && "
@@ -107,10 +107,10 @@ rule study_summary:
         json=f"{R}/repository_size.json",
         png=f"{R}/figures/repository_size.png",
         pdf=f"{R}/figures/repository_size.pdf",
-    params:
-        against=" ".join(STUDY.methods),
     log:
         f"{R}/logs/study_summary.log",
+    params:
+        against=" ".join(STUDY.methods),
     shell:
         "sglora study-summary --sizes {input:q} --against {params.against} --markdown {output.md:q} "
         "--out {output.json:q} --figures $(dirname {output.png:q}) > {log:q} 2>&1"
