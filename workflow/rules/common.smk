@@ -12,7 +12,8 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir)))  # the sglora package beside the Snakefile, installed or not
 from sglora.methods import METHODS, methods_where
 
-SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+# beside these rules, wherever the workflow is used from (also as a module of another project)
+SCHEMA = Path(workflow.current_basedir).parent / "schemas" / "config.schema.yaml"
 
 
 def schema_errors(cfg, schema_path=SCHEMA):
@@ -46,7 +47,7 @@ def schema_errors(cfg, schema_path=SCHEMA):
 
 _errors = schema_errors(config)  # one line per error, before Snakemake's validation (which adds the defaults)
 if _errors:
-    raise ValueError("\n".join(_errors) + f"\n(schema: {SCHEMA.relative_to(Path(workflow.basedir))})")
+    raise ValueError("\n".join(_errors) + f"\n(schema: {os.path.relpath(SCHEMA)})")
 validate(config, "../schemas/config.schema.yaml")  # sets the schema's defaults
 
 
