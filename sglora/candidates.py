@@ -17,9 +17,12 @@ from .lora import Layout
 
 
 def save_candidates(path: str | Path, vectors: dict[str, np.ndarray], layout: Layout, method: str,
-                    info: dict[str, dict] | None = None, bound: float | None = None) -> None:
+                    info: dict[str, dict] | None = None, bound: float | None = None,
+                    scaling: float | None = None) -> None:
     """``bound``: the largest norm a LoRA of the repository the candidates come from can have
-    (``ExpertTable.norm_bound``); recorded, so that evaluation refuses a candidate beyond it."""
+    (``ExpertTable.norm_bound``); recorded, so that evaluation refuses a candidate beyond it.
+    ``scaling``: the LoRA scaling (alpha / rank of the LoRAs the candidates come from) the
+    candidates are applied with; recorded, so that evaluation uses it and refuses another."""
     tensors = {t: np.ascontiguousarray(np.atleast_2d(v).astype(np.float32)) for t, v in sorted(vectors.items())}
     for t, v in tensors.items():
         if v.shape[1] != layout.dim:
@@ -27,6 +30,8 @@ def save_candidates(path: str | Path, vectors: dict[str, np.ndarray], layout: La
     meta = {"method": method, "layout": layout.to_json(), "info": json.dumps(info or {}, sort_keys=True)}
     if bound is not None:
         meta["norm_bound"] = repr(float(bound))
+    if scaling is not None:
+        meta["scaling"] = repr(float(scaling))
     save_safetensors(path, tensors, meta)
 
 
@@ -41,8 +46,9 @@ def load_candidates(path: str | Path) -> tuple[dict[str, np.ndarray], Layout, di
             meta = f.metadata()
             vectors = {k: f.get_tensor(k) for k in f.keys()}
         layout, info = Layout.from_json(meta["layout"]), {"method": meta["method"], "info": json.loads(meta["info"])}
-        if "norm_bound" in meta:
-            info["norm_bound"] = float(meta["norm_bound"])
+        for key in ("norm_bound", "scaling"):
+            if key in meta:
+                info[key] = float(meta[key])
         for t, v in vectors.items():
             if v.ndim != 2 or v.shape[1] != layout.dim:
                 raise ValueError(f"tensor {t!r} has shape {v.shape}; the layout expects n x {layout.dim}")

@@ -172,15 +172,24 @@ def evaluate_method(backbone: str, manifest: str | Path, tasks: list[str], metho
                     gallery: int = 0, lora=None) -> dict:
     """Write ``out_dir/<task>.json`` for each task: the metrics of the method's LoRA(s).
     ``device``: "auto" = CUDA when available; ``cache``: the dataset's image cache.
-    ``lora``: the run's :class:`~sglora.lora.LoraSpec`, whose rank must be the one of the
-    layout stored with the candidates (the scaling is then its alpha / rank); without it,
-    ``scaling`` is taken as given."""
+    The scaling stored with the candidates (:func:`~sglora.candidates.save_candidates`) is the
+    truth: ``lora`` (the run's :class:`~sglora.lora.LoraSpec`) or ``scaling`` that disagree with
+    it are an error. Without a stored one, ``lora``'s rank must be the one of the candidates'
+    layout (the scaling is then its alpha / rank), else ``scaling`` is taken as given."""
     from tqdm import tqdm
 
     from .candidates import load_candidates
 
     vectors, layout, info = ({}, None, {"info": {}}) if candidates is None else load_candidates(candidates)
-    if candidates is not None and lora is not None:
+    stored = info.get("scaling")
+    if stored is not None:
+        given = lora.scaling if lora is not None else scaling
+        if given is not None and not np.isclose(given, stored, rtol=1e-6, atol=0.0):
+            raise SGLoraError(f"{candidates}: the candidates were made with LoRA scaling {stored:g} (alpha / rank), but "
+                              f"{'--lora gives' if lora is not None else 'the scaling given is'} {given:g}; pass the lora "
+                              "section of the run that wrote the candidates")
+        scaling = stored
+    elif candidates is not None and lora is not None:
         rank = layout_rank(layout, str(candidates))
         if lora.rank != rank:
             raise SGLoraError(f"{candidates}: the candidates' layout has LoRA rank {rank}, but lora.rank is {lora.rank} "

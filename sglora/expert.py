@@ -188,3 +188,13 @@ def read_snapshots(lora_dir: str | Path) -> tuple[np.ndarray, Layout]:
         if snaps.ndim != 2 or snaps.shape[1] != layout.dim:
             raise ValueError(f"tensor 'snapshots' has shape {snaps.shape}; the layout expects M x {layout.dim}")
     return snaps, layout
+
+
+def read_lora_spec(lora_dir: str | Path) -> LoraSpec:
+    """The :class:`LoraSpec` a trained LoRA folder was trained with (its snapshots' metadata)."""
+    from safetensors import safe_open
+
+    path = Path(lora_dir) / "snapshots.safetensors"
+    with reading(path, "snapshots file (safetensors with a 'lora' in its metadata)"):
+        with safe_open(str(path), "np") as f:
+            return LoraSpec.from_dict(json.loads(f.metadata()["lora"]))

@@ -114,7 +114,8 @@ def evaluate_spaces(backbone: str, manifest: str | Path, tasks: list[str], selec
             vecs, lay, info = _candidates(method, space, settings, tasks, experts, layout, embeddings, prior, seen)
             for t in info:
                 info[t]["settings"] = settings
-            save_candidates(out_dir / "candidates" / f"{row_name(method, space)}.safetensors", vecs, lay, method, info)
+            save_candidates(out_dir / "candidates" / f"{row_name(method, space)}.safetensors", vecs, lay, method, info,
+                            scaling=scaling)
             rows[row_name(method, space)] = (vecs, lay, info)
     results = {}
     for t in tasks:

@@ -332,28 +332,34 @@ def candidates(method: A[str, "the method", {"choices": [m for m, v in METHODS.i
     from .selection import TrainedCVAEs, method_candidates
 
     if method == "oracle":
-        from .expert import read_snapshots
+        from .expert import read_lora_spec, read_snapshots
 
         vecs, layout = {}, None
+        scalings = {read_lora_spec(d).scaling for d in loras}
+        if len(scalings) > 1:
+            raise SGLoraError(f"oracle: the LoRA folders were trained with different scalings {sorted(scalings)}")
         for d in loras:
             snaps, layout = read_snapshots(d)
             vecs[Path(d).name] = snaps[-1:]
-        save_candidates(out, vecs, layout, method, {t: {"kind": "trained on the task's own data"} for t in vecs})
+        save_candidates(out, vecs, layout, method, {t: {"kind": "trained on the task's own data"} for t in vecs},
+                        scaling=scalings.pop() if scalings else None)
         return {"method": method, "tasks": len(vecs)}
     if method == "multitask":
         from .baselines.multitask import multitask_candidates
 
         if len(loras) != 1:
             raise SGLoraError(f"multitask: --loras takes the multi-task LoRA's one folder, got {len(loras)}")
+        from .expert import read_lora_spec
+
         vecs, layout, info = multitask_candidates(loras[0], list(tasks))
-        save_candidates(out, vecs, layout, method, info)
+        save_candidates(out, vecs, layout, method, info, scaling=read_lora_spec(loras[0]).scaling)
         return {"method": method, "tasks": len(vecs)}
     repo = Repository(repository)
     if method == "expert_mean":
         from .baselines.merging import expert_mean
 
         vecs, info = expert_mean(repo, list(tasks), seen)
-        save_candidates(out, vecs, repo.layout, method, info)
+        save_candidates(out, vecs, repo.layout, method, info, scaling=repo.lora.scaling)
         return {"method": method, "tasks": len(vecs)}
     experts = repo.experts()
     if method == "sglora_paper" and settings is None:
@@ -376,7 +382,7 @@ def candidates(method: A[str, "the method", {"choices": [m for m, v in METHODS.i
                              {"task": t, "description": emb[t]["description"], "seed": info[t]["seeds"][info[t]["runs"][i]],
                               "run": info[t]["runs"][i], "sample": i, "experts": info[t]["experts"], "kind": "sglora"})
         Path(adapters).mkdir(parents=True, exist_ok=True)
-    save_candidates(out, vecs, repo.layout, method, info, bound=experts.norm_bound)
+    save_candidates(out, vecs, repo.layout, method, info, bound=experts.norm_bound, scaling=repo.lora.scaling)
     return {"method": method, "tasks": len(vecs), "settings": settings}
 
 
@@ -777,7 +783,7 @@ def generator_candidates(method: A[str, "the generator baseline", {"choices": [m
                      sg_info, noisy_expert or settings_class("NoisySpec")(), seen=seen)
     for t in info:
         info[t]["settings"] = {k: chosen[k] for k in ("k", "tau") if k in chosen}
-    save_candidates(out, vecs, repo.layout, method, info)
+    save_candidates(out, vecs, repo.layout, method, info, scaling=repo.lora.scaling)
     return {"method": method, "tasks": len(vecs), "samples": len(next(iter(vecs.values())))}
 
 

@@ -1,5 +1,5 @@
-"""`sglora evaluate` merges candidates with the layout stored beside them: a `--lora` whose
-rank disagrees with that layout is an error naming the file, and writes nothing."""
+"""`sglora evaluate` merges candidates with the layout and the scaling stored beside them: a
+`--lora` whose rank or alpha disagrees with them is an error naming the file, and writes nothing."""
 
 from __future__ import annotations
 
@@ -52,3 +52,51 @@ def test_the_matching_lora_is_evaluated_with_its_scaling(tiny_world, tiny_clip, 
     want = evaluate_method(tiny_clip, tiny_world / "manifest.parquet", ["calla_lily"], "oracle", tmp_path / "ref",
                            rank2_candidates, scaling=4.0 / 2, device="cpu")["calla_lily"]
     assert got == want
+
+
+@pytest.fixture(scope="module")
+def scaled_candidates(tmp_path_factory, rank2_candidates):
+    """The same candidates, written with the scaling of their LoRAs (alpha 4, rank 2) recorded."""
+    from sglora.candidates import load_candidates, save_candidates
+
+    vectors, layout, info = load_candidates(rank2_candidates)
+    path = tmp_path_factory.mktemp("scaled") / "oracle.safetensors"
+    save_candidates(path, vectors, layout, "oracle", info["info"], scaling=2.0)
+    return path
+
+
+def test_an_alpha_other_than_the_candidates_scaling_is_refused(tiny_world, tiny_clip, scaled_candidates, tmp_path,
+                                                               capsys):
+    # the rank matches the layout, the alpha does not: the scaling would silently change
+    assert evaluate(tiny_world, tiny_clip, scaled_candidates, tmp_path / "wrong", {"rank": 2, "alpha": 8.0}) == 2
+    err = capsys.readouterr().err
+    assert f"{scaled_candidates}: the candidates were made with LoRA scaling 2 (alpha / rank), but --lora gives 4" in err
+    assert not (tmp_path / "wrong").exists()
+
+
+def test_the_stored_scaling_is_the_one_evaluated(tiny_world, tiny_clip, scaled_candidates, rank2_candidates, tmp_path):
+    from sglora.evaluate import evaluate_method
+
+    got = evaluate_method(tiny_clip, tiny_world / "manifest.parquet", ["calla_lily"], "oracle", tmp_path / "a",
+                          scaled_candidates, device="cpu")["calla_lily"]
+    want = evaluate_method(tiny_clip, tiny_world / "manifest.parquet", ["calla_lily"], "oracle", tmp_path / "b",
+                           rank2_candidates, scaling=2.0, device="cpu")["calla_lily"]
+    assert got == want
+
+
+def test_the_pipelines_candidates_record_their_loras_scaling(tiny_repo, tiny_embeddings, tiny_experts, tmp_path):
+    """The candidates step records the scaling of the LoRAs it draws on: the repository's for a
+    merge, the trained folders' for the Oracle."""
+    from sglora.candidates import load_candidates
+    from sglora.expert import read_lora_spec
+    from sglora.repository import Repository
+
+    merged, oracle = tmp_path / "model_soups.safetensors", tmp_path / "oracle.safetensors"
+    assert main(["candidates", "--method", "model_soups", "--tasks", "yorkshire_terrier", "--dataset", "world",
+                 "--repository", str(tiny_repo), "--embeddings", str(tiny_embeddings), "--out", str(merged)]) in (0, None)
+    assert main(["candidates", "--method", "oracle", "--tasks", "tiger_lily", "--loras", str(tiny_experts["tiger_lily"]),
+                 "--out", str(oracle)]) in (0, None)
+    scaling = Repository(tiny_repo).lora.scaling
+    assert scaling == read_lora_spec(tiny_experts["tiger_lily"]).scaling
+    assert load_candidates(merged)[2]["scaling"] == scaling
+    assert load_candidates(oracle)[2]["scaling"] == scaling

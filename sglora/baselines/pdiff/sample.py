@@ -41,5 +41,5 @@ def sample_pdiff(model_dir: str | Path, repository: str | Path, tasks: list[str]
                 raise SGLoraError(f"{model_dir}: P-diff has no model for task {t!r} (trained: {sorted(models)})")
             vectors[t] = models[t].sample(n, generator=gen).numpy()
             info[t] = {"seed": s, "seen": True}
-    save_candidates(out, vectors, repo.layout, method, info)
+    save_candidates(out, vectors, repo.layout, method, info, scaling=repo.lora.scaling)
     return {"method": method, "tasks": len(vectors), "samples": n}
