@@ -360,7 +360,7 @@ def test_nearest_expert_is_the_k1_merge_of_the_description_nearest_expert(tmp_pa
         np.testing.assert_array_equal(near[t], k1[t])
     scores = {}
     for method, path in files.items():
-        evaluate_method(tiny_clip, tiny_world / "manifest.parquet", tasks[1:], method, tmp_path / method, path, scaling=1.0)
+        evaluate_method(tiny_clip, tiny_world / "manifest.parquet", tasks[1:], method, tmp_path / method, path)  # at the scaling the candidates record
         written = json.loads((tmp_path / method / f"{tasks[1]}.json").read_text())
         written["info"].pop("settings")  # {} for the nearest expert: it has none to choose
         scores[method] = {k: v for k, v in written.items() if k != "method"}
