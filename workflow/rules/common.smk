@@ -48,7 +48,7 @@ def schema_errors(cfg, schema_path=SCHEMA):
 _errors = schema_errors(config)  # one line per error, before Snakemake's validation (which adds the defaults)
 if _errors:
     raise ValueError("\n".join(_errors) + f"\n(schema: {os.path.relpath(SCHEMA)})")
-validate(config, "../schemas/config.schema.yaml")  # sets the schema's defaults
+validate(config, str(SCHEMA))  # sets the schema's defaults
 
 
 def _check_config():
