@@ -36,40 +36,15 @@ a fixed name, so every checkpoint of this format loads and a new one has the sam
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from .io import SGLoraError, Settings, atomic_path, reading, save_safetensors, setting, write_json
-
-
-@dataclass
-class CVAESpec(Settings):
-    """Sizes and training settings of the CVAE (config section ``cvae``)."""
-
-    section: ClassVar[str] = "cvae"
-
-    latent: int = setting(32, "size of z", min=1)
-    hidden: int = setting(512, "width of the hidden layers", min=1)
-    cond_dim: int = setting(256, "size of the condition embedding of (mu*, sigma*)", min=1)
-    kl_weight: float = setting(1.0, "lambda in Eq. 8 (paper: 1)", min=0)
-    residual: bool = setting(True, "decoder predicts X - mu* (True) or X (False)")
-    normalization: str = setting("standardize", '"standardize" per coordinate, or "none"',
-                                 choices=("standardize", "none"))
-    condition: str = setting("loo", 'a training snapshot\'s condition: "loo" (aggregator over the other experts), '
-                             '"all", "self"', choices=("loo", "all", "self"))
-    epochs: int = setting(300, "passes over all snapshots", min=1)
-    lr: float = setting(1e-3, "Adam learning rate", above=0)
-    batch_size: int = setting(64, "snapshots per step", min=1)
-    augment: int = setting(0, "extra conditions per expert from random subsets of the other experts and random "
-                           "K, tau (0 = the paper's one condition per expert)", min=0)
-    describe: bool = setting(False, "the description embedding d is part of the condition (c = (mu*, sigma*, d))")
-    seed: int = setting(0, "initialisation and data order")
-    device: str = setting("auto", '"auto" = cuda if available else cpu')
+from .generator_settings import CVAE_VARIANT_OFF, CVAESpec
+from .io import SGLoraError, atomic_path, reading, save_safetensors, write_json
 
 
 def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p) -> torch.Tensor:
@@ -233,9 +208,6 @@ def train_cvae(snapshots: np.ndarray, expert_index: np.ndarray, cond_mu: np.ndar
     return model.eval().cpu(), history
 
 
-#: the variant settings of CVAESpec and their "off" values (config.json omits them when off)
-VARIANT_DEFAULTS = {"augment": 0, "describe": False}
-
 #: module-name prefix in :class:`CVAE` -> prefix in ``model.safetensors`` (the checkpoint format)
 CHECKPOINT_NAMES = {"condition_prior.": "prior."}
 
@@ -257,7 +229,7 @@ def save_cvae(out_dir: str | Path, model: CVAE, extra: dict) -> None:
     ``describe``, and ``embed_dim``) are written only when on: a default CVAE's
     ``config.json`` is that of the first release, and an old one reads as the default."""
     spec = asdict(model.spec)
-    for key, off in VARIANT_DEFAULTS.items():
+    for key, off in CVAE_VARIANT_OFF.items():
         if spec[key] == off:
             del spec[key]
     sizes = {"embed_dim": model.embed_dim} if model.embed_dim else {}
@@ -309,5 +281,5 @@ def cvae_parameters(dim: int, spec: CVAESpec, embed_dim: int = 0) -> int:
             + lin(L + cd, h) + lin(h, h) + lin(h, dim))
 
 
-__all__ = ["CVAE", "CVAESpec", "CHECKPOINT_NAMES", "VARIANT_DEFAULTS", "describe_features", "gaussian_kl", "train_cvae", "save_cvae", "load_cvae",
+__all__ = ["CVAE", "CVAESpec", "CHECKPOINT_NAMES", "describe_features", "gaussian_kl", "train_cvae", "save_cvae", "load_cvae",
            "cvae_parameters"]

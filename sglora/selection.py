@@ -19,21 +19,18 @@ Settings a method can vary:
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from .generator_settings import CVAE_VARIANT_OFF
+from .grid import grid_points
 from .io import SGLoraError
 from .methods import METHODS
 
 #: method -> the settings a selection grid may vary (from the method registry)
 SETTINGS = {m.id: m.settings for m in METHODS.values() if m.settings}
-#: settings of SG-LoRA that need a CVAE of their own (the others act at sampling time)
-CVAE_SETTINGS = ("condition", "k", "tau", "augment", "describe")
-#: the CVAE variant settings and their "off" values (a CVAE's config.json omits them when off)
-VARIANT_OFF = {"augment": 0, "describe": False}
 
 
 def check_grid(grid: dict[str, dict[str, list]], where: str = "selection") -> None:
@@ -46,21 +43,6 @@ def check_grid(grid: dict[str, dict[str, list]], where: str = "selection") -> No
                 raise SGLoraError(f"{where}.{method}.{key}: not a setting of {method}; known: {list(SETTINGS[method])}")
             if not isinstance(values, list) or not values:
                 raise SGLoraError(f"{where}.{method}.{key}: expected a non-empty list of values")
-
-
-def grid_points(axes: dict[str, list]) -> list[dict]:
-    """The cartesian product of a method's grid, in config order (``{}`` for no grid)."""
-    keys = list(axes or {})
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(axes[k] for k in keys))]
-
-
-def cvae_variants(axes: dict[str, list], condition: str, k: int, tau: float) -> list[dict]:
-    """The CVAE trainings SG-LoRA's grid needs: one per combination of condition, k, tau
-    (defaults where the grid does not vary them), and of augment, describe where the grid
-    names them (absent: off, and absent from the variant)."""
-    base = {"condition": [condition], "k": [k], "tau": [tau]}
-    base.update({key: v for key, v in (axes or {}).items() if key in CVAE_SETTINGS})
-    return grid_points({key: base[key] for key in CVAE_SETTINGS if key in base})
 
 
 def apply_settings(settings: dict, prior, sampling):
@@ -94,18 +76,18 @@ class TrainedCVAEs:
     def default_variant(self) -> dict:
         """The variant settings of the first CVAE (what candidates use without a selection)."""
         cvae = next(iter(self.configs.values()))["cvae"]
-        return {key: cvae.get(key, off) for key, off in VARIANT_OFF.items()}
+        return {key: cvae.get(key, off) for key, off in CVAE_VARIANT_OFF.items()}
 
     def variant(self, condition: str, k: int, tau: float, modality: str | None = None,
                 **variant) -> list[tuple[int, str]]:
         """``(seed, folder)`` of the trainings of one variant, by seed (any modality if None);
         ``variant``: augment, describe (absent: off)."""
-        want = {key: variant.get(key, off) for key, off in VARIANT_OFF.items()}
+        want = {key: variant.get(key, off) for key, off in CVAE_VARIANT_OFF.items()}
         return sorted(
             (cfg["cvae"]["seed"], d) for d, cfg in self.configs.items()
             if cfg["cvae"]["condition"] == condition and cfg["prior"]["k"] == k
             and abs(cfg["prior"]["tau"] - tau) < 1e-12 and modality in (None, cfg["prior"]["modality"])
-            and all(cfg["cvae"].get(key, off) == want[key] for key, off in VARIANT_OFF.items()))
+            and all(cfg["cvae"].get(key, off) == want[key] for key, off in CVAE_VARIANT_OFF.items()))
 
     def pick(self, condition: str, prior, runs: int, where: str = "", **variant) -> list:
         """The models of one variant, ordered by training seed; exactly ``runs`` must exist."""
@@ -199,7 +181,7 @@ def export_chosen(cvae_dirs: list[str | Path], selection: dict, out: str | Path)
         raise SGLoraError("selection: no settings chosen for sglora")
     store = TrainedCVAEs(cvae_dirs)
     match = store.variant(chosen["condition"], chosen["k"], chosen["tau"],
-                          **{key: chosen[key] for key in VARIANT_OFF if key in chosen})
+                          **{key: chosen[key] for key in CVAE_VARIANT_OFF if key in chosen})
     if not match:
         raise SGLoraError(f"selection: no trained CVAE for the chosen settings {chosen}")
     src = Path(match[0][1])
