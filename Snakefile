@@ -35,7 +35,6 @@ localrules:
     world,
     manifest,
     check_tasks,
-    embed,
     assemble,
     candidates_oracle,
     candidates_validation_oracle,

@@ -22,6 +22,8 @@ class Method:
     ranked: bool = True  #: competes for "best" in the tables (not the Oracle: it trains on the task's own data)
     candidates: str | None = "candidates"  #: the ``sglora`` step that writes its candidate LoRAs (None: none)
     settings: tuple[str, ...] = ()  #: the settings a selection grid may vary (sglora/selection.py)
+    evaluate: str = "evaluate"  #: the ``sglora`` step that evaluates it on a group's tasks
+    samples_of: str | None = None  #: the method whose generator it samples, when not its own
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -38,12 +40,12 @@ METHODS: dict[str, Method] = {m.id: m for m in (
     Method("topk_weighted", "Top-K LoRA Weighted", "merging", settings=("k", "tau")),
     Method("nearest_expert", "Nearest expert", "merging"),
     Method("expert_mean", "Expert mean", "merging"),
-    Method("mole", "MoLE", "trained", candidates=None),
+    Method("mole", "MoLE", "trained", candidates=None, evaluate="evaluate-mole"),
     Method("pdiff", "P-diff", "generative", seen_only=True, candidates="sample-pdiff"),
     Method("cond_pdiff", "COND P-Diff", "generative", seen_only=True, candidates="sample-pdiff"),
     Method("sglora", "SG-LoRA", "generative", settings=("condition", "k", "tau", "augment", "describe",
                                                                "temperature", "average")),
-    Method("sglora_paper", "SG-LoRA (paper-faithful)", "generative"),
+    Method("sglora_paper", "SG-LoRA (paper-faithful)", "generative", samples_of="sglora"),
     Method("prior_sampling", "Prior sampling", "generative", candidates="generator-candidates"),
     Method("noisy_expert", "Noisy nearest expert", "generative", candidates="generator-candidates"),
 )}

@@ -33,11 +33,11 @@ TABLE6 = {
 }  # fmt: skip
 # Experts a preset adds to Table 6, and why (see the preset's header).
 EXTRA_EXPERTS = {"coco_seen": ["motorcycle", "sheep"], "ablation_dog_expert": ["dog"]}  # Table 13, Table 12
-HEAVY = {"train_lora", "train_multitask", "train_cvae", "train_mole", "train_pdiff", "select", "premises", "evaluate", "evaluate_zero_shot",
-         "evaluate_mole", "evaluate_validation", "novelty", "spaces_select", "spaces_evaluate"}  # fmt: skip
+HEAVY = {"train_lora", "train_multitask", "train_cvae", "train_mole", "train_pdiff", "select", "premises", "embed", "evaluate",
+         "evaluate_validation", "novelty", "spaces_select", "spaces_evaluate"}  # fmt: skip
 # heavy rules that take the resources of another rule's section
-RESOURCES_OF = {"train_multitask": "train_lora", "novelty": "evaluate", "spaces_evaluate": "evaluate", "spaces_select": "select"}
-LIGHT = {"world", "manifest", "embed", "assemble", "candidates_oracle", "candidates_validation_oracle", "candidates_multitask", "candidates_merging", "candidates_pdiff",
+RESOURCES_OF = {"embed": "evaluate", "train_multitask": "train_lora", "novelty": "evaluate", "spaces_evaluate": "evaluate", "spaces_select": "select"}
+LIGHT = {"world", "manifest", "assemble", "candidates_oracle", "candidates_validation_oracle", "candidates_multitask", "candidates_merging", "candidates_pdiff",
          "sample_sglora", "tables", "figures", "results_page", "all"}  # fmt: skip
 
 
@@ -294,7 +294,7 @@ def with_demos(cfg: dict, tmp_path: Path) -> dict:
 def test_every_job_that_asks_for_a_gpu_runs_its_step_on_cuda(preset, miniatures, tmp_path, monkeypatch):
     """Each job that declares a GPU: its printed command, parsed by sglora's own parser,
     selects CUDA when CUDA is available (patched) and the CPU when it is not; the step is
-    never run. Every kind of heavy step is among them (evaluation used to run on the CPU)."""
+    never run. Every kind of heavy step is among them."""
     import shlex
 
     import torch

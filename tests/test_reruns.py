@@ -20,7 +20,7 @@ from conftest import ROOT
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.heavy
 DIRECTORY_RULES = {"pretrain_backbone", "train_lora", "train_multitask", "assemble", "train_cvae", "train_mole", "train_pdiff", "evaluate",
-                   "evaluate_zero_shot", "evaluate_mole", "image_cache", "export_cvae", "evaluate_validation"}
+                   "image_cache", "export_cvae", "evaluate_validation"}
 # Stands in for `sglora` in the shell commands: its stdout is the job's log file, which
 # names the job; it creates that job's outputs.
 STAND_IN = """#!{python}
@@ -97,8 +97,8 @@ def edited(base) -> dict:
     return yaml.safe_load(yaml.safe_dump(base[0]))
 
 
-ONLY_THE_GROUP = {"candidates_oracle", "candidates_multitask", "candidates_merging", "sample_sglora", "sample_sglora_paper", "evaluate", "evaluate_zero_shot",
-                  "evaluate_mole", "candidates_generator", "novelty", "spaces_evaluate"}
+ONLY_THE_GROUP = {"candidates_oracle", "candidates_multitask", "candidates_merging", "sample_sglora", "sample_sglora_paper", "evaluate",
+                  "candidates_generator", "novelty", "spaces_evaluate"}
 REPORT = {"tables", "figures", "results_page", "all"}
 
 

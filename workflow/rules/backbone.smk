@@ -38,8 +38,13 @@ rule embed:
         f"{R}/tasks/embeddings.parquet",
     log:
         f"{R}/logs/embed.log",
+    benchmark:
+        f"{R}/benchmarks/embed.tsv"
     conda:
         "../../envs/sglora.yaml"
+    resources:
+        # the backbone's encoders in inference, as in an evaluation: its resources
+        **heavy_resources("evaluate", mem_mb=4000, runtime=30),
     params:
         pairs=[f"{d}={manifest(d)}" for d in config["datasets"]],
         caches=[f"{d}={image_cache(d)}" for d in config["datasets"]],

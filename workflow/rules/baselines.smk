@@ -4,7 +4,7 @@
 rule candidates_oracle:
     """The Oracle: each task's own trained LoRA (final epoch)."""
     input:
-        lambda w: [lora_dir(GROUPS[w.group]["dataset"], t) for t in GROUPS[w.group]["tasks"]],
+        group_loras,
     output:
         f"{R}/candidates/{{group}}/oracle.safetensors",
     log:
@@ -66,7 +66,7 @@ rule candidates_multitask:
     conda:
         "../../envs/sglora.yaml"
     params:
-        tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
+        tasks=group_tasks,
     shell:
         "sglora candidates --method multitask --loras {input:q} --tasks {params.tasks:q} --out {output:q} > {log:q} 2>&1"
 
@@ -87,9 +87,9 @@ averages of expert factors."""
     conda:
         "../../envs/sglora.yaml"
     params:
-        tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
-        dataset=lambda w: GROUPS[w.group]["dataset"],
-        seen=lambda w: "" if GROUPS[w.group].get("unseen", True) else "--seen",
+        tasks=group_tasks,
+        dataset=group_dataset,
+        seen=group_seen,
         selection=lambda w, input: f"--selection {shlex.quote(input.selection[0])}" if input.selection else "",
         prior=as_json(config["prior"]),
     shell:
@@ -151,7 +151,7 @@ rule train_pdiff:
         flag=lambda w: "--conditional" if w.variant == "cond_pdiff" else "--no-conditional",
     shell:
         "sglora train-pdiff --repository {input.repository:q} --embeddings {input.embeddings:q} "
-        "--tasks {params.tasks:q} {params.flag} --pdiff {params.pdiff:q} --out {output:q} > {log:q} 2>&1"
+        "--tasks {params.tasks:q} {params.flag} --pdiff {params.pdiff:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule candidates_pdiff:
@@ -168,7 +168,7 @@ rule candidates_pdiff:
     conda:
         "../../envs/sglora.yaml"
     params:
-        tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
+        tasks=group_tasks,
     shell:
         "sglora sample-pdiff --model {input.model:q} --repository {input.repository:q} "
         "--embeddings {input.embeddings:q} --tasks {params.tasks:q} --out {output:q} > {log:q} 2>&1"

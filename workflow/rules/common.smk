@@ -1,5 +1,4 @@
 # Config validation and helpers shared by the rules.
-import itertools
 import json
 import os
 import shlex
@@ -10,6 +9,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir)))  # the sglora package beside the Snakefile, installed or not
+from sglora.grid import cvae_training, cvae_variants, paper_point, sampling_section, selection_grid
 from sglora.methods import METHODS, methods_where
 
 # beside these rules, wherever the workflow is used from (also as a module of another project)
@@ -129,44 +129,12 @@ EMBEDDED = [n for n, d in config["datasets"].items() if d["kind"] == "embedded"]
 VALIDATION = config["validation"]
 GALLERY = config.get("evaluation", {}).get("gallery", 0)
 BOOTSTRAP_UNIT = config.get("evaluation", {}).get("bootstrap_unit", "family")
-SAMPLING = {"samples": 10, "seed": 0, "temperature": 1.0, "runs": 1, **config["sampling"]}
-
-
-# SG-LoRA's generator variants and their "off" values: (config section, key) -> off
-VARIANTS = {"augment": ("cvae", 0), "describe": ("cvae", False), "average": ("sampling", False)}
-
-
-def selection_grid():
-    """Every method's grid (config ``selection``); SG-LoRA's is completed with the defaults
-    (cvae.condition, prior.k, prior.tau, sampling.temperature) for the settings it does not vary.
-    A generator variant (augment, describe, average) is an axis only when the grid names it or
-    the config turns it on, so a config without variants has the grid (and files) it had before."""
-    grid = {m: dict(axes) for m, axes in config.get("selection", {}).items()}
-    defaults = {
-        "condition": [config["cvae"].get("condition", "loo")],
-        "k": [config["prior"].get("k", 4)],
-        "tau": [config["prior"].get("tau", 0.05)],
-        "temperature": [SAMPLING["temperature"]],
-    }
-    for key, (section, off) in VARIANTS.items():
-        value = config.get(section, {}).get(key, off)
-        if key in grid.get("sglora", {}) or value != off:
-            defaults[key] = [value]
-    grid["sglora"] = {key: grid.get("sglora", {}).get(key, default) for key, default in defaults.items()}
-    return grid
-
-
-def paper_point():
-    """SG-LoRA's paper-faithful grid point: the paper's sampling (temperature 1, N samples
-    each a candidate) and generator (one condition per expert, no description in it), with
-    the config's own condition, k and tau (config.yaml's are the paper's k = 4, tau = 0.05)."""
-    point = {
-        "condition": config["cvae"].get("condition", "loo"),
-        "k": config["prior"].get("k", 4),
-        "tau": config["prior"].get("tau", 0.05),
-        "temperature": 1.0,
-    }
-    return point | {key: off for key, (_, off) in VARIANTS.items()}
+SAMPLING = sampling_section(config)
+# SG-LoRA's grid (completed with the config's settings), its paper-faithful point, and the
+# CVAE trainings they need, by folder name (sglora/grid.py)
+GRID = selection_grid(config)
+PAPER_POINT = paper_point(config)
+CVAE_VARIANTS = cvae_variants(config)
 
 
 SELECTABLE = tuple(m for m, v in METHODS.items() if v.settings)
@@ -185,33 +153,7 @@ def selection_file(method):
 
 def selection_input(method):
     """A method's selection file as a rule input ([] for a method without a grid)."""
-    return [selection_file(method)] if method in selection_grid() else []
-
-
-def _variant_name(v):
-    """cvae/<condition>-k<k>-tau<tau>[-aug<A>][-describe<0|1>]: a variant key is in the name
-    only when the grid has it (the folders of a config without variants keep their names)."""
-    name = f"{v['condition']}-k{v['k']}-tau{v['tau']}"
-    if "augment" in v:
-        name += f"-aug{int(v['augment'])}"
-    if "describe" in v:
-        name += f"-describe{int(bool(v['describe']))}"
-    return name
-
-
-# The CVAE trainings SG-LoRA's grid needs: one per (condition, k, tau[, augment, describe]), each for every run;
-# plus the paper-faithful point's when a group has the sglora_paper row and the grid lacks it.
-_CVAE_KEYS = [key for key in ("condition", "k", "tau", "augment", "describe") if key in selection_grid()["sglora"]]
-CVAE_VARIANTS = {
-    _variant_name(v): v
-    for v in (
-        dict(zip(_CVAE_KEYS, combo))
-        for combo in itertools.product(*(selection_grid()["sglora"][key] for key in _CVAE_KEYS))
-    )
-}
-if any("sglora_paper" in spec["methods"] for spec in GROUPS.values()):
-    _paper = {key: paper_point()[key] for key in _CVAE_KEYS}
-    CVAE_VARIANTS.setdefault(_variant_name(_paper), _paper)
+    return [selection_file(method)] if method in GRID else []
 
 
 def cvae_dirs(wildcards=None):
@@ -400,7 +342,59 @@ def check_file(dataset, task):
 
 def group_checks(w):
     """The checks of a group's tasks: its evaluation waits for them."""
-    return [check_file(GROUPS[w.group]["dataset"], t) for t in GROUPS[w.group]["tasks"]]
+    return [check_file(group_dataset(w), t) for t in GROUPS[w.group]["tasks"]]
+
+
+# --- a group's settings, as input functions and params of the rules over {group} ---
+
+
+def group_tasks(w):
+    """A group's task ids, as the comma-separated list a `sglora` step takes."""
+    return ",".join(GROUPS[w.group]["tasks"])
+
+
+def group_dataset(w):
+    return GROUPS[w.group]["dataset"]
+
+
+def group_seen(w):
+    """``--seen`` for a group of seen tasks (``unseen: false``), else nothing."""
+    return "" if GROUPS[w.group].get("unseen", True) else "--seen"
+
+
+def group_title(w):
+    return GROUPS[w.group].get("title", w.group)
+
+
+def group_manifest(w):
+    return manifest(group_dataset(w))
+
+
+def group_images(w):
+    return image_cache(group_dataset(w))
+
+
+def group_loras(w):
+    """The Oracle LoRA folders of a group's tasks."""
+    return [lora_dir(group_dataset(w), t) for t in GROUPS[w.group]["tasks"]]
+
+
+def evaluation_input(w):
+    """What a method's evaluation reads beside the group's data: its candidates file (from the
+    step the registry names), MoLE's trained mixture, or nothing (Zero-Shot CLIP)."""
+    if METHODS[w.method].candidates:
+        return {"candidates": f"{R}/candidates/{w.group}/{w.method}.safetensors"}
+    return {"mole": f"{R}/mole"} if w.method == "mole" else {}
+
+
+def evaluation_arguments(w, input):
+    """The method's own arguments of its evaluation step (sglora/methods.py ``evaluate``)."""
+    if "mole" in input.keys():
+        return f"--mole {shlex.quote(input.mole)}"
+    method = f"--method {shlex.quote(w.method)}"
+    if "candidates" in input.keys():
+        return f"{method} --candidates {shlex.quote(input.candidates)} --lora {shlex.quote(as_json(config['lora']))}"
+    return method
 
 
 def pdiff_tasks():

@@ -20,9 +20,9 @@ top-1 expert plus noise of SG-LoRA's spread): as many samples and runs as SG-LoR
     conda:
         "../../envs/sglora.yaml"
     params:
-        tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
-        dataset=lambda w: GROUPS[w.group]["dataset"],
-        seen=lambda w: "" if GROUPS[w.group].get("unseen", True) else "--seen",
+        tasks=group_tasks,
+        dataset=group_dataset,
+        seen=group_seen,
         sglora=lambda w, input: f"--sglora {shlex.quote(input.sglora[0])}" if input.sglora else "",
         prior=as_json(config["prior"]),
         sampling=as_json(SAMPLING),
@@ -52,9 +52,7 @@ rule spaces_select:
         "../../envs/sglora.yaml"
     threads: THREADS
     resources:
-        gpu=lambda w: res("select", "gpu", 1 if PRETRAINED else 0),
-        mem_mb=lambda w: res("select", "mem_mb", 4000),
-        runtime=lambda w: res("select", "runtime", 60),
+        **heavy_resources("select", mem_mb=4000, runtime=60),
     params:
         tasks=",".join(VALIDATION["tasks"]),
         dataset=VALIDATION["dataset"],
@@ -76,8 +74,8 @@ rule spaces_evaluate:
 settings; the table of spaces (validation score, test R@1, paired difference to factors)."""
     input:
         selection=f"{R}/spaces/selection.json",
-        manifest=lambda w: manifest(GROUPS[w.group]["dataset"]),
-        images=lambda w: image_cache(GROUPS[w.group]["dataset"]),
+        manifest=group_manifest,
+        images=group_images,
         checks=group_checks,
         repository=f"{R}/repository",
         embeddings=f"{R}/tasks/embeddings.parquet",
@@ -96,13 +94,11 @@ settings; the table of spaces (validation score, test R@1, paired difference to 
         "../../envs/sglora.yaml"
     threads: THREADS
     resources:
-        gpu=lambda w: res("evaluate", "gpu", 1 if PRETRAINED else 0),
-        mem_mb=lambda w: res("evaluate", "mem_mb", 4000),
-        runtime=lambda w: res("evaluate", "runtime", 30),
+        **heavy_resources("evaluate", mem_mb=4000, runtime=30),
     params:
-        tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
-        dataset=lambda w: GROUPS[w.group]["dataset"],
-        title=lambda w: GROUPS[w.group].get("title", w.group),
+        tasks=group_tasks,
+        dataset=group_dataset,
+        title=group_title,
         prior=as_json(config["prior"]),
         backbone=backbone_param,
         device=config["device"],
@@ -124,8 +120,8 @@ the repository's own scales, and retrieval agreement with that snapshot (evaluat
         repository=f"{R}/repository",
         embeddings=f"{R}/tasks/embeddings.parquet",
         cvae=f"{R}/cvae/selected",
-        manifest=lambda w: manifest(GROUPS[w.group]["dataset"]),
-        images=lambda w: image_cache(GROUPS[w.group]["dataset"]),
+        manifest=group_manifest,
+        images=group_images,
         backbone=backbone_input(),
     output:
         json=f"{R}/novelty/{{group}}.json",
@@ -140,16 +136,14 @@ the repository's own scales, and retrieval agreement with that snapshot (evaluat
         "../../envs/sglora.yaml"
     threads: THREADS
     resources:
-        gpu=lambda w: res("evaluate", "gpu", 1 if PRETRAINED else 0),
-        mem_mb=lambda w: res("evaluate", "mem_mb", 4000),
-        runtime=lambda w: res("evaluate", "runtime", 30),
+        **heavy_resources("evaluate", mem_mb=4000, runtime=30),
     params:
         candidates=lambda w, input: [f"{m}={p}" for m, p in zip(generative_methods(w.group), input.candidates)],
         metrics=lambda w, input: [f"{m}={p}" for m, p in zip(generative_methods(w.group), input.metrics)],
-        tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
-        dataset=lambda w: GROUPS[w.group]["dataset"],
-        title=lambda w: GROUPS[w.group].get("title", w.group),
-        seen=lambda w: "" if GROUPS[w.group].get("unseen", True) else "--seen",
+        tasks=group_tasks,
+        dataset=group_dataset,
+        title=group_title,
+        seen=group_seen,
         prior=as_json(config["prior"]),
         backbone=backbone_param,
         device=config["device"],
@@ -182,9 +176,7 @@ task's own pairs and scored on its test split. Every expert and Oracle then trai
         "../../envs/sglora.yaml"
     threads: THREADS
     resources:
-        gpu=lambda w: res("train_lora", "gpu", 1 if PRETRAINED else 0),
-        mem_mb=lambda w: res("train_lora", "mem_mb", 4000),
-        runtime=lambda w: res("train_lora", "runtime", 30),
+        **heavy_resources("train_lora", mem_mb=4000, runtime=30),
     params:
         tasks=",".join(VALIDATION["tasks"]),
         grid=as_json(TRAINER_GRID),
@@ -223,8 +215,8 @@ against the default factors run): every method, with paired differences."""
         selections=lambda w: [f"{RUN_SPACE}={R}/selection/selection.json"]
         + [f"{s}={root.rstrip('/')}/selection/selection.json" for s, root in COMPARE_RUNS.items()],
         methods=lambda w: ",".join(compared_methods(w.group)),
-        tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
-        title=lambda w: GROUPS[w.group].get("title", w.group),
+        tasks=group_tasks,
+        title=group_title,
     shell:
         "sglora compare-runs --runs {params.runs:q} --selections {params.selections:q} --group {wildcards.group:q} "
         "--methods {params.methods:q} --tasks {params.tasks:q} --title {params.title:q} --out {output:q} > {log:q} 2>&1"

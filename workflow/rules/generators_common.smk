@@ -1,8 +1,10 @@
 # Helpers of workflow/rules/generators.smk: which groups compare LoRA spaces,
 # which have generated LoRAs, and the outputs `all` asks for.
 
-GENERATOR_BASELINES = ("prior_sampling", "noisy_expert")
-GENERATIVE = ("sglora", "prior_sampling", "noisy_expert", "pdiff", "cond_pdiff")
+# the generator baselines (written by `sglora generator-candidates`) and the methods whose
+# generated LoRAs the novelty measures, each generator once (the registry, sglora/methods.py)
+GENERATOR_BASELINES = methods_where(candidates="generator-candidates")
+GENERATIVE = methods_where(kind="generative", samples_of=None)
 SPACES = config.get("spaces") or {}
 
 for _g, _spec in GROUPS.items():
@@ -51,8 +53,8 @@ def trainer_selection_input(wildcards=None):
 
 def training_section(wildcards=None):
     """The training section a LoRA is trained with: config `training`, with the settings of
-    `trainer_selection` chosen on the validation tasks applied (the same string as before
-    without trainer_selection, so existing runs keep their LoRAs)."""
+    `trainer_selection` chosen on the validation tasks applied (without trainer_selection:
+    config `training` unchanged)."""
     if not TRAINER_GRID:
         return as_json(config["training"])
     chosen = json.loads(Path(checkpoints.select_training.get().output[0]).read_text())["chosen"]["training"]

@@ -66,7 +66,7 @@ every table footnotes the settings chosen on the validation tasks."""
         groups=as_json(GROUPS),
         metrics=keyed(metric_dirs()),
         out=lambda w, output: parent(output.csv[0]),
-        paper=as_json(paper_point()),
+        paper=as_json(PAPER_POINT),
         unit=BOOTSTRAP_UNIT,
         embedded=EMBEDDED,
     shell:

@@ -22,18 +22,8 @@ variant (condition, k, tau, and augment, describe when the grid has them) and on
     resources:
         **heavy_resources("train_cvae", mem_mb=8000, runtime=60),
     params:
-        cvae=lambda w: as_json(
-            config["cvae"]
-            | {
-                key: CVAE_VARIANTS[w.variant][key]
-                for key in ("condition", "augment", "describe")
-                if key in CVAE_VARIANTS[w.variant]
-            }
-            | {"seed": config["cvae"].get("seed", 0) + int(w.run)}
-        ),
-        prior=lambda w: as_json(
-            config["prior"] | {"k": CVAE_VARIANTS[w.variant]["k"], "tau": CVAE_VARIANTS[w.variant]["tau"]}
-        ),
+        cvae=lambda w: as_json(cvae_training(config, CVAE_VARIANTS[w.variant], int(w.run))["cvae"]),
+        prior=lambda w: as_json(cvae_training(config, CVAE_VARIANTS[w.variant], int(w.run))["prior"]),
     shell:
         "sglora train-cvae --repository {input:q} --cvae {params.cvae:q} --prior {params.prior:q} "
         "--out {output:q} --threads {threads} > {log:q} 2>&1"
@@ -64,7 +54,7 @@ rule select:
     params:
         tasks=",".join(VALIDATION["tasks"]),
         dataset=VALIDATION["dataset"],
-        grid=lambda w: as_json({w.method: selection_grid()[w.method]}),
+        grid=lambda w: as_json({w.method: GRID[w.method]}),
         prior=as_json(config["prior"]),
         sampling=lambda w: method_sampling(w.method),
         lora=as_json(config["lora"]),
@@ -82,7 +72,7 @@ rule select:
 rule selection_summary:
     """Every method's chosen settings and validation scores in one file (selection.json)."""
     input:
-        [selection_file(m) for m in selection_grid()],
+        [selection_file(m) for m in GRID],
     output:
         f"{R}/selection/selection.json",
     log:
@@ -109,9 +99,9 @@ candidates and as PEFT adapter folders (alpha of the experts used, run and seed 
     conda:
         "../../envs/sglora.yaml"
     params:
-        tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
-        dataset=lambda w: GROUPS[w.group]["dataset"],
-        seen=lambda w: "" if GROUPS[w.group].get("unseen", True) else "--seen",
+        tasks=group_tasks,
+        dataset=group_dataset,
+        seen=group_seen,
         prior=as_json(config["prior"]),
         sampling=as_json(SAMPLING),
     shell:
@@ -123,7 +113,7 @@ candidates and as PEFT adapter folders (alpha of the experts used, run and seed 
 
 rule sample_sglora_paper:
     """The paper-faithful SG-LoRA beside the selected one: N LoRAs per task and run from the
-CVAEs of the paper's point (paper_point(): one condition per expert, no description in
+CVAEs of the paper's point (sglora/grid.py paper_point: one condition per expert, no description in
 it, temperature 1, every sample a candidate), fixed, not selected."""
     input:
         cvae=cvae_dirs(),
@@ -136,12 +126,12 @@ it, temperature 1, every sample a candidate), fixed, not selected."""
     conda:
         "../../envs/sglora.yaml"
     params:
-        tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
-        dataset=lambda w: GROUPS[w.group]["dataset"],
-        seen=lambda w: "" if GROUPS[w.group].get("unseen", True) else "--seen",
+        tasks=group_tasks,
+        dataset=group_dataset,
+        seen=group_seen,
         prior=as_json(config["prior"]),
         sampling=as_json(SAMPLING),
-        settings=as_json(paper_point()),
+        settings=as_json(PAPER_POINT),
     shell:
         "sglora candidates --method sglora_paper --tasks {params.tasks:q} --dataset {params.dataset:q} {params.seen} "
         "--repository {input.repository:q} --embeddings {input.embeddings:q} --cvae {input.cvae:q} "
@@ -178,7 +168,7 @@ the paper-faithful one marked (tables/ablation.{md,csv}, like supplementary Tabl
     conda:
         "../../envs/sglora.yaml"
     params:
-        paper=as_json(paper_point()),
+        paper=as_json(PAPER_POINT),
     shell:
         "sglora ablation --selection {input:q} --paper {params.paper:q} --markdown {output.md:q} "
         "--csv {output.csv:q} > {log:q} 2>&1"
