@@ -88,9 +88,9 @@ def test_bad_spec_is_an_error():
         CVAESpec.from_dict({"latnet": 3})
 
 
-def test_checkpoint_keeps_the_first_release_names(tmp_path):
+def test_checkpoint_stores_the_condition_prior_under_prior(tmp_path):
     """model.safetensors stores the condition prior under ``prior.*`` (the checkpoint format
-    of sglora.cvae): checkpoints written before the module was renamed load unchanged."""
+    of sglora.cvae), whatever the module's attribute is called, so every checkpoint of the format loads."""
     from safetensors.torch import load_file
 
     from sglora.io import save_safetensors
@@ -99,7 +99,7 @@ def test_checkpoint_keeps_the_first_release_names(tmp_path):
     save_cvae(tmp_path / "cvae", model, {})
     stored = load_file(str(tmp_path / "cvae" / "model.safetensors"))
     assert {"prior.0.weight", "prior.2.bias"} <= set(stored) and not any(k.startswith("condition_prior") for k in stored)
-    # a checkpoint as the first release wrote it (the network was CVAE.prior)
+    # the format's names, from the module's: condition_prior.* -> prior.*
     old = {k.replace("condition_prior.", "prior.", 1): v for k, v in model.state_dict().items()}
     assert set(old) == set(stored)
     save_safetensors(tmp_path / "cvae" / "model.safetensors", {k: v + 1 for k, v in old.items()})

@@ -52,7 +52,7 @@ def test_results_that_is_not_a_finished_run_names_what_it_lacks(capsys, tiny_rep
                                            (("--cvae", "c"), "without --repository"),
                                            (("--results", "results", "--cvae", "c"), "not both")])
 def test_no_default_sg_lora(capsys, tiny_repo, tiny_cvae, tmp_path, monkeypatch, flags, message):
-    # a finished run where the defaults used to point: generate must still ask which one
+    # finished runs in the usual results folders: generate must still ask which one
     finished_run(tmp_path / "results" / "embedded", tiny_repo, tiny_cvae)
     finished_run(tmp_path / "results", tiny_repo, tiny_cvae)
     monkeypatch.chdir(tmp_path)

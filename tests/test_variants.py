@@ -1,6 +1,6 @@
 """SG-LoRA's generator variants: condition augmentation, the description
 embedding in the condition, the mean of the samples, and the ablation table. Each is off
-by default, and off means the code path and the bytes of before."""
+by default, and off is the paper's generator: its code path, and no variant key in its files."""
 
 from __future__ import annotations
 
