@@ -22,7 +22,7 @@ of every embedded dataset (it knows class names, not a task's fine details)."""
     params:
         worlds=expand(f"{R}/data/{{dataset}}/world", dataset=EMBEDDED),
         pretrain=as_json(config.get("backbone", {}).get("pretrain")),
-        seed=config.get("seed", 0),
+        seed=config["seed"],
     shell:
         "sglora pretrain --worlds {params.worlds:q} --out {output:q} --seed {params.seed:q} "
         "--threads {threads} --pretrain {params.pretrain:q} > {log:q} 2>&1"

@@ -82,7 +82,7 @@ def _check_config():
     )
     if (
         averaged
-        and config.get("sampling", {}).get("runs", 1) < 2
+        and sampling_section(config)["runs"] < 2
         and any("noisy_expert" in s["methods"] for s in config["groups"].values())
     ):
         raise ValueError(
@@ -102,7 +102,7 @@ def _check_config():
     experts = {(config["experts"]["dataset"], t) for t in config["experts"]["tasks"]}
     for g, spec in config["groups"].items():
         shared = [t for t in spec["tasks"] if (spec["dataset"], t) in experts]
-        if spec.get("unseen", True) and shared:
+        if spec["unseen"] and shared:
             raise ValueError(
                 f"config: groups.{g}.tasks: {shared} of dataset {spec['dataset']!r} are experts (experts.tasks), but "
                 f"groups.{g} is an unseen group; its tasks must be disjoint from the experts (or set groups.{g}.unseen: false)"
@@ -120,15 +120,15 @@ def _check_config():
 _check_config()
 
 R = config["results"].rstrip("/")
-THREADS = config.get("threads", 1)
+THREADS = config["threads"]
 PRETRAINED = config.get("backbone", {}).get("pretrained")
 BACKBONE = PRETRAINED or f"{R}/backbone"
 EXPERTS = config["experts"]
 GROUPS = config["groups"]
 EMBEDDED = [n for n, d in config["datasets"].items() if d["kind"] == "embedded"]
 VALIDATION = config["validation"]
-GALLERY = config.get("evaluation", {}).get("gallery", 0)
-BOOTSTRAP_UNIT = config.get("evaluation", {}).get("bootstrap_unit", "family")
+GALLERY = config["evaluation"]["gallery"]
+BOOTSTRAP_UNIT = config["evaluation"]["bootstrap_unit"]
 SAMPLING = sampling_section(config)
 # SG-LoRA's grid (completed with the config's settings), its paper-faithful point, and the
 # CVAE trainings they need, by folder name (sglora/grid.py)
@@ -291,7 +291,7 @@ def verdict_groups():
 def premise_headroom():
     """Whether the premises measure the Oracle's headroom: when an unseen group compares
     with the Oracle (then the validation tasks get Oracle LoRAs and both evaluations)."""
-    return any(spec.get("unseen", True) and {"zero_shot", "oracle"} <= set(spec["methods"]) for spec in GROUPS.values())
+    return any(spec["unseen"] and {"zero_shot", "oracle"} <= set(spec["methods"]) for spec in GROUPS.values())
 
 
 def premise_transfer_tasks():
@@ -359,7 +359,7 @@ def group_dataset(w):
 
 def group_seen(w):
     """``--seen`` for a group of seen tasks (``unseen: false``), else nothing."""
-    return "" if GROUPS[w.group].get("unseen", True) else "--seen"
+    return "" if GROUPS[w.group]["unseen"] else "--seen"
 
 
 def group_title(w):
@@ -429,7 +429,7 @@ def figure_loras():
     return {
         f"{spec['dataset']}/{t}": lora_dir(spec["dataset"], t)
         for spec in GROUPS.values()
-        if spec.get("unseen", True) and "oracle" in spec["methods"]
+        if spec["unseen"] and "oracle" in spec["methods"]
         for t in spec["tasks"]
     }
 
@@ -448,6 +448,6 @@ def samples_group():
     """The group of the Figure 10 t-SNE: the first unseen group, in config order, that
     evaluates SG-LoRA and the Oracle ("" if none)."""
     for g, spec in GROUPS.items():
-        if spec.get("unseen", True) and {"sglora", "oracle"} <= set(spec["methods"]):
+        if spec["unseen"] and {"sglora", "oracle"} <= set(spec["methods"]):
             return g
     return ""

@@ -13,7 +13,7 @@ rule world:
     params:
         options=lambda w: as_json(config["datasets"][w.dataset].get("options")),
         out=lambda w, output: parent(output.manifest),
-        seed=config.get("seed", 0),
+        seed=config["seed"],
     shell:
         "sglora world --out {params.out:q} --seed {params.seed:q} --options {params.options:q} > {log:q} 2>&1"
 

@@ -19,7 +19,7 @@ def space_groups():
     """Unseen groups that compare the LoRA spaces (every one, when `spaces` is configured)."""
     if not SPACES.get("compare"):
         return []
-    return [g for g, spec in GROUPS.items() if spec.get("unseen", True)]
+    return [g for g, spec in GROUPS.items() if spec["unseen"]]
 
 
 def novelty_groups():
@@ -68,7 +68,7 @@ RUN_SPACE = "frozen_a" if config["training"].get("freeze_a") else "factors"
 
 
 def compare_groups():
-    return [g for g, spec in GROUPS.items() if spec.get("unseen", True)] if COMPARE_RUNS else []
+    return [g for g, spec in GROUPS.items() if spec["unseen"]] if COMPARE_RUNS else []
 
 
 def compared_methods(group):
