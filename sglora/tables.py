@@ -111,7 +111,7 @@ def read_metrics(path: str | Path, group: str, method: str, task: str) -> dict:
         raise SGLoraError(f"{path}: expected a JSON object (a metrics file of 'sglora evaluate')")
     if "ranks" not in res and "correct" not in res:
         raise SGLoraError(f"{path}: no per-query results (written by an older 'sglora evaluate'); rerun the "
-                          "evaluations: snakemake --forcerun evaluate evaluate_zero_shot evaluate_mole")
+                          "evaluations: snakemake --forcerun evaluate")
     missing = [k for k in ("method", "task", "kind", "n", "mean", "std", "best_of_n", "per_sample", "runs") if k not in res]
     if missing:
         raise SGLoraError(f"{path}: lacks the field(s) {missing} of a metrics file of 'sglora evaluate'")
