@@ -128,7 +128,7 @@ def test_the_workflow_builds_its_jobs_from_the_librarys_grid_and_registry(tmp_pa
     assert baselines == set(methods_where(candidates="generator-candidates"))
     # one evaluation rule over every method; the steps that run a model ask for resources and time themselves
     assert {re.search(r"method=([^,]+)", j["wildcards"]).group(1) for j in by_rule("evaluate")} >= {"zero_shot", "mole", "sglora"}
-    for rule in ("embed", "train_pdiff", "evaluate"):
+    for rule in ("embed", "train_pdiff", "evaluate", "evaluate_validation", "premises"):
         for job in by_rule(rule):
             assert "gpu=" in job["resources"] and "mem_mb=" in job["resources"], (rule, job)
             assert job.get("benchmark"), (rule, job)

@@ -99,44 +99,37 @@ candidates and as PEFT adapter folders (alpha of the experts used, run and seed 
     conda:
         "../../envs/sglora.yaml"
     params:
+        method="sglora",
         tasks=group_tasks,
         dataset=group_dataset,
         seen=group_seen,
+        settings=lambda w, input: f"--selection {shlex.quote(input.selection)}",
+        adapters=lambda w, output: f"--adapters {shlex.quote(output.adapters)}",
         prior=as_json(config["prior"]),
         sampling=as_json(SAMPLING),
     shell:
-        "sglora candidates --method sglora --tasks {params.tasks:q} --dataset {params.dataset:q} {params.seen} "
-        "--repository {input.repository:q} --embeddings {input.embeddings:q} --cvae {input.cvae:q} "
-        "--selection {input.selection:q} --prior {params.prior:q} --sampling {params.sampling:q} "
-        "--adapters {output.adapters:q} --out {output.candidates:q} > {log:q} 2>&1"
+        "sglora candidates --method {params.method} --tasks {params.tasks:q} --dataset {params.dataset:q} {params.seen} "
+        "--repository {input.repository:q} --embeddings {input.embeddings:q} --cvae {input.cvae:q} {params.settings} "
+        "--prior {params.prior:q} --sampling {params.sampling:q} {params.adapters} --out {output.candidates:q} "
+        "> {log:q} 2>&1"
 
 
-rule sample_sglora_paper:
-    """The paper-faithful SG-LoRA beside the selected one: N LoRAs per task and run from the
-CVAEs of the paper's point (sglora/grid.py paper_point: one condition per expert, no description in
-it, temperature 1, every sample a candidate), fixed, not selected."""
+# The paper-faithful SG-LoRA beside the selected one: the same sampling, from the CVAEs of the
+# paper's point (sglora/grid.py paper_point: one condition per expert, no description in it,
+# temperature 1, every sample a candidate), fixed, not selected; candidates only.
+use rule sample_sglora as sample_sglora_paper with:
     input:
         cvae=cvae_dirs(),
         repository=f"{R}/repository",
         embeddings=f"{R}/tasks/embeddings.parquet",
     output:
-        f"{R}/candidates/{{group}}/sglora_paper.safetensors",
+        candidates=f"{R}/candidates/{{group}}/sglora_paper.safetensors",
     log:
         f"{R}/logs/sample_sglora/{{group}}.paper.log",
-    conda:
-        "../../envs/sglora.yaml"
     params:
-        tasks=group_tasks,
-        dataset=group_dataset,
-        seen=group_seen,
-        prior=as_json(config["prior"]),
-        sampling=as_json(SAMPLING),
-        settings=as_json(PAPER_POINT),
-    shell:
-        "sglora candidates --method sglora_paper --tasks {params.tasks:q} --dataset {params.dataset:q} {params.seen} "
-        "--repository {input.repository:q} --embeddings {input.embeddings:q} --cvae {input.cvae:q} "
-        "--settings {params.settings:q} --prior {params.prior:q} --sampling {params.sampling:q} "
-        "--out {output:q} > {log:q} 2>&1"
+        method="sglora_paper",
+        settings=f"--settings {shlex.quote(as_json(PAPER_POINT))}",
+        adapters="",
 
 
 rule export_cvae:
@@ -200,6 +193,8 @@ rule evaluate_validation:
         directory(validation_metrics("{method}")),
     log:
         f"{R}/logs/premises/evaluate_{{method}}.log",
+    benchmark:
+        f"{R}/benchmarks/premises/evaluate_{{method}}.tsv"
     wildcard_constraints:
         method="zero_shot|oracle",
     conda:
@@ -237,9 +232,10 @@ stops the run."""
         md=report(f"{R}/premises/premises.md", caption="../report/premises.rst", category="Premises"),
     log:
         f"{R}/logs/premises.log",
+    benchmark:
+        f"{R}/benchmarks/premises.tsv"
     conda:
         "../../envs/sglora.yaml"
-    threads: THREADS
     resources:
         **heavy_resources("premises", mem_mb=4000, runtime=30),
     params:
