@@ -100,8 +100,8 @@ def test_checkpoint_stores_the_condition_prior_under_prior(tmp_path):
     stored = load_file(str(tmp_path / "cvae" / "model.safetensors"))
     assert {"prior.0.weight", "prior.2.bias"} <= set(stored) and not any(k.startswith("condition_prior") for k in stored)
     # the format's names, from the module's: condition_prior.* -> prior.*
-    old = {k.replace("condition_prior.", "prior.", 1): v for k, v in model.state_dict().items()}
-    assert set(old) == set(stored)
-    save_safetensors(tmp_path / "cvae" / "model.safetensors", {k: v + 1 for k, v in old.items()})
+    named = {k.replace("condition_prior.", "prior.", 1): v for k, v in model.state_dict().items()}
+    assert set(named) == set(stored)
+    save_safetensors(tmp_path / "cvae" / "model.safetensors", {k: v + 1 for k, v in named.items()})
     again, _ = load_cvae(tmp_path / "cvae")
     torch.testing.assert_close(again.condition_prior[0].weight, model.condition_prior[0].weight + 1)

@@ -64,7 +64,7 @@ def test_augmented_conditions_equal_a_plain_loop_and_leave_the_expert_out():
 
 
 def _reference_default_training(x, idx, cm, cv, spec):
-    """Today's training loop, written out: the default (no variant) must train exactly so."""
+    """The paper's training loop, written out: the default (no variant) must train exactly so."""
     from sglora.train import optimizer_step, seed_everything
 
     seed_everything(spec.seed, 1)

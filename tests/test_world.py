@@ -78,8 +78,8 @@ def test_bad_class_and_split_are_errors(tmp_path):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_families_agree_on_as_few_looks_as_possible(seed):
     """Colours: pairwise derangements (no family renders any colour like another); textures
-    and backgrounds (4 values, 6 families): two families share at most one value's look.
-    The old draw re-permuted after deranging, so two families could share whole maps."""
+    and backgrounds (4 values, 6 families): two families share at most one value's look
+    (re-permuting after the derangement would let two families share whole maps)."""
     import itertools
 
     looks = list(family_looks(seed).values())
