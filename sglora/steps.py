@@ -365,7 +365,7 @@ def candidates(method: A[str, "the method", {"choices": [m for m, v in METHODS.i
     if method == "sglora_paper" and settings is None:
         raise SGLoraError("sglora_paper: --settings (the paper-faithful grid point) is required")
     settings = dict(settings) if settings is not None else _chosen(selection, method)
-    generator = "sglora" if method in ("sglora", "sglora_paper") else method
+    generator = METHODS[method].samples_of or method
     emb = read_embeddings(embeddings, dataset)
     vecs, info = method_candidates(generator, settings, list(tasks), experts, emb,
                                    prior or settings_class("PriorSpec")(), sampling or settings_class("SamplingSpec")(),
