@@ -99,6 +99,27 @@ def train_lora(
     return write_lora(out_dir, fit, lora, train, backbone, task)
 
 
+def train_loras(
+    backbone: str,
+    manifest: str | Path,
+    outs: dict[str, str | Path],
+    lora: LoraSpec,
+    train: TrainSpec,
+    threads: int | None = None,
+    progress: bool = True,
+    cache: str | Path | None = None,
+) -> list[dict]:
+    """:func:`train_lora` for each ``task -> out_dir`` of ``outs``, one after the other in one
+    process: torch, transformers and the step's own imports load once for all of them.
+
+    Each LoRA's folder is byte-identical to the one a process of its own writes:
+    :func:`fit_lora` seeds torch and numpy from ``train.seed``, sets the threads and loads
+    the backbone afresh for every task, so no state of one training reaches the next.
+    A failing task stops the loop; the folders written before it are complete."""
+    return [train_lora(backbone, manifest, task, out, lora, train, threads=threads, progress=progress, cache=cache)
+            for task, out in outs.items()]
+
+
 def fit_lora(backbone: str, manifest: str | Path, task: str | list[str], lora: LoraSpec, train: TrainSpec,
              threads: int | None = None, progress: bool = True, cache: str | Path | None = None,
              keep: list[int] | None = None) -> Fit:

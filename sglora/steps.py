@@ -255,8 +255,25 @@ def train_lora(backbone: Backbone, manifest: Manifest, task: A[str, "task id"],
     """Train one task's LoRA (an expert for a seen task, the Oracle for an unseen one)."""
     from .expert import train_lora as train
 
-    info = train(backbone, manifest, task, out, lora, training, threads=threads, cache=image_cache)
+    return _lora_summary(train(backbone, manifest, task, out, lora, training, threads=threads, cache=image_cache))
+
+
+def _lora_summary(info: dict) -> dict:
+    """What train-lora prints of a trained LoRA's training.json."""
     return {k: info[k] for k in ("task", "pairs", "dim", "snapshots")} | {"final_loss": info["losses"][-1]}
+
+
+@step("train-loras", device="training")
+def train_loras(backbone: Backbone, manifest: Manifest,
+                loras: A[dict[str, Path], "each task and its output folder (train-lora's --task and --out)",
+                         {"metavar": "TASK=DIR"}],
+                lora: LoraSpec, training: TrainSpec, image_cache: Cache = None, threads: Threads = None) -> list[dict]:
+    """Train several tasks' LoRAs of one dataset in one process, one after the other: each
+    folder is byte-identical to train-lora's for that task, the imports are paid once."""
+    from .expert import train_loras as train
+
+    return [_lora_summary(info) for info in train(backbone, manifest, loras, lora, training, threads=threads,
+                                                   cache=image_cache)]
 
 
 @step("assemble")

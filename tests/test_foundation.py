@@ -13,7 +13,7 @@ import yaml
 
 from conftest import ROOT
 
-STEPS = ["world", "pretrain", "embed", "train-lora", "assemble", "train-cvae", "candidates", "evaluate", "generate",
+STEPS = ["world", "pretrain", "embed", "train-lora", "train-loras", "assemble", "train-cvae", "candidates", "evaluate", "generate",
          "tables", "figures", "manifest", "caption", "train-mole", "evaluate-mole", "train-pdiff", "sample-pdiff"]
 
 

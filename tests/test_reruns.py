@@ -69,7 +69,8 @@ def stand_in_run(cfg: dict, tmp: Path) -> None:
     for rule, _, outputs, log in planned(cfg, tmp):
         if log:
             jobs[str(Path(log[0]).resolve())] = [
-                (o, rule in DIRECTORY_RULES or (rule == "sample_sglora" and "samples" in Path(o).parts)
+                (o, rule in DIRECTORY_RULES or rule.startswith("train_lora_")  # a batch of LoRA folders
+                 or (rule == "sample_sglora" and "samples" in Path(o).parts)
                  or (rule == "spaces_evaluate" and i == 0)) for i, o in enumerate(outputs)]
     (tmp / "jobs.json").write_text(json.dumps(jobs))
     stand_in = tmp / "bin" / "sglora"
@@ -110,13 +111,21 @@ def test_removing_an_unseen_task_reruns_only_its_group(base):
     assert {w["group"] for rule, w, *_ in jobs if rule in ONLY_THE_GROUP} == {"cross_dataset"}
 
 
+def trained(jobs) -> dict[str, list[str]]:
+    """``rule -> the LoRA folders (dataset/task) it trains`` of the planned LoRA training jobs."""
+    return {rule: ["/".join(Path(o).parts[-2:]) for o in outs] for rule, _, outs, _ in jobs
+            if rule.startswith("train_lora")}
+
+
 def test_adding_an_unseen_task_trains_only_its_oracle(base):
+    """The task appended to the group's list lands in a batch of its own reader, alone: the
+    group's other batch is not rerun."""
     cfg = edited(base)
     cfg["groups"]["in_dataset"]["tasks"].append("calla_lily")
     jobs = planned(cfg, base[1])
-    assert sorted((rule, w["task"]) for rule, w, *_ in jobs if rule in ("check_tasks", "train_lora")) == [
-        ("check_tasks", "calla_lily"), ("train_lora", "calla_lily")]
-    assert {rule for rule, *_ in jobs} == ONLY_THE_GROUP | REPORT | {"check_tasks", "train_lora"}
+    assert [w["task"] for rule, w, *_ in jobs if rule == "check_tasks"] == ["calla_lily"]
+    assert trained(jobs) == {"train_lora_oracles_in_dataset_1": ["world/calla_lily"]}
+    assert {rule for rule, *_ in jobs} == ONLY_THE_GROUP | REPORT | {"check_tasks", "train_lora_oracles_in_dataset_1"}
     assert {w["group"] for rule, w, *_ in jobs if rule in ONLY_THE_GROUP} == {"in_dataset"}
 
 
@@ -128,12 +137,16 @@ def test_adding_a_method_runs_only_that_method(base):
         ("candidates_merging", "cross_dataset", "adaptersoup"), ("evaluate", "cross_dataset", "adaptersoup")]
 
 
-def test_removing_an_expert_trains_nothing(base):
+def test_removing_an_expert_retrains_only_its_batch(base):
+    """The experts' batch that held it is one job with one task less: only its other expert
+    is retrained (the repository, read from every expert, is rebuilt anyway)."""
     cfg = edited(base)
-    cfg["experts"]["tasks"].remove("water_lily")
-    rules = {rule for rule, *_ in planned(cfg, base[1])}
+    cfg["experts"]["tasks"].remove("water_lily")  # [scottish_terrier, tiger_lily] + [boston_terrier, water_lily]
+    jobs = planned(cfg, base[1])
+    rules = {rule for rule, *_ in jobs}
     assert "assemble" in rules  # the repository changes, and what is built on it
-    assert not rules & {"train_lora", "check_tasks", "world", "caption", "embed", "pretrain_backbone"}
+    assert trained(jobs) == {"train_lora_experts_1": ["world/boston_terrier"]}
+    assert not rules & {"check_tasks", "world", "caption", "embed", "pretrain_backbone"}
 
 
 def test_changing_the_sampling_reruns_nothing_of_the_merging_baselines(base):
