@@ -4,6 +4,7 @@ and the default config's `between` group that evaluates them."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -142,3 +143,94 @@ def test_pretraining_knows_a_hybrid_by_its_name_and_b_family(tmp_path):
             expect = [said["coarse_name"] in (c, family_of(c)) for c in classes]
             assert list(pos[:, j]) == expect, said["coarse_caption"]
     assert {caps[p]["coarse_name"] for p in pairs.images} >= {HYBRID, "lily", "terrier"}
+
+
+# --- the default config's between group ----------------------------------------------------------
+
+BIN = Path(sys.executable).parent
+
+
+def default_config() -> dict:
+    return yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def dry_run(cfg: dict, tmp_path: Path) -> subprocess.CompletedProcess:
+    cfg["results"] = str(tmp_path / "results")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return subprocess.run([str(BIN / "snakemake"), "-n", "-p", "--configfile", str(path)], cwd=ROOT,
+                          capture_output=True, text=True)
+
+
+def test_the_between_group_is_hybrids_of_two_families_disjoint_from_every_other_task():
+    """Its tasks and its own validation tasks are hybrids of the default world's classes, each of
+    two different families, in no other list of the config; it has every in-dataset row."""
+    cfg = default_config()
+    between, world = cfg["groups"]["between"], cfg["datasets"]["world"]["options"]
+    own = between["validation"]
+    assert between["dataset"] == own["dataset"] == "world" and 4 <= len(between["tasks"]) <= 6 and own["tasks"]
+    assert between["methods"] == cfg["groups"]["in_dataset"]["methods"]
+    classes = {c.replace(" ", "_"): c for c in world["classes"]}
+    for task in between["tasks"] + own["tasks"]:
+        a, b, _ = hybrid_parts(classes[task])
+        assert a != b
+    pairs = [hybrid_parts(classes[t])[:2] for t in between["tasks"]]
+    assert len(set(pairs)) == len(pairs)
+    others = cfg["experts"]["tasks"] + cfg["validation"]["tasks"]
+    others += [t for g, spec in cfg["groups"].items() if g != "between" for t in spec["tasks"]]
+    assert not (set(between["tasks"]) | set(own["tasks"])) & set(others)
+    assert not set(between["tasks"]) & set(own["tasks"])
+
+
+@pytest.mark.heavy
+def test_the_default_config_plans_the_between_group_on_its_own_validation_tasks(tmp_path):
+    """`snakemake -n` on config.yaml: the between group's settings are chosen on its own
+    validation hybrids (selection/between/), its candidates read them, its table footnotes
+    them; the other groups keep selection/<method>.json."""
+    cfg = default_config()
+    own = ",".join(cfg["groups"]["between"]["validation"]["tasks"])
+    proc = dry_run(cfg, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    r = cfg["results"]
+    for method in cfg["selection"]:
+        assert f"--tasks {own} --dataset world --grid '{{\"{method}\"" in out
+        assert f"--out {r}/selection/between/{method}.json" in out and f"--out {r}/selection/{method}.json" in out
+    assert f"--selection {r}/selection/between/topk_weighted.json --out {r}/candidates/between/topk_weighted" in out
+    assert f"--selection {r}/selection/topk_weighted.json --out {r}/candidates/in_dataset/topk_weighted" in out
+    assert f"--selection {r}/selection/between/sglora.json" in out
+    assert f"--group-selections between={r}/selection/between/selection.json" in out
+    for method in cfg["groups"]["between"]["methods"]:
+        assert f"{r}/metrics/between/{method}" in out, method
+    for task in cfg["groups"]["between"]["tasks"]:
+        assert f"{r}/loras/world/{task}" in out  # its Oracle
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("change, message", [
+    (lambda cfg: cfg["groups"]["between"]["validation"]["tasks"].append("fire_terrier_lily"),
+     "groups.between.validation.tasks must be disjoint from the experts, every evaluation group and every "
+     "validation set: fire_terrier_lily (also in groups.between.tasks)"),
+    (lambda cfg: cfg["groups"]["between"]["validation"]["tasks"].append("cairn_terrier"),
+     "cairn_terrier (also in validation.tasks)"),
+    (lambda cfg: cfg["groups"]["between"]["validation"].update(dataset="nowhere"),
+     "groups.between.validation.dataset 'nowhere' is not a key of datasets"),
+])
+def test_bad_between_configs_are_named(tmp_path, change, message):
+    cfg = default_config()
+    change(cfg)
+    proc = dry_run(cfg, tmp_path)
+    assert proc.returncode != 0 and message in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-2000:]
+
+
+def test_the_world_step_names_a_bad_hybrid_of_the_config(tmp_path, capsys):
+    """The world step (rule world) stops on a bad hybrid in datasets.<name>.options.classes
+    before writing anything, and says which option and what a hybrid is."""
+    from sglora.cli import main
+
+    options = default_config()["datasets"]["world"]["options"] | {"images_per_class": 2, "test_per_class": 1}
+    options["classes"] = options["classes"] + ["fire lily lily"]
+    assert main(["world", "--out", str(tmp_path / "w"), "--options", json.dumps(options)]) not in (0, None)
+    err = capsys.readouterr().err
+    assert "embedded world option classes: hybrid 'fire lily lily' (\"<prefix> <A> <B>\"" in err
+    assert not (tmp_path / "w" / "manifest.raw.parquet").exists()

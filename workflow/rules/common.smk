@@ -115,6 +115,23 @@ def _check_config():
         raise ValueError(
             "config: validation.tasks must be disjoint from the experts and every evaluation group: " + ", ".join(clash)
         )
+    taken.update({(val["dataset"], t): "validation.tasks" for t in val["tasks"]})
+    for g, spec in config["groups"].items():  # a group's own validation tasks (groups.<g>.validation)
+        own = spec.get("validation")
+        if not own:
+            continue
+        key = f"groups.{g}.validation"
+        if own["dataset"] not in names:
+            raise ValueError(f"config: {key}.dataset {own['dataset']!r} is not a key of datasets ({sorted(names)})")
+        if len(set(own["tasks"])) != len(own["tasks"]):
+            raise ValueError(f"config: {key}.tasks lists a task twice")
+        clash = [f"{t} (also in {taken[(own['dataset'], t)]})" for t in own["tasks"] if (own["dataset"], t) in taken]
+        if clash:
+            raise ValueError(
+                f"config: {key}.tasks must be disjoint from the experts, every evaluation group and every "
+                "validation set: " + ", ".join(clash)
+            )
+        taken.update({(own["dataset"], t): f"{key}.tasks" for t in own["tasks"]})
 
 
 _check_config()
@@ -179,13 +196,30 @@ def method_sampling(method):
     return as_json(SAMPLING if METHODS[method].kind == "generative" else {})
 
 
-def selection_file(method):
-    return f"{R}/selection/{method}.json"
+def own_validation_groups():
+    """Groups whose settings their own validation tasks choose (groups.<g>.validation)."""
+    return [g for g, spec in GROUPS.items() if spec.get("validation")]
 
 
-def selection_input(method):
+#: the groups with their own validation tasks, as a wildcard constraint (matches nothing when none has)
+OWN_VALIDATION = "|".join(own_validation_groups()) or "(?!)"
+
+
+def selection_file(method, group=None):
+    """A method's settings for ``group``: chosen on the group's own validation tasks
+    (selection/<group>/) where it has them, else on the config's (selection/)."""
+    sub = f"{group}/" if group in own_validation_groups() else ""
+    return f"{R}/selection/{sub}{method}.json"
+
+
+def selection_input(method, group=None):
     """A method's selection file as a rule input ([] for a method without a grid)."""
-    return [selection_file(method)] if method in selection_grid() else []
+    return [selection_file(method, group)] if method in selection_grid() else []
+
+
+def validation_of(wildcards):
+    """The validation tasks of a selection job: those of group ``vset`` (rule select_group), else the config's."""
+    return GROUPS[wildcards.vset]["validation"] if wildcards.get("vset") else VALIDATION
 
 
 def _variant_name(v):
@@ -384,6 +418,8 @@ def wanted_tasks():
     for g, spec in GROUPS.items():
         wanted[f"groups.{g}.tasks"] = {spec["dataset"]: spec["tasks"]}
     wanted["validation.tasks"] = {VALIDATION["dataset"]: VALIDATION["tasks"]}
+    for g in own_validation_groups():
+        wanted[f"groups.{g}.validation.tasks"] = {GROUPS[g]["validation"]["dataset"]: GROUPS[g]["validation"]["tasks"]}
     return wanted
 
 
