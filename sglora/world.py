@@ -203,6 +203,13 @@ def family_of(name: str, families: int = MAX_FAMILIES, members: int = MAX_MEMBER
     return fam
 
 
+def check_classes(classes: list[str], families: int = 6, members: int = 6) -> dict[str, str]:
+    """class -> family (``family_of``) of ``classes`` of the world of ``families`` x ``members``
+    (``generate_world``'s); an error names the first that is neither a class nor a hybrid of it."""
+    check_size(families, members)
+    return {name: family_of(name, families, members) for name in classes}
+
+
 @dataclass(frozen=True)
 class FamilyLook:
     """How a family renders the family-specific attributes (indices into the tables)."""
@@ -567,7 +574,7 @@ def generate_world(
             f"embedded world: test_per_class={test_per_class} must be in (0, images_per_class={images_per_class})"
         )
     classes = class_names(families, members) if classes is None else classes
-    fams = {name: family_of(name, families, members) for name in classes}
+    fams = check_classes(classes, families, members)
     out_dir = Path(out_dir)
     looks = family_looks(seed, families)
     first = next(iter(looks.values()))

@@ -215,6 +215,8 @@ def test_the_default_config_plans_the_between_group_on_its_own_validation_tasks(
      "cairn_terrier (also in validation.tasks)"),
     (lambda cfg: cfg["groups"]["between"]["validation"].update(dataset="nowhere"),
      "groups.between.validation.dataset 'nowhere' is not a key of datasets"),
+    (lambda cfg: cfg["datasets"]["world"]["options"]["classes"].append("fire lily lily"),
+     "config: datasets.world.options.classes: embedded world option classes: hybrid 'fire lily lily'"),
 ])
 def test_bad_between_configs_are_named(tmp_path, change, message):
     cfg = default_config()

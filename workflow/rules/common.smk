@@ -92,6 +92,15 @@ def _check_config():
     for name, d in config["datasets"].items():
         if d["kind"] != "embedded" and "root" not in d:
             raise ValueError(f"config: datasets.{name}.root is required for kind {d['kind']!r}")
+        if d["kind"] == "embedded" and d.get("options", {}).get("classes"):
+            from sglora.io import SGLoraError
+            from sglora.world import check_classes
+
+            size = {k: d["options"][k] for k in ("families", "members") if k in d["options"]}
+            try:
+                check_classes(d["options"]["classes"], **size)  # a hybrid's two families, too
+            except SGLoraError as err:
+                raise ValueError(f"config: datasets.{name}.options.classes: {err}") from None
     if len(set(config["experts"]["tasks"])) != len(config["experts"]["tasks"]):
         raise ValueError("config: experts.tasks lists a task twice")
     val = config["validation"]
