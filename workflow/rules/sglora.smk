@@ -80,6 +80,7 @@ rule select:
         "--threads {threads} > {log:q} 2>&1"
 
 
+# The same selection on a group's own validation tasks (groups.<g>.validation): selection/<g>/.
 use rule select as select_group with:
     output:
         f"{R}/selection/{{vset}}/{{method}}.json",
@@ -106,6 +107,7 @@ rule selection_summary:
         "sglora selection-summary --selections {input:q} --out {output:q} > {log:q} 2>&1"
 
 
+# A group's own selection.json, footnoted under its tables.
 use rule selection_summary as selection_summary_group with:
     input:
         lambda w: [selection_file(m, w.vset) for m in selection_grid()],
