@@ -46,6 +46,7 @@ localrules:
     sample_sglora_paper,
     export_cvae,
     selection_summary,
+    selection_summary_group,
     tables,
     figures,
     candidates_generator,

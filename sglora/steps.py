@@ -575,12 +575,16 @@ def tables(metrics: Metrics, groups: Groups, out: A[Path, "tables folder"],
            paper: A[dict | None, "JSON: the sglora_paper row's fixed settings (footnoted)"] = None,
            bootstrap_unit: A[str, "what a bootstrap replicate draws first: family (families, then their tasks) or task",
                              {"choices": ["family", "task"]}] = "family",
-           embedded: A[list[str], "embedded datasets (their tasks' families: the family word)"] = ()) -> None:
+           embedded: A[list[str], "embedded datasets (their tasks' families: the family word)"] = (),
+           group_selections: A[dict[str, Path], "the selection.json of each group with its own validation tasks "
+                                                "(footnoted under its tables instead of --selection)",
+                               {"metavar": "GROUP=FILE"}] = None) -> None:
     """Write the metric tables (CSV, Markdown, LaTeX) from the metric folders."""
     from .tables import read_selection, write_tables
 
     write_tables(metrics, out, groups, selection=read_selection(selection) if selection else None, n_boot=bootstrap,
-                 paper=paper, embedded=embedded or (), unit=bootstrap_unit)
+                 paper=paper, embedded=embedded or (), unit=bootstrap_unit,
+                 group_selections={g: read_selection(f) for g, f in (group_selections or {}).items()})
 
 
 @step("results-page", show=lambda res: None)

@@ -275,14 +275,16 @@ def _settings_text(settings: dict) -> str:
     return ", ".join(f"{k}={v if not isinstance(v, (dict, list)) else json.dumps(v)}" for k, v in settings.items())
 
 
-def selection_note(selection: dict | None, methods: list[str], paper: dict | None = None) -> str:
+def selection_note(selection: dict | None, methods: list[str], paper: dict | None = None,
+                   on: str = "the validation tasks") -> str:
     """"Settings chosen on the validation tasks: SG-LoRA: condition=loo, temperature=0.5; ...",
-    and, when the group has the ``sglora_paper`` row, the fixed point it samples at (``paper``)."""
+    and, when the group has the ``sglora_paper`` row, the fixed point it samples at (``paper``).
+    ``on``: the tasks that chose them."""
     chosen = [(m, selection[m]) for m in methods if selection and selection.get(m)]
     notes = []
     if chosen:
         parts = [f"{label(m)}: " + _settings_text(settings) for m, settings in chosen]
-        notes.append("Settings chosen on the validation tasks: " + "; ".join(parts) + ".")
+        notes.append(f"Settings chosen on {on}: " + "; ".join(parts) + ".")
     if paper and "sglora_paper" in methods:
         notes.append(f"{label('sglora_paper')}: fixed at the paper's settings, not selected: {_settings_text(paper)}.")
     return " ".join(notes)
@@ -515,7 +517,7 @@ def per_task_table(results: dict[str, dict[str, dict]], cols: list[str]) -> str:
 
 def write_tables(metrics: dict[str, str | Path], out_dir: str | Path, groups: dict, selection: dict | None = None,
                  n_boot: int = N_BOOT, seed: int = 0, paper: dict | None = None, embedded: Collection[str] = (),
-                 unit: str = "family") -> None:
+                 unit: str = "family", group_selections: dict[str, dict] | None = None) -> None:
     """For each group: ``<group>.{csv,md,tex}``, ``<group>.per_task.md``, ``<group>.diagnostic.md``;
     where the group has SG-LoRA, ``<group>.paired.{csv,md}``; where it also has the nearest
     expert, ``<group>.verdicts.{csv,md}`` (:func:`task_verdicts`), counted in the paired table. A group's ``paper`` key
@@ -525,7 +527,9 @@ def write_tables(metrics: dict[str, str | Path], out_dir: str | Path, groups: di
     row (footnoted where a group has it). ``n_boot``, ``seed``: the bootstrap's replicates and draws;
     ``unit``: what a replicate draws first, "family" (the families of :func:`group_families`;
     ``embedded``: the embedded datasets) or "task". ``metrics``: ``"<group>/<method>"`` ->
-    metric folder (:func:`load_group`)."""
+    metric folder (:func:`load_group`). ``group_selections``: group -> the settings chosen on
+    that group's own validation tasks (config ``groups.<g>.validation``), footnoted instead of
+    ``selection`` under its tables."""
     if unit not in BOOTSTRAP_UNITS:
         raise SGLoraError(f"evaluation.bootstrap_unit: {unit!r}; expected one of {list(BOOTSTRAP_UNITS)}")
     # every metrics file of every group is read and checked, and every table made, before any is written
@@ -540,7 +544,11 @@ def write_tables(metrics: dict[str, str | Path], out_dir: str | Path, groups: di
         families = group_families(g, embedded, group) if unit == "family" else None
         rows, cols, stats = summarize_group(results, n_boot, seed, families)
         marks = best_marks(rows, cols, stats)
-        notes = [_se_note(rows, cols, results, families), selection_note(selection, g["methods"], paper), paper_note(g)]
+        own = (group_selections or {}).get(group)
+        own_tasks = ", ".join(g.get("validation", {}).get("tasks", []))
+        on = "the validation tasks" if own is None else f"the group's own validation tasks ({own_tasks})"
+        notes = [_se_note(rows, cols, results, families),
+                 selection_note(selection if own is None else own, g["methods"], paper, on), paper_note(g)]
         title, resampled = g.get("title", group), stats[cols[0]].resampled
         for ext, text in render(rows + paper_rows(g.get("paper") or None, cols), cols, title, marks, notes,
                                 resampled).items():

@@ -16,6 +16,13 @@ Why it looks the way it does:
   class is therefore above chance but far from solved: the headroom a LoRA can fill.
 - A second domain (``sketch``: outlines, hatching, noise) draws the same attributes in
   another style, for cross-dataset experiments.
+- *Hybrid* classes sit between two families: "<prefix> <A> <B>" (``"fire terrier lily"``)
+  has family A's colour and texture looks and family B's background look and shape (the
+  shape of B's member ``prefix``): the word last in the name, as in "fire lily", names the
+  shape. Its description names both families, so it points at both families' experts,
+  and no expert has its mix of looks (``hybrid_parts``, ``class_look``). A hybrid is
+  declared like any class (option ``classes``); its family, where one is needed (the
+  bootstrap's, the pretraining captions' "a photo of a lily"), is B.
 - The world's size is an option: ``families`` and ``members`` per family. The six named
   families below are the first; further family words and member prefixes are made-up
   words (``world_families``), and families that need more colours, textures or
@@ -157,14 +164,50 @@ def family_word(name: str) -> str | None:
     return last if " " in name and last in _largest_world() else None
 
 
+def hybrid_parts(name: str, families: int = MAX_FAMILIES, members: int = MAX_MEMBERS) -> tuple[str, str, int] | None:
+    """``(A, B, member)`` of a hybrid class "<prefix> <A> <B>" of the world of ``families`` x
+    ``members``: A gives its colour and texture looks, B its background look and shape, and
+    ``member`` (the index of ``prefix`` among B's members) bends B's shape. ``None`` for a
+    name of another form; an error (naming the option ``classes``) for a three-word name
+    that is not a hybrid of this world."""
+    words = name.split(" ")
+    if len(words) != 3:
+        return None
+    prefix, a, b = words
+    fams = world_families(min(families, MAX_FAMILIES), min(members, MAX_MEMBERS))
+    where = f"embedded world option classes: hybrid {name!r} (\"<prefix> <A> <B>\": A's colour and texture, B's background and shape)"
+    for fam in (a, b):
+        if fam not in fams:
+            short = list(fams)[:6]
+            raise SGLoraError(f"{where}: {fam!r} is not a family of the world; families: {short}"
+                              f"{' ...' if len(fams) > 6 else ''}")
+    if a == b:
+        raise SGLoraError(f"{where}: names the family {a!r} twice; a hybrid mixes two different families")
+    if prefix not in fams[b][1]:
+        raise SGLoraError(f"{where}: {prefix!r} is not a member of family {b!r} (whose shape it takes); "
+                          f"members: {fams[b][1]}")
+    return a, b, fams[b][1].index(prefix)
+
+
 def family_of(name: str, families: int = MAX_FAMILIES, members: int = MAX_MEMBERS) -> str:
-    """The family of a class of the world of ``families`` x ``members`` (any world by default)."""
+    """The family of a class of the world of ``families`` x ``members`` (any world by default);
+    of a hybrid, the family whose shape it has (B of ``hybrid_parts``)."""
+    hybrid = hybrid_parts(name, families, members)
+    if hybrid:
+        return hybrid[1]
     fam, j = _class_index().get(name, (None, None))
     if fam is None or list(_largest_world()).index(fam) >= families or j >= members:
         size = "" if (families, members) == (6, 6) else f" of {families} families x {members} members"
         raise SGLoraError(f"embedded world: {name!r} is not a class of the world{size}; classes: "
                           f"{class_names(min(families, 6), min(members, 6))}{' ...' if size else ''}")
     return fam
+
+
+def check_classes(classes: list[str], families: int = 6, members: int = 6) -> dict[str, str]:
+    """class -> family (``family_of``) of ``classes`` of the world of ``families`` x ``members``
+    (``generate_world``'s); an error names the first that is neither a class nor a hybrid of it."""
+    check_size(families, members)
+    return {name: family_of(name, families, members) for name in classes}
 
 
 @dataclass(frozen=True)
@@ -265,6 +308,23 @@ def family_looks(seed: int, families: int = 6) -> dict[str, FamilyLook]:
                 for i, (n, table) in enumerate(((len(COLOURS), COLOURS), (len(TEXTURES), ALL_TEXTURES),
                                                 (len(BACKGROUNDS), ALL_BACKGROUNDS)))]
     return {fam: FamilyLook(per_attr[0][i], per_attr[1][i], per_attr[2][i]) for i, fam in enumerate(fams)}
+
+
+def class_look(name: str, seed: int, families: int = 6, members: int = 6,
+               looks: dict[str, FamilyLook] | None = None) -> tuple[FamilyLook, str, int]:
+    """How class ``name`` of a world is drawn: its look (indices into the tables), its shape
+    and the member index that bends the shape. A family's member: the family's look and shape.
+    A hybrid "<prefix> <A> <B>": A's colour and texture looks, B's background look, B's shape
+    bent as B's member ``prefix``. ``looks``: ``family_looks(seed, families)``, when at hand."""
+    looks = looks or family_looks(seed, families)
+    hybrid = hybrid_parts(name, families, members)
+    if hybrid:
+        a, b, variant = hybrid
+        look = FamilyLook(colour=looks[a].colour, texture=looks[a].texture, background=looks[b].background)
+        return look, world_families(families, members)[b][0], variant
+    fam = family_of(name, families, members)
+    shape, prefixes = world_families(families, members)[fam]
+    return looks[fam], shape, prefixes.index(name[: -len(fam) - 1])
 
 
 def _shape_points(kind: str, variant: int, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
@@ -449,6 +509,9 @@ def pretraining_pairs(worlds: list[str | Path]) -> PretrainingPairs:
     import pyarrow.parquet as pq
 
     names = {n: i for i, n in enumerate(list(_largest_world()) + list(_class_index()))}  # ids of any world's names
+
+    def name_id(name):  # a hybrid's name gets the next free id
+        return names.setdefault(name, len(names))
     counts, sizes, positions = list(COUNTS), list(SIZES), list(POSITIONS)
 
     def idx(values, v):
@@ -463,9 +526,9 @@ def pretraining_pairs(worlds: list[str | Path]) -> PretrainingPairs:
                 continue
             images.append(r["image_path"])
             texts.append(r["coarse_caption"])
-            said.append([names[r["coarse_name"]], idx(counts, r["coarse_count"]), idx(sizes, r["coarse_size"]),
+            said.append([name_id(r["coarse_name"]), idx(counts, r["coarse_count"]), idx(sizes, r["coarse_size"]),
                          idx(positions, r["coarse_position"])])
-            truth.append([names[r["class_name"]], names[r["family"]], counts.index(r["count"]), sizes.index(r["size"]),
+            truth.append([name_id(r["class_name"]), names[r["family"]], counts.index(r["count"]), sizes.index(r["size"]),
                           positions.index(r["position"])])
     return PretrainingPairs(images, texts, vocab, np.array(said, np.int64).reshape(-1, 4),
                             np.array(truth, np.int64).reshape(-1, 5))
@@ -499,7 +562,7 @@ def generate_world(
       the synthetic captioning backend reads its captions from here.
 
     The world has ``families`` x ``members`` classes (``world_families``); ``classes`` picks
-    the ones to draw (default: all). Each class's images depend only on (seed, domain, class
+    the ones to draw (default: all), hybrids of two families among them (``hybrid_parts``). Each class's images depend only on (seed, domain, class
     name, world size), so adding a class changes no other class's files.
     """
     from tqdm import tqdm
@@ -510,9 +573,8 @@ def generate_world(
         raise SGLoraError(
             f"embedded world: test_per_class={test_per_class} must be in (0, images_per_class={images_per_class})"
         )
-    table = world_families(families, members)
     classes = class_names(families, members) if classes is None else classes
-    fams = {name: family_of(name, families, members) for name in classes}
+    fams = check_classes(classes, families, members)
     out_dir = Path(out_dir)
     looks = family_looks(seed, families)
     first = next(iter(looks.values()))
@@ -521,8 +583,7 @@ def generate_world(
     rows, caption_rows = [], []
     for name in tqdm(classes, desc=f"world[{domain}]", disable=not progress):
         fam = fams[name]
-        shape, prefixes = table[fam]
-        variant = prefixes.index(name[: -len(fam) - 1])
+        look, shape, variant = class_look(name, seed, families, members, looks)
         task = slugify(name)
         rng = np.random.default_rng(_class_seed(seed, domain, name))
         img_dir = out_dir / "images" / task
@@ -536,7 +597,7 @@ def generate_world(
                 "position": list(POSITIONS)[rng.integers(len(POSITIONS))],
                 "count": list(COUNTS)[rng.integers(len(COUNTS))],
             }
-            img = render(attrs, shape, variant, looks[fam], domain, image_size, rng)
+            img = render(attrs, shape, variant, look, domain, image_size, rng)
             path = img_dir / f"{i:04d}.png"
             with atomic_path(path) as tmp:
                 img.save(tmp, format="PNG")

@@ -348,3 +348,20 @@ def test_a_tasks_verdict_resamples_only_its_own_queries_and_runs(tmp_path):
     runs = task_differences(one([np.ones(q, int), np.zeros(q, int)], [0, 1]), one([np.full(q, 1)]), "accuracy", 500,
                             0)["t"]
     assert runs.estimate == pytest.approx(-50.0) and runs.hi - runs.lo > 40 and verdict(runs) == "tie"
+
+
+def test_a_group_with_its_own_validation_tasks_footnotes_their_settings(metrics, tmp_path):
+    """A group with groups.<g>.validation footnotes the settings chosen on its own validation
+    tasks (--group-selections); the other groups keep the config's (--selection)."""
+    sel, own = tmp_path / "selection.json", tmp_path / "own.json"
+    sel.write_text(json.dumps({"chosen": SELECTION}))
+    own.write_text(json.dumps({"chosen": {"sglora": {"condition": "all", "temperature": 0.0}}}))
+    groups = {"clear": GROUPS["clear"] | {"validation": {"dataset": "world", "tasks": ["v0", "v1"]}},
+              "tie": GROUPS["tie"]}
+    assert main(["tables", *metrics_flag(metrics), "--groups", json.dumps(groups), "--out", str(tmp_path / "t"),
+                 "--selection", str(sel), "--group-selections", f"clear={own}", "--bootstrap", "50"]) == 0
+    for name in ("clear.md", "clear.paired.md"):
+        text = (tmp_path / "t" / name).read_text()
+        assert ("Settings chosen on the group's own validation tasks (v0, v1): SG-LoRA: condition=all, "
+                "temperature=0.0.") in text and "condition=loo" not in text, name
+    assert "Settings chosen on the validation tasks: SG-LoRA: condition=loo" in (tmp_path / "t" / "tie.md").read_text()

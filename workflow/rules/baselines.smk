@@ -77,7 +77,7 @@ averages of expert factors."""
     input:
         repository=f"{R}/repository",
         embeddings=f"{R}/tasks/embeddings.parquet",
-        selection=lambda w: selection_input(w.method),
+        selection=lambda w: selection_input(w.method, w.group),
     output:
         f"{R}/candidates/{{group}}/{{method}}.safetensors",
     log:

@@ -92,6 +92,15 @@ def _check_config():
     for name, d in config["datasets"].items():
         if d["kind"] != "embedded" and "root" not in d:
             raise ValueError(f"config: datasets.{name}.root is required for kind {d['kind']!r}")
+        if d["kind"] == "embedded" and d.get("options", {}).get("classes"):
+            from sglora.io import SGLoraError
+            from sglora.world import check_classes
+
+            size = {k: d["options"][k] for k in ("families", "members") if k in d["options"]}
+            try:
+                check_classes(d["options"]["classes"], **size)  # a hybrid's two families, too
+            except SGLoraError as err:
+                raise ValueError(f"config: datasets.{name}.options.classes: {err}") from None
     if len(set(config["experts"]["tasks"])) != len(config["experts"]["tasks"]):
         raise ValueError("config: experts.tasks lists a task twice")
     val = config["validation"]
@@ -115,6 +124,23 @@ def _check_config():
         raise ValueError(
             "config: validation.tasks must be disjoint from the experts and every evaluation group: " + ", ".join(clash)
         )
+    taken.update({(val["dataset"], t): "validation.tasks" for t in val["tasks"]})
+    for g, spec in config["groups"].items():  # a group's own validation tasks (groups.<g>.validation)
+        own = spec.get("validation")
+        if not own:
+            continue
+        key = f"groups.{g}.validation"
+        if own["dataset"] not in names:
+            raise ValueError(f"config: {key}.dataset {own['dataset']!r} is not a key of datasets ({sorted(names)})")
+        if len(set(own["tasks"])) != len(own["tasks"]):
+            raise ValueError(f"config: {key}.tasks lists a task twice")
+        clash = [f"{t} (also in {taken[(own['dataset'], t)]})" for t in own["tasks"] if (own["dataset"], t) in taken]
+        if clash:
+            raise ValueError(
+                f"config: {key}.tasks must be disjoint from the experts, every evaluation group and every "
+                "validation set: " + ", ".join(clash)
+            )
+        taken.update({(own["dataset"], t): f"{key}.tasks" for t in own["tasks"]})
 
 
 _check_config()
@@ -147,13 +173,30 @@ def method_sampling(method):
     return as_json(SAMPLING if METHODS[method].kind == "generative" else {})
 
 
-def selection_file(method):
-    return f"{R}/selection/{method}.json"
+def own_validation_groups():
+    """Groups whose settings their own validation tasks choose (groups.<g>.validation)."""
+    return [g for g, spec in GROUPS.items() if spec.get("validation")]
 
 
-def selection_input(method):
+#: the groups with their own validation tasks, as a wildcard constraint (matches nothing when none has)
+OWN_VALIDATION = "|".join(own_validation_groups()) or "(?!)"
+
+
+def selection_file(method, group=None):
+    """A method's settings for ``group``: chosen on the group's own validation tasks
+    (selection/<group>/) where it has them, else on the config's (selection/)."""
+    sub = f"{group}/" if group in own_validation_groups() else ""
+    return f"{R}/selection/{sub}{method}.json"
+
+
+def selection_input(method, group=None):
     """A method's selection file as a rule input ([] for a method without a grid)."""
-    return [selection_file(method)] if method in GRID else []
+    return [selection_file(method, group)] if method in GRID else []
+
+
+def validation_of(wildcards):
+    """The validation tasks of a selection job: those of group ``vset`` (rule select_group), else the config's."""
+    return GROUPS[wildcards.vset]["validation"] if wildcards.get("vset") else VALIDATION
 
 
 def cvae_dirs(wildcards=None):
@@ -326,6 +369,8 @@ def wanted_tasks():
     for g, spec in GROUPS.items():
         wanted[f"groups.{g}.tasks"] = {spec["dataset"]: spec["tasks"]}
     wanted["validation.tasks"] = {VALIDATION["dataset"]: VALIDATION["tasks"]}
+    for g in own_validation_groups():
+        wanted[f"groups.{g}.validation.tasks"] = {GROUPS[g]["validation"]["dataset"]: GROUPS[g]["validation"]["tasks"]}
     return wanted
 
 

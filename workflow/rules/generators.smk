@@ -9,7 +9,7 @@ top-1 expert plus noise of SG-LoRA's spread): as many samples and runs as SG-LoR
     input:
         repository=f"{R}/repository",
         embeddings=f"{R}/tasks/embeddings.parquet",
-        selection=selection_file("sglora"),
+        selection=lambda w: selection_file("sglora", w.group),
         sglora=lambda w: [f"{R}/candidates/{w.group}/sglora.safetensors"] if w.method == "noisy_expert" else [],
     output:
         f"{R}/candidates/{{group}}/{{method}}.safetensors",

@@ -8,6 +8,7 @@ every table footnotes the settings chosen on the validation tasks."""
     input:
         metrics=list(metric_dirs().values()),
         selection=f"{R}/selection/selection.json",
+        group_selections=[f"{R}/selection/{g}/selection.json" for g in own_validation_groups()],
     output:
         csv=[
             report(
@@ -65,12 +66,14 @@ every table footnotes the settings chosen on the validation tasks."""
     params:
         groups=as_json(GROUPS),
         metrics=keyed(metric_dirs()),
+        group_selections=keyed({g: f"{R}/selection/{g}/selection.json" for g in own_validation_groups()}),
         out=lambda w, output: parent(output.csv[0]),
         paper=as_json(PAPER_POINT),
         unit=BOOTSTRAP_UNIT,
         embedded=EMBEDDED,
     shell:
         "sglora tables --metrics {params.metrics:q} --groups {params.groups:q} --selection {input.selection:q} "
+        "--group-selections {params.group_selections:q} "
         "--paper {params.paper:q} --bootstrap-unit {params.unit:q} --embedded {params.embedded:q} --out {params.out:q} "
         "> {log:q} 2>&1"
 

@@ -32,8 +32,9 @@ variant (condition, k, tau, and augment, describe when the grid has them) and on
 rule select:
     """Choose one method's settings on the validation tasks (never on test tasks)."""
     input:
-        manifest=manifest(VALIDATION["dataset"]),
-        images=image_cache(VALIDATION["dataset"]),
+        manifest=lambda w: manifest(validation_of(w)["dataset"]),
+        images=lambda w: image_cache(validation_of(w)["dataset"]),
+        checks=lambda w: [check_file(validation_of(w)["dataset"], t) for t in validation_of(w)["tasks"]],
         repository=f"{R}/repository",
         embeddings=f"{R}/tasks/embeddings.parquet",
         cvae=lambda w: cvae_dirs() if w.method == "sglora" else [],
@@ -52,8 +53,8 @@ rule select:
     resources:
         **heavy_resources("select", mem_mb=4000, runtime=60),
     params:
-        tasks=",".join(VALIDATION["tasks"]),
-        dataset=VALIDATION["dataset"],
+        tasks=lambda w: ",".join(validation_of(w)["tasks"]),
+        dataset=lambda w: validation_of(w)["dataset"],
         grid=lambda w: as_json({w.method: GRID[w.method]}),
         prior=as_json(config["prior"]),
         sampling=lambda w: method_sampling(w.method),
@@ -67,6 +68,19 @@ rule select:
         "--embeddings {input.embeddings:q} --cvae {input.cvae:q} --prior {params.prior:q} --sampling {params.sampling:q} "
         "--lora {params.lora:q} --image-cache {input.images:q} --gallery {params.gallery} --device {params.device:q} --out {output:q} "
         "--threads {threads} > {log:q} 2>&1"
+
+
+# The same selection on a group's own validation tasks (groups.<g>.validation): selection/<g>/.
+use rule select as select_group with:
+    output:
+        f"{R}/selection/{{vset}}/{{method}}.json",
+    log:
+        f"{R}/logs/select/{{vset}}/{{method}}.log",
+    benchmark:
+        f"{R}/benchmarks/select/{{vset}}/{{method}}.tsv"
+    wildcard_constraints:
+        vset=OWN_VALIDATION,
+        method="|".join(SELECTABLE),
 
 
 rule selection_summary:
@@ -83,12 +97,24 @@ rule selection_summary:
         "sglora selection-summary --selections {input:q} --out {output:q} > {log:q} 2>&1"
 
 
+# A group's own selection.json, footnoted under its tables.
+use rule selection_summary as selection_summary_group with:
+    input:
+        lambda w: [selection_file(m, w.vset) for m in GRID],
+    output:
+        f"{R}/selection/{{vset}}/selection.json",
+    log:
+        f"{R}/logs/selection_summary/{{vset}}.log",
+    wildcard_constraints:
+        vset=OWN_VALIDATION,
+
+
 rule sample_sglora:
     """N LoRAs per task and run of a group from the CVAEs of the chosen variant (Eq. 9), as
 candidates and as PEFT adapter folders (alpha of the experts used, run and seed in their metadata)."""
     input:
         cvae=cvae_dirs(),
-        selection=selection_file("sglora"),
+        selection=lambda w: selection_file("sglora", w.group),
         repository=f"{R}/repository",
         embeddings=f"{R}/tasks/embeddings.parquet",
     output:
