@@ -110,9 +110,10 @@ def derangement(tasks: Sequence[str], families: dict[str, str], where: str = "th
         members.setdefault(families[t], []).append(t)
     order = [t for group in members.values() for t in group]
     n, m = len(order), max((len(g) for g in members.values()), default=0)
-    if n < 2 or 2 * m > n:
-        raise SGLoraError(f"{where}: the other-family control needs every family to hold at most half of the tasks; "
-                          f"{m} of its {n} tasks share family {max(members, key=lambda f: len(members[f]))!r}")
+    if 2 * m > n:
+        largest = max(members, key=lambda f: len(members[f]))
+        raise SGLoraError(f"{where}: the other-family control needs tasks of two families or more, none holding more "
+                          f"than half of them; {m} of its {n} task(s) are of family {largest!r}")
     return {order[i]: order[(i + m) % n] for i in range(n)}
 
 

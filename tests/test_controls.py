@@ -44,8 +44,10 @@ def test_other_family_control_is_a_derangement_across_families(families, members
 
 def test_other_family_control_refuses_a_family_holding_most_of_the_group():
     tasks = ["scottish_terrier", "fox_terrier", "tiger_lily"]
-    with pytest.raises(SGLoraError, match="at most half.*'terrier'"):
+    with pytest.raises(SGLoraError, match="groups.g: .* 2 of its 3 task.* of family 'terrier'"):
         derangement(tasks, {t: t.split("_")[1] for t in tasks}, "groups.g")
+    with pytest.raises(SGLoraError, match="1 of its 1 task"):
+        derangement(["tiger_lily"], {"tiger_lily": "lily"})
     with pytest.raises(SGLoraError, match="no family for tasks \\['tiger_lily'\\]"):
         derangement(tasks, {"scottish_terrier": "terrier", "fox_terrier": "terrier"})
 
