@@ -28,6 +28,8 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/generators_common.smk"
 include: "workflow/rules/generators.smk"
+include: "workflow/rules/controls_common.smk"
+include: "workflow/rules/controls.smk"
 
 
 # Light rules run where snakemake runs (on a cluster: the submit host), never as cluster jobs.
@@ -52,6 +54,7 @@ localrules:
     compare_runs,
     ablation,
     results_page,
+    controls_table,
     all,
 
 
@@ -60,3 +63,4 @@ rule all:
     input:
         all_outputs(),
         analysis_outputs(),
+        controls_outputs(),
