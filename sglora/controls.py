@@ -166,10 +166,15 @@ def run_controls(backbone: str, manifest: str | Path, tasks: list[str], group: s
     donors = derangement(tasks, families, group)
     model, processor = load_clip(backbone, device=pick_device(device))
     conditions = {"other_family": {t: embeddings[donors[t]]["text_embedding"] for t in tasks}}
-    for control in ("random_words", "bare_template", "paraphrase"):
+    for control in ("own", "random_words", "bare_template", "paraphrase"):
         vecs = encode_texts(model, processor, [texts[control][t] for t in tasks]).numpy()
         conditions[control] = {t: vecs[i].astype(np.float32) for i, t in enumerate(tasks)}
     del model
+    # the own descriptions, encoded here, must be the table's: the same backbone and encoder
+    cos = min(float(conditions["own"][t] @ embeddings[t]["text_embedding"]) for t in tasks)
+    if cos < 0.999:
+        raise SGLoraError(f"controls: the backbone {backbone!r} embeds the tasks' own descriptions unlike the task "
+                          f"embedding table (cosine {cos:.4f}); give the backbone that wrote the table")
     repo = Repository(repository)
     experts = repo.experts()
     cvaes = TrainedCVAEs(cvae_dirs) if "sglora" in methods else None

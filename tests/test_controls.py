@@ -4,6 +4,8 @@ each control minus the task's own description with its paired interval."""
 from __future__ import annotations
 
 import csv
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -193,3 +195,32 @@ def test_semantics_verdict_reads_the_criterion():
     assert semantics_verdict(rows, "sglora", "i2t_r1").endswith(": not shown.")
     rows = [row(c, 0.2 if c == "random_words" else -1.0) for c in BELOW] + [row("paraphrase", 0.5)]
     assert "(c) not below" in semantics_verdict(rows, "sglora", "i2t_r1")
+
+
+@pytest.mark.heavy
+def test_the_default_dag_plans_the_controls_and_refuses_a_group_without_another_family(tmp_path):
+    """config.yaml plans one controls job and one table per unseen group; a group whose tasks
+    are all of one family stops the dry run before any job, naming the group."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import ROOT
+
+    def dry_run(cfg):
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-n", "--quiet", "rules",
+                               "--configfile", str(path)], cwd=ROOT, capture_output=True, text=True)
+
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    cfg["results"] = str(tmp_path / "results")
+    proc = dry_run(cfg)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    counts = dict(re.findall(r"^(controls|controls_table)\s+(\d+)$", proc.stdout + proc.stderr, re.M))
+    assert counts == {"controls": "1", "controls_table": "1"}  # in_dataset (seen is not an unseen group)
+    cfg["groups"]["in_dataset"]["tasks"] = ["yorkshire_terrier", "bull_terrier", "calla_lily"]
+    proc = dry_run(cfg)
+    assert proc.returncode != 0
+    assert "groups.in_dataset.tasks: the other-family control needs tasks of two families or more" in proc.stdout + proc.stderr
