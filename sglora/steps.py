@@ -949,7 +949,7 @@ def controls(backbone: Backbone, manifest: Manifest, tasks: Tasks, group: A[str,
     if world is not None:
         from .world import class_names
 
-        names = class_names(world.get("families", 6), world.get("members", 6))
+        names = class_names(**{key: world[key] for key in ("families", "members") if key in world})
     else:
         names = sorted({r["task_name"] for r in emb.values()})
     chosen = {}

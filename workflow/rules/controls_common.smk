@@ -20,9 +20,11 @@ def controls_outputs():
 
 
 def controls_world(group):
-    """The group's dataset options when it is an embedded world (its size: the world's words)."""
+    """The size of the group's embedded world (its words: family words, member prefixes); "" for another dataset."""
     dataset = config["datasets"][GROUPS[group]["dataset"]]
-    return as_json(dataset.get("options", {})) if dataset["kind"] == "embedded" else ""
+    if dataset["kind"] != "embedded":
+        return ""
+    return as_json({key: value for key, value in dataset.get("options", {}).items() if key in ("families", "members")})
 
 
 def controls_spec(group):
