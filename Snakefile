@@ -29,6 +29,8 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/generators_common.smk"
 include: "workflow/rules/generators.smk"
+include: "workflow/rules/controls_common.smk"
+include: "workflow/rules/controls.smk"
 
 
 # Light rules run where snakemake runs (on a cluster: the submit host), never as cluster jobs.
@@ -53,6 +55,7 @@ localrules:
     compare_runs,
     ablation,
     results_page,
+    controls_table,
     all,
 
 
@@ -61,3 +64,4 @@ rule all:
     input:
         all_outputs(),
         analysis_outputs(),
+        controls_outputs(),

@@ -938,3 +938,68 @@ def compare_runs(runs: A[dict[str, Path], "each run's metrics folder of each met
     with atomic_path(out) as tmp:
         tmp.write_text(text)
     return {"group": group, "runs": sorted(runs)}
+
+
+# --- description controls (sglora/controls.py) --------------------------------------------
+
+@step("controls", device="device")
+def controls(backbone: Backbone, manifest: Manifest, tasks: Tasks, group: A[str, "evaluation group"],
+             methods: A[list[str], "methods run under the controls (sglora, topk_weighted)", SPLIT],
+             repository: Repository, embeddings: Embeddings, out: A[Path, "output folder (descriptions.json, "
+                                                                           "candidates/, metrics/)"],
+             dataset: Dataset = None, cvae: CVAEs = (),
+             selection: A[list[Path], "the methods' selection files (their chosen settings)"] = (),
+             world: A[dict | None, "JSON datasets.<name>.options of an embedded dataset (its size: families, "
+                                   "members); absent: the words of the embedding table's task names"] = None,
+             spec: A[dict | None, "JSON config groups.<group> (its families: sglora.tables.group_families)"] = None,
+             embedded: A[list[str], "embedded datasets (their tasks' families: the family word)"] = (),
+             template: A[str, "description template, e.g. 'a photo of a <class name>' (empty: the manifests' default, "
+                              "sglora.manifest.DEFAULT_TEMPLATE)"] = "",
+             prior: PriorSpec = None, sampling: SamplingSpec = None, lora: LoraSpec = None,
+             seed: A[int, "seed of the random-words control"] = 0, image_cache: Cache = None, gallery: Gallery = 0,
+             threads: Threads = None, device: Device = "auto") -> dict:
+    """Description controls of a group: SG-LoRA and Top-K LoRA Weighted (validation-chosen
+    settings) conditioned on another family's description, random world words, the bare
+    template and a paraphrase; candidates and metrics of each under --out."""
+    from .controls import run_controls
+    from .embed import read_embeddings
+    from .manifest import DEFAULT_TEMPLATE
+    from .tables import group_families
+
+    emb = read_embeddings(embeddings, dataset)
+    if world is not None:
+        from .world import class_names
+
+        names = class_names(**{key: world[key] for key in ("families", "members") if key in world})
+    else:
+        names = sorted({r["task_name"] for r in emb.values()})
+    chosen = {}
+    for path in selection:
+        chosen |= read_json(path).get("chosen", {})
+    return run_controls(backbone, manifest, list(tasks), group, list(methods), emb,
+                        group_families(spec or {"tasks": list(tasks), "dataset": dataset}, embedded, group), names,
+                        template or DEFAULT_TEMPLATE,
+                        {m: chosen.get(m, {}) for m in methods}, repository, list(cvae),
+                        prior or settings_class("PriorSpec")(), sampling or settings_class("SamplingSpec")(),
+                        lora or settings_class("LoraSpec")(), out, seed=seed, threads=threads, device=device,
+                        cache=image_cache, gallery=gallery)
+
+
+@step("controls-table")
+def controls_table(own: A[dict[str, Path], "(a): each method's metrics folder of the group", {"metavar": "METHOD=DIR"}],
+                   controls: A[Path, "the group's controls folder ('sglora controls')"], group: A[str, "evaluation group"],
+                   tasks: Tasks, markdown: A[Path, "the table (Markdown)"], csv: A[Path, "the table (CSV)"],
+                   spec: A[dict | None, "JSON config groups.<group> (its families: sglora.tables.group_families)"] = None,
+                   embedded: A[list[str], "embedded datasets (their tasks' families: the family word)"] = (),
+                   bootstrap_unit: A[str, "what a bootstrap replicate draws first: family or task",
+                                     {"choices": ["family", "task"]}] = "family",
+                   title: A[str, "the table's title"] = "", bootstrap: Bootstrap = 2000) -> dict:
+    """The controls table of a group: each control's score and its paired interval minus (a)."""
+    from .controls import write_controls_table
+    from .tables import group_families
+
+    spec = spec or {"tasks": list(tasks)}
+    families = group_families(spec, embedded, group) if bootstrap_unit == "family" else None
+    rows = write_controls_table(own, controls, group, list(tasks), families, title or spec.get("title", group),
+                                markdown, csv, n_boot=bootstrap)
+    return {"group": group, "rows": len(rows)}

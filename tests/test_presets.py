@@ -34,9 +34,9 @@ TABLE6 = {
 # Experts a preset adds to Table 6, and why (see the preset's header).
 EXTRA_EXPERTS = {"coco_seen": ["motorcycle", "sheep"], "ablation_dog_expert": ["dog"]}  # Table 13, Table 12
 HEAVY = {"train_lora", "train_multitask", "train_cvae", "train_mole", "train_pdiff", "select", "premises", "embed", "evaluate",
-         "evaluate_validation", "novelty", "spaces_select", "spaces_evaluate"}  # fmt: skip
+         "evaluate_validation", "novelty", "spaces_select", "spaces_evaluate", "controls"}  # fmt: skip
 # heavy rules that take the resources of another rule's section
-RESOURCES_OF = {"embed": "evaluate", "train_multitask": "train_lora", "novelty": "evaluate", "spaces_evaluate": "evaluate", "spaces_select": "select"}
+RESOURCES_OF = {"embed": "evaluate", "train_multitask": "train_lora", "novelty": "evaluate", "controls": "evaluate", "spaces_evaluate": "evaluate", "spaces_select": "select"}
 
 
 def rule_kind(rule: str) -> str:
@@ -45,7 +45,7 @@ def rule_kind(rule: str) -> str:
 
 
 LIGHT = {"world", "manifest", "assemble", "candidates_oracle", "candidates_validation_oracle", "candidates_multitask", "candidates_merging", "candidates_pdiff",
-         "sample_sglora", "tables", "figures", "results_page", "all"}  # fmt: skip
+         "sample_sglora", "tables", "figures", "results_page", "controls_table", "all"}  # fmt: skip
 
 
 def load(path: Path) -> dict:

@@ -118,6 +118,12 @@ def test_dag_writes_tables_and_figures(tiny_run):
         assert "sglora" in nov["methods"] and (tiny_run / "novelty" / f"{group}.png").read_bytes()[:4] == b"\x89PNG"
         assert "novelty of generated LoRAs" in (tiny_run / "novelty" / f"{group}.md").read_text()
     assert set(json.loads((tiny_run / "novelty" / "seen.json").read_text())["methods"]) == {"sglora", "pdiff", "cond_pdiff"}
+    # the description controls of every unseen group, each against the task's own description
+    for group in ("in_dataset", "cross_dataset"):
+        controls = (tiny_run / "tables" / f"{group}.controls.md").read_text()
+        for row in ("SG-LoRA: (b) another family's description − (a)", "Top-K LoRA Weighted: (e) paraphrase − (a)"):
+            assert f"| {row} | " in controls
+        assert len((tiny_run / "tables" / f"{group}.controls.csv").read_text().splitlines()) == 1 + 2 * 5
     for name in ("experts_tsne", "samples_tsne", "r1_bars"):
         assert (tiny_run / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert (tiny_run / "figures" / f"{name}.pdf").read_bytes()[:4] == b"%PDF"
@@ -200,7 +206,7 @@ def test_changing_one_cvae_setting_reruns_only_its_dependents(tiny_run, tmp_path
     # the generator baselines follow SG-LoRA (its prior, its spread), and so does the novelty of generated LoRAs
     assert set(rules) == {"train_cvae", "select", "selection_summary", "export_cvae", "sample_sglora", "evaluate",
                           "tables", "figures", "results_page", "all", "candidates_generator", "novelty", "ablation",
-                          "sample_sglora_paper"}, rules
+                          "sample_sglora_paper", "controls", "controls_table"}, rules
     # (2 condition modes x 2 augment of the selection grid + the paper-faithful point, which the grid lacks:
     # describe off) x 2 runs
     assert rules["train_cvae"] == 10
