@@ -9,13 +9,13 @@ text encoder, each method's candidates under each control (its validation-chosen
 their evaluation, in one job."""
     input:
         cvae=lambda w: cvae_dirs() if "sglora" in controls_methods(w.group) else [],
-        selection=lambda w: [s for m in controls_methods(w.group) for s in selection_input(m)],
+        selection=lambda w: [s for m in controls_methods(w.group) for s in selection_input(m, w.group)],
         repository=f"{R}/repository",
         embeddings=f"{R}/tasks/embeddings.parquet",
-        manifest=lambda w: manifest(GROUPS[w.group]["dataset"]),
+        manifest=group_manifest,
         checks=group_checks,
         backbone=backbone_input(),
-        images=lambda w: image_cache(GROUPS[w.group]["dataset"]),
+        images=group_images,
     output:
         directory(f"{R}/controls/{{group}}"),
     log:
@@ -28,8 +28,8 @@ their evaluation, in one job."""
     resources:
         **heavy_resources("evaluate", mem_mb=4000, runtime=60),
     params:
-        tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
-        dataset=lambda w: GROUPS[w.group]["dataset"],
+        tasks=group_tasks,
+        dataset=group_dataset,
         methods=lambda w: ",".join(controls_methods(w.group)),
         spec=lambda w: controls_spec(w.group),
         world=lambda w: f"--world {shlex.quote(controls_world(w.group))}" if controls_world(w.group) else "",
@@ -71,7 +71,7 @@ own description (the group's ordinary metrics)."""
         "../../envs/sglora.yaml"
     params:
         own=lambda w, input: [f"{m}={p}" for m, p in zip(controls_methods(w.group), input.own)],
-        tasks=lambda w: ",".join(GROUPS[w.group]["tasks"]),
+        tasks=group_tasks,
         spec=lambda w: controls_spec(w.group),
         embedded=EMBEDDED,
         unit=BOOTSTRAP_UNIT,

@@ -25,7 +25,9 @@ def lora_readers():
     """``(reader, dataset, tasks)`` of every set of LoRAs a rule reads, each LoRA in the first
     set that reads it."""
     readers = [("experts", EXPERTS["dataset"], EXPERTS["tasks"])]
-    readers += [(f"oracles_{g}", spec["dataset"], spec["tasks"]) for g, spec in GROUPS.items() if "oracle" in spec["methods"]]
+    readers += [
+        (f"oracles_{g}", spec["dataset"], spec["tasks"]) for g, spec in GROUPS.items() if "oracle" in spec["methods"]
+    ]
     if premise_headroom():
         readers.append(("validation", VALIDATION["dataset"], VALIDATION["tasks"]))
     out, taken = [], set()
