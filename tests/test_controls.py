@@ -199,7 +199,7 @@ def test_semantics_verdict_reads_the_criterion():
 
 @pytest.mark.heavy
 def test_the_default_dag_plans_the_controls_and_refuses_a_group_without_another_family(tmp_path):
-    """config.yaml plans one controls job and one table per unseen group; a group whose tasks
+    """config.yaml plans one controls job and one table per unseen group (in_dataset, between); a group whose tasks
     are all of one family stops the dry run before any job, naming the group."""
     import subprocess
     import sys
@@ -219,7 +219,8 @@ def test_the_default_dag_plans_the_controls_and_refuses_a_group_without_another_
     proc = dry_run(cfg)
     assert proc.returncode == 0, proc.stderr[-2000:]
     counts = dict(re.findall(r"^(controls|controls_table)\s+(\d+)$", proc.stdout + proc.stderr, re.M))
-    assert counts == {"controls": "1", "controls_table": "1"}  # in_dataset (seen is not an unseen group)
+    unseen = [g for g, spec in cfg["groups"].items() if spec.get("unseen", True)]  # not `seen`
+    assert counts == {"controls": str(len(unseen)), "controls_table": str(len(unseen))}
     cfg["groups"]["in_dataset"]["tasks"] = ["yorkshire_terrier", "bull_terrier", "calla_lily"]
     proc = dry_run(cfg)
     assert proc.returncode != 0
