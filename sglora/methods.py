@@ -21,7 +21,7 @@ class Method:
     seen_only: bool = False  #: only for seen tasks (it needs the task among the experts)
     ranked: bool = True  #: competes for "best" in the tables (not the Oracle: it trains on the task's own data)
     candidates: str | None = "candidates"  #: the ``sglora`` step that writes its candidate LoRAs (None: none)
-    settings: tuple[str, ...] = ()  #: the settings a selection grid may vary (sglora/selection.py)
+    settings: tuple[str, ...] = ()  #: the settings a selection grid may vary (sglora/evaluation/method_selection.py)
 
     def __post_init__(self):
         if self.kind not in KINDS:

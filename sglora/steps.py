@@ -26,23 +26,23 @@ if TYPE_CHECKING:
     from .baselines.mole.config import MoLESpec
     from .baselines.multitask import MultitaskSpec
     from .baselines.pdiff.config import PDiffSpec
-    from .cvae import CVAESpec
-    from .expert import TrainSpec
-    from .generate import SamplingSpec
-    from .generators import NoisySpec
-    from .lora import LoraSpec
-    from .premises import PremiseSpec
-    from .pretrain import PretrainSpec
-    from .prior import PriorSpec
+    from .generator.cvae import CVAESpec
+    from .experts.training import TrainSpec
+    from .generator.sampling import SamplingSpec
+    from .baselines.controls import NoisySpec
+    from .experts.lora import LoraSpec
+    from .analyses.premises import PremiseSpec
+    from .backbone.pretrain import PretrainSpec
+    from .generator.prior import PriorSpec
 
 #: where each settings class of a step's signature lives. They are imported only when a
 #: step that takes one runs (``hints``): most live beside torch code, and a light step
 #: (check-tasks, tables, ...) should not pay torch's import on every Snakemake job.
 SETTINGS_HOME = {
     "MoLESpec": "sglora.baselines.mole.config", "MultitaskSpec": "sglora.baselines.multitask", "PDiffSpec": "sglora.baselines.pdiff.config",
-    "CVAESpec": "sglora.cvae", "TrainSpec": "sglora.expert", "SamplingSpec": "sglora.generate",
-    "NoisySpec": "sglora.generators", "LoraSpec": "sglora.lora", "PremiseSpec": "sglora.premises",
-    "PretrainSpec": "sglora.pretrain", "PriorSpec": "sglora.prior",
+    "CVAESpec": "sglora.generator.cvae", "TrainSpec": "sglora.experts.training", "SamplingSpec": "sglora.generator.sampling",
+    "NoisySpec": "sglora.baselines.controls", "LoraSpec": "sglora.experts.lora", "PremiseSpec": "sglora.analyses.premises",
+    "PretrainSpec": "sglora.backbone.pretrain", "PriorSpec": "sglora.generator.prior",
 }
 
 
@@ -117,7 +117,7 @@ def world(out: A[Path, "output folder"], seed: A[int, "world seed (family looks 
     """Generate one domain of the embedded benchmark's synthetic world (images, manifest, captions)."""
     import inspect
 
-    from .world import generate_world
+    from .data.world import generate_world
 
     known = set(inspect.signature(generate_world).parameters) - {"out_dir", "seed", "progress"}
     unknown = sorted(set(options or {}) - known)
@@ -138,8 +138,8 @@ def manifest(dataset: A[str, "dataset kind: coco, pets, flowers, flickr30k, cifa
     """Build a task manifest (Parquet, one row per image) from a dataset in the layout its
     authors distribute (docs/datasets.md), e.g. ``sglora manifest --dataset pets --root
     data/oxford-iiit-pet --out pets.parquet --option max_images=50``."""
-    from .datasets import adapter_options, bad_images, build_manifest
-    from .manifest import write_manifest
+    from .data.datasets import adapter_options, bad_images, build_manifest
+    from .data.manifest import write_manifest
 
     options = dict(options or {})
     options.update(parse_option(o) for o in option)
@@ -165,7 +165,7 @@ def parse_option(text: str) -> tuple[str, object]:
 
 
 def _caption_device(kw: dict) -> str | None:
-    from .captioning import parse_options
+    from .data.captioning import parse_options
 
     if kw["backend"] != "qwen2vl":
         return None
@@ -184,7 +184,7 @@ def caption(manifest: A[Path, "input manifest Parquet"],
     supplementary Figure 6: instruction, two demonstrations, target), synthetic (captions
     read from the Parquet file named by the option captions_file), none (keep the dataset's
     captions). Work is split into shards under --shard-dir that a rerun skips."""
-    from .captioning import caption_manifest
+    from .data.captioning import caption_manifest
 
     return caption_manifest(manifest, out, backend, shard_dir, **(options or {}))
 
@@ -194,7 +194,7 @@ def check_tasks(manifest: Manifests, wanted: A[dict, 'JSON {"config key": {"data
                 out: A[Path, "JSON summary: images per task and split"]) -> dict:
     """Check that every configured expert and evaluation task exists in its dataset with
     captioned train and test images, before any training starts."""
-    from .manifest import check_tasks as check
+    from .data.manifest import check_tasks as check
 
     counts = check({d: str(p) for d, p in manifest.items()}, wanted)
     # only the checked tasks: the file of one task's check does not change with the others
@@ -212,9 +212,9 @@ def image_cache(backbone: A[str, "model id or local folder (its image processor 
                 threads: A[int | None, "decoding worker processes"] = None) -> dict:
     """Decode, resize and crop every image of a manifest once, with the backbone's image
     processor, into a uint8 cache that training, evaluation and embedding stream from."""
-    from .backbone import load_clip
-    from .images import build_cache
-    from .manifest import read_manifest
+    from .backbone.clip import load_clip
+    from .data.images import build_cache
+    from .data.manifest import read_manifest
 
     _, processor = load_clip(backbone)
     paths = read_manifest(manifest).column("image_path").to_pylist()
@@ -228,8 +228,8 @@ def pretrain(worlds: A[list[Path], "world folders written by 'sglora world'"],
              out: A[Path, "output folder (save_pretrained layout)"], pretrain: PretrainSpec,
              seed: A[int, "initialisation and data order"] = 0, threads: Threads = None) -> dict:
     """Pretrain the embedded benchmark's small CLIP on coarse captions of all classes."""
-    from .pretrain import pretrain_clip
-    from .world import pretraining_pairs
+    from .backbone.pretrain import pretrain_clip
+    from .data.world import pretraining_pairs
 
     pairs = pretraining_pairs([str(w) for w in worlds])
     return pretrain_clip(out, pairs.images, pairs.texts, pairs.vocab, seed=seed, threads=threads,
@@ -242,7 +242,7 @@ def embed(backbone: Backbone, manifest: Manifests, out: A[Path, "task embedding 
           image_cache: A[dict[str, Path], "image caches (sglora image-cache)", {"metavar": "DATASET=DIR"}] = None,
           device: Device = "auto", threads: A[int | None, "DataLoader workers"] = None) -> dict:
     """Embed every task's description (text) and training images (visual) with the frozen backbone."""
-    from .embed import embed_tasks
+    from .backbone.embed import embed_tasks
 
     return embed_tasks(backbone, {d: str(p) for d, p in manifest.items()}, out, template=template or None,
                        device=device, caches={d: str(p) for d, p in (image_cache or {}).items()}, workers=threads or 0)
@@ -253,7 +253,7 @@ def train_lora(backbone: Backbone, manifest: Manifest, task: A[str, "task id"],
                out: A[Path, "output folder: snapshots.safetensors, adapter/, training.json"],
                lora: LoraSpec, training: TrainSpec, image_cache: Cache = None, threads: Threads = None) -> dict:
     """Train one task's LoRA (an expert for a seen task, the Oracle for an unseen one)."""
-    from .expert import train_lora as train
+    from .experts.training import train_lora as train
 
     info = train(backbone, manifest, task, out, lora, training, threads=threads, cache=image_cache)
     return {k: info[k] for k in ("task", "pairs", "dim", "snapshots")} | {"final_loss": info["losses"][-1]}
@@ -264,8 +264,8 @@ def assemble(loras: A[list[Path], "trained LoRA folders (folder name = task id)"
              embeddings: A[Path, "task embedding table"], out: A[Path, "repository folder"],
              dataset: A[str | None, "dataset of the experts (to pick their embeddings)"] = None) -> dict:
     """Stream expert LoRAs into the Parquet expert repository."""
-    from .embed import read_embeddings
-    from .repository import assemble as build
+    from .backbone.embed import read_embeddings
+    from .experts.repository import assemble as build
 
     experts = [{"task": Path(d).name, "lora_dir": str(d)} for d in loras]
     return build(out, experts, read_embeddings(embeddings, dataset))
@@ -279,10 +279,10 @@ def train_cvae(repository: A[Path, "expert repository folder"], out: A[Path, "CV
     """Train the conditional VAE on all snapshots of the repository."""
     import numpy as np
 
-    from .cvae import save_cvae
-    from .cvae import train_cvae as train
-    from .prior import augmented_conditions, training_conditions
-    from .repository import Repository
+    from .generator.cvae import save_cvae
+    from .generator.cvae import train_cvae as train
+    from .generator.prior import augmented_conditions, training_conditions
+    from .experts.repository import Repository
 
     repo = Repository(repository)
     experts = repo.experts()
@@ -326,13 +326,13 @@ def candidates(method: A[str, "the method", {"choices": [m for m, v in METHODS.i
     """Write a method's candidate LoRA(s) for each task of a group (sglora samples, the
     paper-faithful sglora_paper samples, oracle, multitask, model_soups, adaptersoup, topk_weighted,
     nearest_expert, expert_mean)."""
-    from .candidates import save_candidates
-    from .embed import read_embeddings
-    from .repository import Repository
-    from .selection import TrainedCVAEs, method_candidates
+    from .generator.candidates import save_candidates
+    from .backbone.embed import read_embeddings
+    from .experts.repository import Repository
+    from .evaluation.method_selection import TrainedCVAEs, method_candidates
 
     if method == "oracle":
-        from .expert import read_lora_spec, read_snapshots
+        from .experts.training import read_lora_spec, read_snapshots
 
         vecs, layout = {}, None
         scalings = {read_lora_spec(d).scaling for d in loras}
@@ -349,7 +349,7 @@ def candidates(method: A[str, "the method", {"choices": [m for m, v in METHODS.i
 
         if len(loras) != 1:
             raise SGLoraError(f"multitask: --loras takes the multi-task LoRA's one folder, got {len(loras)}")
-        from .expert import read_lora_spec
+        from .experts.training import read_lora_spec
 
         vecs, layout, info = multitask_candidates(loras[0], list(tasks))
         save_candidates(out, vecs, layout, method, info, scaling=read_lora_spec(loras[0]).scaling)
@@ -374,7 +374,7 @@ def candidates(method: A[str, "the method", {"choices": [m for m, v in METHODS.i
     for t in info:
         info[t]["settings"] = settings
     if method == "sglora" and adapters:
-        from .lora import save_adapter
+        from .experts.lora import save_adapter
 
         for t, v in vecs.items():
             for i, vec in enumerate(v):
@@ -395,9 +395,9 @@ def select(backbone: Backbone, manifest: A[Path, "task manifest of the validatio
            prior: PriorSpec = None, sampling: SamplingSpec = None, lora: LoraSpec = None,
            image_cache: Cache = None, gallery: Gallery = 0, device: Device = "auto", threads: Threads = None) -> dict:
     """Choose every method's settings on the validation tasks (writes selection.json)."""
-    from .embed import read_embeddings
-    from .repository import Repository
-    from .selection import TrainedCVAEs, select_settings
+    from .backbone.embed import read_embeddings
+    from .experts.repository import Repository
+    from .evaluation.method_selection import TrainedCVAEs, select_settings
 
     repo = Repository(repository)
     res = select_settings(backbone, manifest, list(tasks), grid, repo.experts(), read_embeddings(embeddings, dataset),
@@ -414,7 +414,7 @@ def select(backbone: Backbone, manifest: A[Path, "task manifest of the validatio
 def selection_summary(selections: A[list[Path], "per-method selection files"],
                       out: A[Path, "selection.json"]) -> dict:
     """Merge the per-method selection files into selection.json."""
-    from .selection import merge_selections
+    from .evaluation.method_selection import merge_selections
 
     res = merge_selections([read_json(f) for f in selections])
     write_json(out, res)
@@ -424,7 +424,7 @@ def selection_summary(selections: A[list[Path], "per-method selection files"],
 @step("export-cvae")
 def export_cvae(cvae: CVAEs, selection: A[Path, "selection.json"], out: A[Path, "CVAE folder"]) -> dict:
     """Copy the CVAE of SG-LoRA's chosen settings (run 0) for 'sglora generate'."""
-    from .selection import export_chosen
+    from .evaluation.method_selection import export_chosen
 
     return export_chosen(cvae, read_json(selection), out)
 
@@ -437,7 +437,7 @@ def ablation(selection: A[Path, "SG-LoRA's selection file (selection/sglora.json
              bootstrap: A[int, "bootstrap replicates of the 95% intervals"] = 2000) -> dict:
     """The ablation table of SG-LoRA's grid: every point's validation score, the chosen and
     the paper-faithful points marked (like supplementary Tables 11-12)."""
-    from .ablation import ablation_rows, render_ablation
+    from .analyses.ablation import ablation_rows, render_ablation
     from .io import atomic_path
 
     sel = read_json(selection)
@@ -451,7 +451,7 @@ def ablation(selection: A[Path, "SG-LoRA's selection file (selection/sglora.json
 
 
 def _show_premises(res: dict) -> str:
-    from .premises import render_premises
+    from .analyses.premises import render_premises
 
     return render_premises(res)
 
@@ -470,10 +470,10 @@ def premises(backbone: Backbone, manifest: A[Path, "task manifest of the experts
              device: Device = "auto") -> dict:
     """Check the benchmark's premises on the validation tasks (description-nearest expert in
     family, Oracle headroom, family transfer); on embedded worlds a failed premise is an error."""
-    from .embed import read_embeddings
+    from .backbone.embed import read_embeddings
     from .io import atomic_path
-    from .premises import check_premises, render_premises, task_family
-    from .repository import Repository
+    from .analyses.premises import check_premises, render_premises, task_family
+    from .experts.repository import Repository
 
     repo = Repository(repository)
     experts = repo.experts()
@@ -520,7 +520,7 @@ def generate(out: A[Path, "adapter folder (or parent of sample_NNN folders); wit
              backbone: A[str | None, "defaults to the repository's backbone"] = None) -> dict | list[dict]:
     """Generate LoRA adapter(s), each with a model card (README.md), for a text description
     or a file of them, with a run's SG-LoRA (--results) or a given repository and CVAE."""
-    from .generate import generate as one, generate_many, model_paths, read_descriptions
+    from .generator.sampling import generate as one, generate_many, model_paths, read_descriptions
 
     if (description is None) == (descriptions is None):
         raise SGLoraError('give a description ("a photo of a zebra") or --descriptions FILE'
@@ -541,7 +541,7 @@ def evaluate(backbone: Backbone, manifest: Manifest, tasks: Tasks, method: A[str
              candidates: A[Path | None, "candidates file; omit for zero-shot CLIP"] = None, lora: LoraSpec = None,
              image_cache: Cache = None, gallery: Gallery = 0, threads: Threads = None, device: Device = "auto") -> dict:
     """Evaluate a method's LoRA(s) (merged into the weights) on each task's test split."""
-    from .evaluate import evaluate_method
+    from .evaluation.scoring import evaluate_method
 
     return evaluate_method(backbone, manifest, list(tasks), method, out, candidates, lora=lora or settings_class("LoraSpec")(),
                            group=group, threads=threads, device=device, cache=image_cache, gallery=gallery)
@@ -560,7 +560,7 @@ def tables(metrics: Metrics, groups: Groups, out: A[Path, "tables folder"],
                              {"choices": ["family", "task"]}] = "family",
            embedded: A[list[str], "embedded datasets (their tasks' families: the family word)"] = ()) -> None:
     """Write the metric tables (CSV, Markdown, LaTeX) from the metric folders."""
-    from .tables import read_selection, write_tables
+    from .analyses.tables import read_selection, write_tables
 
     write_tables(metrics, out, groups, selection=read_selection(selection) if selection else None, n_boot=bootstrap,
                  paper=paper, embedded=embedded or (), unit=bootstrap_unit)
@@ -574,7 +574,7 @@ def results_page(out: Out, title: A[str, "the page's title"], tables: A[Path, "t
                  benchmarks: A[Path | None, "the run's Snakemake benchmark folder"] = None,
                  threads: Threads = None, source: A[str, "what the page is the results of (a config file)"] = "") -> None:
     """Write a run's results page (premises, tables, paired tables, time per rule, provenance)."""
-    from .results_page import write_results_page
+    from .analyses.results_page import write_results_page
 
     write_results_page(out, title, tables, list(groups), list(paired), premises, benchmarks, threads or 1, source)
 
@@ -586,7 +586,7 @@ def figures(repository: A[Path, "expert repository folder"], metrics: Metrics,
             groups: Groups, out: A[Path, "figures folder"],
             samples_group: A[str, "group whose first task the samples t-SNE shows (Figure 10)"] = "") -> None:
     """Draw the figures (t-SNE of expert LoRAs, of samples, R@1 bars)."""
-    from .figures import write_figures
+    from .analyses.figures import write_figures
 
     write_figures(out, repository=repository, metrics=metrics, candidates=candidates, loras=loras or {},
                   groups=groups, samples_group=samples_group or None)
@@ -651,7 +651,7 @@ def evaluate_mole(backbone: Backbone, manifest: A[Path, "task manifest with the 
 def _embeddings(path: Path | None, dataset: str | None):
     if not path:
         return None
-    from .embed import read_embeddings
+    from .backbone.embed import read_embeddings
 
     return read_embeddings(path, dataset)
 
@@ -702,7 +702,7 @@ def study_config(base: A[Path, "the base pipeline config (YAML)"],
     import yaml
 
     from .io import atomic_path
-    from .studies import size_config
+    from .analyses.studies import size_config
 
     try:
         cfg = yaml.safe_load(Path(base).read_text())
@@ -722,7 +722,7 @@ def study_collect(config: A[Path, "the size's pipeline config (its experts are r
     """Repository-size study: one size's compared metrics files, collected into one JSON."""
     import yaml
 
-    from .studies import collect_size
+    from .analyses.studies import collect_size
 
     experts = yaml.safe_load(Path(config).read_text())["experts"]["tasks"]
     write_json(out, collect_size(experts_per_family, experts, metrics))
@@ -738,7 +738,7 @@ def study_summary(sizes: A[list[Path], "collected size files (sglora study-colle
                   bootstrap: A[int, "bootstrap replicates of the 95% intervals"] = 2000) -> dict:
     """Repository-size study: SG-LoRA minus each compared method per size, with paired 95%
     intervals (table, JSON, figure)."""
-    from .studies import write_study
+    from .analyses.studies import write_study
 
     rows = write_study([read_json(f) for f in sizes], list(against), markdown, out, figures, title=title,
                        n_boot=bootstrap)
@@ -764,11 +764,11 @@ def generator_candidates(method: A[str, "the generator baseline", {"choices": [m
     """Generator baselines: N draws from the semantic prior N(mu*, sigma*^2) (prior_sampling),
     or the description-nearest expert plus Gaussian noise of SG-LoRA's spread (noisy_expert);
     as many samples and runs as SG-LoRA. Writes a candidates file for 'sglora evaluate'."""
-    from .candidates import load_candidates, save_candidates
-    from .embed import read_embeddings
-    from .generators import generator_candidates as run
-    from .repository import Repository as Repo
-    from .selection import apply_settings
+    from .generator.candidates import load_candidates, save_candidates
+    from .backbone.embed import read_embeddings
+    from .baselines.controls import generator_candidates as run
+    from .experts.repository import Repository as Repo
+    from .evaluation.method_selection import apply_settings
 
     repo = Repo(repository)
     chosen = _chosen(selection, "sglora")  # SG-LoRA's prior, chosen on the validation tasks
@@ -797,9 +797,9 @@ def spaces_select(backbone: Backbone, manifest: Manifest, tasks: Tasks, reposito
                   device: Device = "auto") -> dict:
     """LoRA spaces: choose each merging method's settings within each space (factors,
     product, product_svd) on the validation tasks."""
-    from .embed import read_embeddings
-    from .repository import Repository as Repo
-    from .space_compare import select_spaces
+    from .backbone.embed import read_embeddings
+    from .experts.repository import Repository as Repo
+    from .analyses.space_comparison import select_spaces
 
     repo = Repo(repository)
     res = select_spaces(backbone, manifest, list(tasks), spaces.get("methods", []), spaces.get("compare", []),
@@ -822,10 +822,10 @@ def spaces_evaluate(backbone: Backbone, manifest: Manifest, tasks: Tasks, reposi
                     threads: Threads = None, device: Device = "auto") -> dict:
     """LoRA spaces: every (merging method, space) with its validation-chosen settings on a
     group's test tasks; writes candidates/ and metrics/ into --out and the table of spaces."""
-    from .embed import read_embeddings
+    from .backbone.embed import read_embeddings
     from .io import atomic_path
-    from .repository import Repository as Repo
-    from .space_compare import evaluate_spaces, write_space_table
+    from .experts.repository import Repository as Repo
+    from .analyses.space_comparison import evaluate_spaces, write_space_table
 
     repo, sel = Repo(repository), read_json(selection)
     with atomic_path(out, directory=True) as tmp:
@@ -855,10 +855,10 @@ def novelty(backbone: Backbone, manifest: Manifest, tasks: Tasks, repository: Re
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .embed import read_embeddings
-    from .figures import _save
+    from .backbone.embed import read_embeddings
+    from .analyses.figures import _save
     from .io import atomic_path
-    from .novelty import novelty_figure, novelty_of_group, render_novelty
+    from .analyses.novelty import novelty_figure, novelty_of_group, render_novelty
 
     res = novelty_of_group(backbone, manifest, list(tasks), repository, cvae, {m: str(p) for m, p in candidates.items()},
                            {m: str(p) for m, p in metrics.items()}, read_embeddings(embeddings, dataset),
@@ -883,7 +883,7 @@ def select_training(backbone: Backbone, manifest: Manifest, tasks: A[list[str], 
     """Choose the LoRA trainer's settings (e.g. the lr of the frozen_a space) on the validation
     tasks: one LoRA per grid point and task, trained on the task's own pairs, its final
     snapshot scored on its test split."""
-    from .trainer_selection import select_training as run
+    from .evaluation.trainer_selection import select_training as run
 
     res = run(backbone, manifest, list(tasks), lora or settings_class("LoraSpec")(),
               training or settings_class("TrainSpec")(), grid, threads=threads,
@@ -903,7 +903,7 @@ def compare_runs(runs: A[dict[str, Path], "each run's metrics folder of each met
     frozen_a run): every method of a group in each, with paired differences to the
     reference run."""
     from .io import atomic_path
-    from .space_compare import runs_table
+    from .analyses.space_comparison import runs_table
 
     sels = {k: read_json(v).get("chosen", {}) for k, v in (selections or {}).items()}
     folders: dict[str, dict[str, str]] = {}

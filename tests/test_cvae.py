@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from sglora.cvae import CVAE, CVAESpec, gaussian_kl, load_cvae, save_cvae, train_cvae
+from sglora.generator.cvae import CVAE, CVAESpec, gaussian_kl, load_cvae, save_cvae, train_cvae
 
 
 def _toy(seed=0, experts=4, m=16, dim=24):
@@ -90,7 +90,7 @@ def test_bad_spec_is_an_error():
 
 def test_checkpoint_keeps_the_first_release_names(tmp_path):
     """model.safetensors stores the condition prior under ``prior.*`` (the checkpoint format
-    of sglora.cvae): checkpoints written before the module was renamed load unchanged."""
+    of sglora.generator.cvae): checkpoints written before the module was renamed load unchanged."""
     from safetensors.torch import load_file
 
     from sglora.io import save_safetensors

@@ -46,11 +46,11 @@ def train_multitask(backbone: str, manifest: str | Path, tasks: list[str], valid
     ``validation`` tasks, and write it as a trained LoRA folder (``expert.write_lora``: the
     chosen snapshot alone) whose ``training.json`` records the tasks and every epoch's score
     (its ``training`` the run as trained: ``max(epochs)`` epochs)."""
-    from ..backbone import load_clip
+    from ..backbone.clip import load_clip
     from ..devices import pick_device
-    from ..evaluate import load_task
-    from ..expert import fit_lora, write_lora
-    from ..trainer_selection import best_row, score_vector
+    from ..evaluation.scoring import load_task
+    from ..experts.training import fit_lora, write_lora
+    from ..evaluation.trainer_selection import best_row, score_vector
 
     if not tasks or not validation:
         raise SGLoraError("train_multitask: needs the experts' tasks and the validation tasks")
@@ -78,7 +78,7 @@ def train_multitask(backbone: str, manifest: str | Path, tasks: list[str], valid
 def multitask_candidates(folder: str | Path, tasks: list[str]) -> tuple[dict[str, np.ndarray], object, dict]:
     """The multi-task LoRA of ``folder`` (:func:`train_multitask`) as every task's candidate:
     ``({task: 1 x D}, layout, info)``."""
-    from ..expert import read_snapshots
+    from ..experts.training import read_snapshots
     from ..io import read_json
 
     snaps, layout = read_snapshots(folder)

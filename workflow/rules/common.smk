@@ -282,7 +282,7 @@ def manifest(dataset):
 
 
 def image_cache(dataset):
-    """A dataset's uint8 image cache (rule image_cache, sglora/images.py)."""
+    """A dataset's uint8 image cache (rule image_cache, sglora/data/images.py)."""
     return f"{R}/data/{dataset}/image_cache"
 
 

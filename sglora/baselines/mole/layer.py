@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 
 from ...io import SGLoraError
-from ...lora import Layout
-from ...train import clip_loss
+from ...experts.lora import Layout
+from ...backbone.contrastive import clip_loss
 
 
 LN_EPS = 1e-5  #: LayerNorm epsilon (torch's default)

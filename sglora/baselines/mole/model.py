@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ...io import SGLoraError, atomic_path, save_safetensors, write_json
-from ...lora import Layout
+from ...experts.lora import Layout
 from .layer import MoLELinear, attach_mole, gate_state, load_gate_state
 
 
@@ -42,7 +42,7 @@ def load_mole(mole_dir: str | Path) -> tuple[dict[str, torch.Tensor], np.ndarray
 
 def mole_model(backbone: str, mole_dir: str | Path, device: str = "cpu"):
     """``(model, processor, modules, config)``: the backbone with the trained gated modules."""
-    from ...backbone import load_clip
+    from ...backbone.clip import load_clip
 
     state, vectors, layout, cfg = load_mole(mole_dir)
     model, processor = load_clip(backbone, device="cpu")
