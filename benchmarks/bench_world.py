@@ -62,7 +62,7 @@ def main(argv=None) -> int:
             rep.add(f"world `{name}` ({opts.get('domain', 'studio')}): {out['classes']} classes, {out['images']} images",
                     dt, "s")
             print(f"world {name}: {out['images']} images in {dt:.1f} s", flush=True)
-        # the pairs `sglora pretrain` trains on (sglora.steps.pretrain)
+        # the pairs `sglora pretrain` trains on (sglora.steps.backbone.pretrain)
         pairs = pretraining_pairs(worlds)
         texts = pairs.texts
         t_pre, res = C.timed(pretrain_clip, tmp / "backbone", pairs.images, texts, pairs.vocab, seed=seed,

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 
 import numpy as np
 
-from ..io import SGLoraError
+from ..io import SGLoraError, atomic_path
 
 N_BOOT = 2000  #: bootstrap replicates over validation tasks
 
@@ -88,4 +89,17 @@ def render_ablation(rows: list[dict], paper: dict, title: str = "SG-LoRA generat
     return {"md": "\n".join(md) + "\n", "csv": buf.getvalue()}
 
 
-__all__ = ["ablation_rows", "render_ablation", "matches", "N_BOOT"]
+def write_ablation(selection: dict, paper: dict, markdown: str | Path, csv_path: str | Path,
+                   title: str = "SG-LoRA generator variants", n_boot: int = N_BOOT) -> dict:
+    """Write the ablation table of SG-LoRA's selection (Markdown and CSV); returns its number
+    of points, the chosen point and whether the paper-faithful point is in the grid."""
+    rows = ablation_rows(selection, paper, n_boot=n_boot)
+    text = render_ablation(rows, paper, title, tasks=len(selection.get("tasks") or []))
+    for path, body in ((markdown, text["md"]), (csv_path, text["csv"])):
+        with atomic_path(path) as tmp:
+            tmp.write_text(body)
+    return {"points": len(rows), "chosen": next(r["settings"] for r in rows if r["chosen"]),
+            "paper_in_grid": any(r["paper"] for r in rows)}
+
+
+__all__ = ["ablation_rows", "render_ablation", "write_ablation", "matches", "N_BOOT"]

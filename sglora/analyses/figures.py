@@ -27,13 +27,15 @@ MERGING_STYLE = {"model_soups": ("tab:red", "*"), "adaptersoup": ("tab:orange", 
                  "nearest_expert": ("tab:brown", "D"), "expert_mean": ("tab:pink", "v")}
 
 
-def _save(fig, out_dir: Path, name: str) -> None:
+def save_figure(fig, out_dir: Path, name: str) -> None:
+    """Write ``fig`` as ``<out_dir>/<name>.png`` and ``.pdf``, atomically and without timestamps."""
     for ext in ("png", "pdf"):
         with atomic_path(out_dir / f"{name}.{ext}") as tmp:
             fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight", metadata={"CreationDate": None} if ext == "pdf" else {"Software": None})
 
 
 def tsne(x: np.ndarray, seed: int = 0) -> np.ndarray:
+    """2-D t-SNE of the rows of ``x`` (standardised; perplexity scaled to the number of rows)."""
     from sklearn.manifold import TSNE
 
     x = np.asarray(x, np.float64)
@@ -67,7 +69,7 @@ def experts_tsne(out_dir: Path, repository: Path, oracles: list[str | Path]) -> 
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(loc="best", fontsize=9)
-    _save(fig, out_dir, "experts_tsne")
+    save_figure(fig, out_dir, "experts_tsne")
     plt.close(fig)
 
 
@@ -100,15 +102,16 @@ def samples_tsne(out_dir: Path, candidates: dict[str, str | Path], oracle: str |
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(fontsize=9)
-    _save(fig, out_dir, "samples_tsne")
+    save_figure(fig, out_dir, "samples_tsne")
     plt.close(fig)
 
 
 def r1_bars(out_dir: Path, metrics: dict[str, str | Path], groups: dict, n_boot: int = N_BOOT) -> None:
+    """Draw and save the R@1 bar chart of every group (``r1_bars.png``/``.pdf``)."""
     import matplotlib.pyplot as plt
 
     fig = r1_bars_figure(metrics, groups, n_boot)
-    _save(fig, out_dir, "r1_bars")
+    save_figure(fig, out_dir, "r1_bars")
     plt.close(fig)
 
 

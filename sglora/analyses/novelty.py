@@ -312,3 +312,23 @@ def novelty_of_group(backbone: str, manifest: str | Path, tasks: list[str], repo
                         repo.lora.scaling, shift, scale, results, lambda t, j: cache_q[t][j], n_boot)
     res["tasks"], res["nearest_expert"] = list(tasks), nearest_expert
     return res
+
+
+def write_novelty(res: dict, out: str | Path, markdown: str | Path, figure: str | Path, title: str,
+                  names: dict[str, str] | None = None) -> None:
+    """Write a group's novelty: the JSON, the Markdown table and the figure (``figure`` is the
+    .png; a .pdf goes beside it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..io import atomic_path, write_json
+    from .figures import save_figure
+
+    write_json(out, res)
+    with atomic_path(markdown) as tmp:
+        tmp.write_text(render_novelty(res, title, names))
+    fig = novelty_figure(res, title, names)
+    save_figure(fig, Path(figure).parent, Path(figure).stem)
+    plt.close(fig)

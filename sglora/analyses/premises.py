@@ -138,6 +138,7 @@ def render_premises(result: dict) -> str:
 
 
 def failures(result: dict) -> list[str]:
+    """The failed premises of a result, one line each (value < threshold)."""
     return [f"{v['premise']}: {v['value']:.2f} < {v['threshold']:.2f}" for v in result["verdicts"] if v["passed"] is False]
 
 
@@ -186,3 +187,28 @@ def check_premises(backbone: str, manifest: str | Path, embeddings: dict[str, di
         raise SGLoraError("the benchmark's premises do not hold, so it cannot test SG-LoRA: " + "; ".join(failed)
                           + "\n" + render_premises(result))
     return result
+
+
+def run_premises(backbone: str, manifest: str | Path, repository: str | Path, embeddings: str | Path,
+                 experts_dataset: str, tasks: dict[str, list[str]], embedded: set[str], metrics: dict[str, tuple],
+                 spec: PremiseSpec, out: str | Path, markdown: str | Path, modality: str = "textual",
+                 device: str = "auto", cache=None, gallery: int = 0) -> dict:
+    """Check the premises of a run (its repository and task embeddings; ``tasks``: the
+    ``validation`` and ``transfer`` task lists) and write premises.json and premises.md. The
+    tasks of ``embedded`` datasets take their class's family; on an embedded experts' dataset
+    a failed premise is an error unless ``spec.enforce`` says otherwise."""
+    from ..backbone.embed import read_embeddings
+    from ..experts.repository import Repository
+    from ..io import atomic_path, write_json
+
+    repo = Repository(repository)
+    experts = repo.experts()
+    emb = read_embeddings(embeddings)
+    families = {t: (task_family(r["task_name"]) if r["dataset"] in embedded else None) for t, r in emb.items()}
+    enforce = spec.enforce if spec.enforce is not None else experts_dataset in embedded
+    res = check_premises(backbone, manifest, emb, experts, repo.layout, repo.lora.scaling, tasks, families, metrics,
+                         spec, enforce, modality=modality, device=device, cache=cache, gallery=gallery)
+    write_json(out, res)
+    with atomic_path(markdown) as tmp:
+        tmp.write_text(render_premises(res))
+    return res

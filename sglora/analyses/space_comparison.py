@@ -34,6 +34,7 @@ def space_grid(method: str, grid: dict[str, list] | None) -> list[dict]:
 
 
 def row_name(method: str, space: str) -> str:
+    """The table row of a merging method in a space (``topk_weighted.product``)."""
     return f"{method}.{space}"
 
 
@@ -196,6 +197,7 @@ def _load(root: Path, names: list[str], tasks: list[str]) -> dict[str, dict[str,
 
 def write_space_table(metrics_dir, selection: dict, tasks: list[str], title: str, out_md, out_csv,
                       n_boot: int = 2000) -> None:
+    """Write the table of spaces (Markdown and CSV) from the metric folders of every (method, space)."""
     text = space_table(metrics_dir, selection, tasks, title, n_boot)
     for path, key in ((out_md, "md"), (out_csv, "csv")):
         with atomic_path(path) as tmp:
@@ -250,3 +252,16 @@ def runs_table(runs: dict[str, dict[str, str | Path]], group: str, methods: list
            f"over tasks, test queries and runs]; − {reference}: paired difference to the same method of the {reference} "
            "run (same tasks and test queries) [paired 95% interval]; *: the interval excludes 0."]
     return {"md": "\n".join(md) + "\n"}
+
+
+def write_runs_table(out: str | Path, runs: dict[str, dict[str, str | Path]], group: str, methods: list[str],
+                     tasks: list[str], title: str, selections: dict[str, str | Path], reference: str = "factors",
+                     n_boot: int = 2000) -> None:
+    """Write :func:`runs_table`'s Markdown to ``out``; ``selections``: each run's selection.json
+    (its chosen settings are footnoted)."""
+    from ..io import read_json
+
+    chosen = {k: read_json(v).get("chosen", {}) for k, v in selections.items()}
+    text = runs_table(runs, group, methods, tasks, title, chosen, reference, n_boot)["md"]
+    with atomic_path(out) as tmp:
+        tmp.write_text(text)

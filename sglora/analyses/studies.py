@@ -108,6 +108,33 @@ def collect_size(n: int, experts: list[str], files: dict[str, str | Path]) -> di
     return {"experts_per_family": int(n), "experts": list(experts), "results": results}
 
 
+def write_size_config(base: str | Path, n: int, results: str | Path, out: str | Path) -> dict:
+    """Write one size's pipeline config (:func:`size_config` of the YAML file ``base``) to
+    ``out``; returns it."""
+    import yaml
+
+    from ..io import atomic_path
+
+    try:
+        cfg = yaml.safe_load(Path(base).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise SGLoraError(f"{base}: cannot read the base config ({err})") from err
+    cfg = size_config(cfg, n, results)
+    with atomic_path(out) as tmp:
+        tmp.write_text(yaml.safe_dump(cfg, sort_keys=True))
+    return cfg
+
+
+def write_size_collection(config: str | Path, n: int, files: dict[str, str | Path], out: str | Path) -> None:
+    """Write :func:`collect_size` of one size, its experts read from the size's config."""
+    import yaml
+
+    from ..io import write_json
+
+    experts = yaml.safe_load(Path(config).read_text())["experts"]["tasks"]
+    write_json(out, collect_size(n, experts, files))
+
+
 def size_rows(sizes: list[dict], against: list[str], cols: list[str] | None = None,
               n_boot: int = N_BOOT) -> list[dict]:
     """One row per (size, metric) from ``collect_size`` outputs: SG-LoRA's mean with its
@@ -160,7 +187,7 @@ def size_figure(rows: list[dict], against: list[str], labels: dict[str, str], ou
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .figures import _save
+    from .figures import save_figure
 
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
@@ -182,7 +209,7 @@ def size_figure(rows: list[dict], against: list[str], labels: dict[str, str], ou
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    _save(fig, Path(out_dir), name)
+    save_figure(fig, Path(out_dir), name)
     plt.close(fig)
 
 
@@ -204,5 +231,6 @@ def write_study(sizes: list[dict], against: list[str], out_md: str | Path, out_j
     return rows
 
 
-__all__ = ["StudySpec", "experts_per_family", "size_config", "collect_size", "size_rows", "render_size_table", "size_figure",
+__all__ = ["StudySpec", "experts_per_family", "size_config", "write_size_config", "collect_size",
+           "write_size_collection", "size_rows", "render_size_table", "size_figure",
            "write_study"]

@@ -20,6 +20,7 @@ SG-LoRA's and are comparable.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -121,3 +122,14 @@ def generator_candidates(method: str, tasks: list[str], experts, embeddings: dic
         info[t] = {"experts": [experts.tasks[idx[0]]], "similarity": sim.tolist(), "runs": list(runs),
                    "spread": noisy.spread, "rms_spread": float(np.sqrt((sd**2).sum()))}
     return vecs, info
+
+
+def sglora_samples(path: str | Path, layout) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """SG-LoRA's candidates of the tasks (noisy_expert's spread) and their info, checked to
+    be in the repository's ``layout``."""
+    from ..generator.candidates import load_candidates
+
+    samples, theirs, meta = load_candidates(path)
+    if theirs.dim != layout.dim:
+        raise SGLoraError(f"{path}: SG-LoRA's candidates are not in the repository's layout")
+    return samples, meta["info"]

@@ -75,15 +75,18 @@ def train_multitask(backbone: str, manifest: str | Path, tasks: list[str], valid
     return write_lora(out_dir, chosen, lora, run, backbone, "multitask", {"tasks": list(tasks), "selection": selection})
 
 
-def multitask_candidates(folder: str | Path, tasks: list[str]) -> tuple[dict[str, np.ndarray], object, dict]:
-    """The multi-task LoRA of ``folder`` (:func:`train_multitask`) as every task's candidate:
-    ``({task: 1 x D}, layout, info)``."""
-    from ..experts.training import read_snapshots
+def multitask_candidates(loras: list[str | Path], tasks: list[str]) -> tuple[dict[str, np.ndarray], object, dict, float]:
+    """The multi-task LoRA (``loras``: its one folder, :func:`train_multitask`) as every
+    task's candidate: ``({task: 1 x D}, layout, info, scaling)``."""
+    from ..experts.training import read_lora_spec, read_snapshots
     from ..io import read_json
 
+    if len(loras) != 1:
+        raise SGLoraError(f"multitask: --loras takes the multi-task LoRA's one folder, got {len(loras)}")
+    folder = loras[0]
     snaps, layout = read_snapshots(folder)
     trained = read_json(Path(folder) / "training.json")
     chosen = trained.get("selection", {}).get("chosen", {})
     info = {t: {"kind": "trained on the union of the experts' data", "experts": trained.get("tasks"),
                 "settings": chosen} for t in tasks}
-    return {t: snaps[-1:] for t in tasks}, layout, info
+    return {t: snaps[-1:] for t in tasks}, layout, info, read_lora_spec(folder).scaling

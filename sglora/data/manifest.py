@@ -62,6 +62,7 @@ def make_manifest(rows: list[dict]) -> pa.Table:
 
 
 def validate(table: pa.Table, where: str) -> None:
+    """Check a manifest table's columns, rows and splits; an error names ``where``."""
     missing = [f.name for f in SCHEMA if f.name not in table.column_names]
     if missing:
         raise SGLoraError(f"{where}: manifest lacks the column(s) {missing}")
@@ -79,6 +80,7 @@ def validate(table: pa.Table, where: str) -> None:
 
 
 def write_manifest(path: str | Path, table: pa.Table) -> None:
+    """Validate and write a manifest table (Parquet, atomically)."""
     validate(table, str(path))
     write_table(path, table)
 
@@ -158,4 +160,18 @@ def check_tasks(manifests: dict[str, str | Path], wanted: dict[str, dict[str, li
                         f"config {key}: task {t!r} of dataset {dataset!r} has {leaked} test image(s) that are also its "
                         f"train images in {manifests[dataset]}; expected disjoint train and test splits"
                     )
+    return counts
+
+
+def write_task_check(manifests: dict[str, str | Path], wanted: dict[str, dict[str, list[str]]], out: str | Path) -> dict:
+    """:func:`check_tasks`, and write the images per split of the checked tasks only (so the
+    file of one task's check does not change with the others); returns every task's counts."""
+    from ..io import write_json
+
+    counts = check_tasks(manifests, wanted)
+    checked: dict[str, set] = {}
+    for by in wanted.values():
+        for d, tasks in by.items():
+            checked.setdefault(d, set()).update(tasks)
+    write_json(out, {d: {t: n for t, n in per.items() if t in checked.get(d, ())} for d, per in counts.items()})
     return counts

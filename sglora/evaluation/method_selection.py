@@ -185,6 +185,13 @@ def select_settings(backbone: str, manifest: str | Path, tasks: list[str], grid:
             "criterion": "mean over validation tasks and samples of accuracy, or of (I2T R@1 + T2I R@1) / 2"}
 
 
+def chosen_settings(path: str | Path | None, method: str) -> dict:
+    """A method's settings chosen on the validation tasks (``{}`` without a selection file)."""
+    from ..io import read_json
+
+    return read_json(path).get("chosen", {}).get(method, {}) if path else {}
+
+
 def export_chosen(cvae_dirs: list[str | Path], selection: dict, out: str | Path) -> dict:
     """Copy run 0 of SG-LoRA's chosen CVAE variant to ``out``, with the chosen sampling
     temperature recorded in its ``config.json`` (``sampling.temperature``, and

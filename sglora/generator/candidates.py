@@ -36,6 +36,7 @@ def save_candidates(path: str | Path, vectors: dict[str, np.ndarray], layout: La
 
 
 def load_candidates(path: str | Path) -> tuple[dict[str, np.ndarray], Layout, dict]:
+    """Read a candidates file: ``({task: n x D}, layout, metadata)``."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -109,3 +110,32 @@ def _embedding(embeddings: dict[str, dict], task: str) -> dict:
     if task not in embeddings:
         raise SGLoraError(f"no task embedding for {task!r} (is it in the task embedding table's dataset?)")
     return embeddings[task]
+
+
+def oracle_candidates(loras: list[str | Path]) -> tuple[dict[str, np.ndarray], Layout, dict, float | None]:
+    """The Oracle's candidate of each task: the final snapshot of the LoRA trained on the
+    task's own data (folder name = task id); all folders must share one scaling."""
+    from ..experts.training import read_lora_spec, read_snapshots
+
+    vecs, layout = {}, None
+    scalings = {read_lora_spec(d).scaling for d in loras}
+    if len(scalings) > 1:
+        raise SGLoraError(f"oracle: the LoRA folders were trained with different scalings {sorted(scalings)}")
+    for d in loras:
+        snaps, layout = read_snapshots(d)
+        vecs[Path(d).name] = snaps[-1:]
+    info = {t: {"kind": "trained on the task's own data"} for t in vecs}
+    return vecs, layout, info, scalings.pop() if scalings else None
+
+
+def save_sample_adapters(folder: str | Path, vecs: dict[str, np.ndarray], info: dict, repo, embeddings: dict) -> None:
+    """Write every SG-LoRA sample as a PEFT adapter, ``<folder>/<task>/sample_NNN``, with the
+    task's description, seed, run and experts in its metadata."""
+    from ..experts.lora import save_adapter
+
+    for t, v in vecs.items():
+        for i, vec in enumerate(v):
+            save_adapter(Path(folder) / t / f"sample_{i:03d}", vec, repo.layout, repo.lora, repo.backbone,
+                         {"task": t, "description": embeddings[t]["description"], "seed": info[t]["seeds"][info[t]["runs"][i]],
+                          "run": info[t]["runs"][i], "sample": i, "experts": info[t]["experts"], "kind": "sglora"})
+    Path(folder).mkdir(parents=True, exist_ok=True)

@@ -93,6 +93,8 @@ def describe_features(embedding: torch.Tensor) -> torch.Tensor:
 
 
 class CVAE(nn.Module):
+    """The conditional VAE: encoder q(z | X, c) and decoder p(X | z, c) over flat LoRA vectors."""
+
     def __init__(self, dim: int, spec: CVAESpec, embed_dim: int = 0):
         super().__init__()
         if spec.describe and embed_dim < 1:
@@ -267,6 +269,7 @@ def save_cvae(out_dir: str | Path, model: CVAE, extra: dict) -> None:
 
 
 def load_cvae(model_dir: str | Path) -> tuple[CVAE, dict]:
+    """Load a trained CVAE folder (config.json, model.safetensors): ``(model, config)``."""
     from safetensors.torch import load_file
 
     model_dir = Path(model_dir)
@@ -309,5 +312,30 @@ def cvae_parameters(dim: int, spec: CVAESpec, embed_dim: int = 0) -> int:
             + lin(L + cd, h) + lin(h, h) + lin(h, dim))
 
 
+def fit_cvae(repository: str | Path, out: str | Path, spec: CVAESpec, prior, threads: int | None = None) -> dict:
+    """Train the CVAE on every snapshot of an expert repository, each conditioned as the
+    prior of ``prior`` builds it (optionally augmented), and save it with its provenance;
+    returns the last epoch's losses."""
+    from .prior import augmented_conditions, training_conditions
+    from ..experts.repository import Repository
+
+    repo = Repository(repository)
+    experts = repo.experts()
+    tasks, vecs = [], []
+    for t, v in repo.iter_snapshots():
+        tasks += t
+        vecs.append(v)
+    index = np.array([experts.tasks.index(t) for t in tasks])
+    keys = experts.embedding(prior.modality)
+    cm, cv = training_conditions(keys, experts.mu, experts.var, prior.k, prior.tau, spec.condition)
+    pools = (augmented_conditions(keys, experts.mu, experts.var, prior.k, prior.tau, spec.augment, seed=spec.seed)
+             if spec.augment else None)
+    model, history = train_cvae(np.concatenate(vecs), index, cm, cv, spec, threads=threads, pools=pools,
+                                 embeddings=keys if spec.describe else None)
+    save_cvae(out, model, {"prior": asdict(prior), "condition": spec.condition, "history": history,
+                           "repository": str(repository), "repository_checksum": experts.checksum})
+    return history[-1]
+
+
 __all__ = ["CVAE", "CVAESpec", "CHECKPOINT_NAMES", "VARIANT_DEFAULTS", "describe_features", "gaussian_kl", "train_cvae", "save_cvae", "load_cvae",
-           "cvae_parameters"]
+           "cvae_parameters", "fit_cvae"]
