@@ -3,7 +3,7 @@
     python benchmarks/bench_gpu.py [--quick] [--device cuda]
 
 Needs CUDA; without it, exits with code 3 (run_all.py lists it as skipped). Two figures,
-the ones the presets' cost headers guess today (docs/cluster.md: "~500 image-caption
+the ones the presets' cost headers guess (docs/cluster.md: "~500 image-caption
 pairs per second", "~1.5 images per second" for Qwen2-VL-7B):
 
 - expert training: image-caption pairs per second of `sglora.experts.training.train_lora` (the

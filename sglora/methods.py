@@ -15,6 +15,8 @@ KINDS = ("backbone", "trained", "merging", "generative")
 
 @dataclass(frozen=True)
 class Method:
+    """One method the pipeline compares: its id, label, kind and how its candidates are made."""
+
     id: str  #: the method's id in configs, file names and metric files
     label: str  #: its name in tables and figures
     kind: str  #: "backbone" (no LoRA), "trained" (on data), "merging" (of expert LoRAs) or "generative"

@@ -159,6 +159,7 @@ def read_metrics(path: str | Path, group: str, method: str, task: str) -> dict:
 
 
 def metric_cols(results: dict[str, dict[str, dict]]) -> list[str]:
+    """The metric columns of a group's results: accuracy (classification) or the retrieval recalls."""
     first = next(iter(next(iter(results.values())).values()))
     return ["accuracy"] if first["kind"] == "classification" else list(RETRIEVAL_COLS)
 
@@ -238,6 +239,7 @@ def best_marks(rows: list[dict], cols: list[str], stats: dict[str, GroupStats]) 
 
 
 def paper_rows(key: str | None, cols: list[str]) -> list[dict]:
+    """The paper's published rows of table ``key`` (none without a key), labelled as the paper's."""
     if not key:
         return []
     if key not in PAPER_TABLES:

@@ -35,6 +35,7 @@ def load_clip(name_or_path: str, device: str = "cpu", trust_remote_code: bool = 
 
 
 def load_images(paths: list[str]):
+    """Open and decode images as RGB; an unreadable file is an error naming it."""
     from PIL import Image
 
     out = []
@@ -49,6 +50,7 @@ def load_images(paths: list[str]):
 
 
 def pixel_values(processor, paths: list[str], batch: int = 256) -> torch.Tensor:
+    """The processor's pixel tensor of the images at ``paths``, decoded in batches."""
     chunks = []
     for i in range(0, len(paths), batch):
         chunks.append(processor.image_processor(load_images(paths[i : i + batch]), return_tensors="pt")["pixel_values"])
@@ -65,6 +67,7 @@ def tokenize(processor, texts: list[str]) -> dict[str, torch.Tensor]:
 
 def pooled_features(out) -> torch.Tensor:
     # transformers 5 returns a model output for get_*_features; older versions a tensor
+    """The pooled features of a ``get_*_features`` call, whichever type transformers returns."""
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 

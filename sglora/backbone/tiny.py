@@ -45,6 +45,7 @@ def train_bpe_vocab(texts: Iterable[str], vocab_size: int = 512) -> tuple[dict, 
 
 
 def clip_tokenizer(texts: Iterable[str], vocab_size: int = 512, max_length: int = 32):
+    """A CLIP tokenizer with a byte-pair vocabulary learned from ``texts``."""
     from transformers import CLIPTokenizer
 
     vocab, merges = train_bpe_vocab(texts, vocab_size)
@@ -52,6 +53,7 @@ def clip_tokenizer(texts: Iterable[str], vocab_size: int = 512, max_length: int 
 
 
 def clip_processor(tokenizer, image_size: int):
+    """A CLIP processor: ``tokenizer`` and an image processor at ``image_size`` pixels."""
     from transformers import CLIPImageProcessorPil, CLIPProcessor
 
     image_processor = CLIPImageProcessorPil(

@@ -3,8 +3,8 @@
 Averaging the factors A and B of K experts separately is not averaging their updates:
 (Σ w_k B_k)(Σ w_k A_k) ≠ Σ w_k B_k A_k. The merging baselines can average in three spaces:
 
-- ``factors``: the paper's flat [A, B] vector, averaged coordinate-wise (today's behaviour
-  of ``sglora.baselines.merging``, kept as the paper-faithful row);
+- ``factors``: the paper's flat [A, B] vector, averaged coordinate-wise (what
+  ``sglora.baselines.merging`` does: the paper-faithful row);
 - ``product``: the exact weighted average of the updates, as one adapter of rank K·r:
   Σ_k w_k B_k A_k = [w_1 B_1 … w_K B_K] · [A_1; …; A_K]. With the same scaling s = alpha / r
   of the run (a PEFT config of rank K·r and alpha K·alpha), s·B'A' = Σ w_k s·B_k A_k;

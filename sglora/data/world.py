@@ -128,6 +128,7 @@ def _largest_world() -> dict[str, tuple[str, list[str]]]:
 
 
 def check_size(families: int, members: int) -> None:
+    """Check the embedded world's numbers of families and members against their bounds."""
     if not 2 <= families <= MAX_FAMILIES:
         raise SGLoraError(f"embedded world: option families={families} must be in [2, {MAX_FAMILIES}]")
     if not 1 <= members <= MAX_MEMBERS:
@@ -142,6 +143,7 @@ def world_families(families: int = 6, members: int = 6) -> dict[str, tuple[str, 
 
 
 def class_names(families: int = 6, members: int = 6) -> list[str]:
+    """Every class name of a world with this many families and members."""
     return [f"{p} {fam}" for fam, (_, prefixes) in world_families(families, members).items() for p in prefixes]
 
 

@@ -27,6 +27,8 @@ from .metrics import correct, recall_from_ranks, retrieval_ranks
 
 @dataclass
 class TaskData:
+    """A task's test split, ready to score: images, texts and their targets."""
+
     task: str
     kind: str  #: "retrieval" or "classification"
     pixels: Batches  #: the test images, streamed from the image cache and normalised on the device
@@ -94,6 +96,7 @@ def metrics_of(queries: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def score(model, processor, data: TaskData) -> dict[str, float]:
+    """The metrics of the model on one task's test split."""
     return metrics_of(score_queries(model, processor, data))
 
 

@@ -216,6 +216,8 @@ class Repository:
 
 @dataclass
 class ExpertTable:
+    """The repository's experts: names, descriptions, embeddings and the mean and variance of their snapshots."""
+
     tasks: list[str]
     names: list[str]
     descriptions: list[str]

@@ -100,6 +100,7 @@ def check_decoded(vectors: np.ndarray, cvae: CVAE, experts: ExpertTable) -> None
 
 
 def describe_prior(p: Prior, experts: ExpertTable) -> list[dict]:
+    """The experts a prior draws on, with their similarity and weight alpha."""
     return [{"task": experts.tasks[i], "name": experts.names[i], "similarity": float(s), "alpha": float(a)}
             for i, s, a in zip(p.experts, p.similarity, p.alpha)]
 
@@ -195,6 +196,7 @@ _SAMPLE = re.compile(r"sample_\d{3,}")
 
 
 def check_not_model(folder: Path, where: str) -> None:
+    """Refuse to write adapters into a folder that holds a model."""
     model = [name for name in MODEL_FILES if (folder / name).exists()]
     if model:
         raise SGLoraError(f"{where}: holds a model ({model[0]}); generate writes adapters, never into a model's "

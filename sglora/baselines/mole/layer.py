@@ -149,11 +149,13 @@ def balance_loss(modules: dict[str, MoLELinear]) -> torch.Tensor:
 
 
 def gate_state(modules: dict[str, MoLELinear]) -> dict[str, torch.Tensor]:
+    """The gates' weights of every MoLE layer, as a flat tensor dict for safetensors."""
     keys = ("ln_weight", "ln_bias", "proj_weight", "proj_bias")
     return {f"{name}.{k}": getattr(mod, k).detach().float().cpu().contiguous() for name, mod in modules.items() for k in keys}
 
 
 def load_gate_state(modules: dict[str, MoLELinear], state: dict[str, torch.Tensor], where: str = "") -> None:
+    """Load :func:`gate_state` weights into the MoLE layers; a missing key is an error naming ``where``."""
     with torch.no_grad():
         for name, mod in modules.items():
             for k in ("ln_weight", "ln_bias", "proj_weight", "proj_bias"):

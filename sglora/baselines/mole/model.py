@@ -16,6 +16,7 @@ from .layer import MoLELinear, attach_mole, gate_state, load_gate_state
 
 def save_mole(out_dir: str | Path, modules: dict[str, MoLELinear], vectors: np.ndarray, layout: Layout,
               info: dict) -> Path:
+    """Write a trained MoLE folder: gates.safetensors, experts.safetensors, config.json."""
     with atomic_path(out_dir, directory=True) as tmp:
         save_safetensors(tmp / "gates.safetensors", gate_state(modules))
         save_safetensors(tmp / "experts.safetensors", {"experts": np.asarray(vectors, dtype=np.float32)},

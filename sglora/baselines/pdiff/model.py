@@ -114,6 +114,7 @@ def task_conditions(tasks: list[str], repo_experts, embeddings: dict | None) -> 
 
 
 def save_pdiff(out_dir: str | Path, models: dict[str, PDiff], config: dict) -> Path:
+    """Write a trained P-diff folder: one safetensors file per model, config.json."""
     with atomic_path(out_dir, directory=True) as tmp:
         for name, m in models.items():
             save_safetensors(tmp / f"{name}.safetensors", m.state_dict())

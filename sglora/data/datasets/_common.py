@@ -23,6 +23,7 @@ ON_BAD_IMAGE = ("skip", "error")
 
 
 def require_root(root: str | Path, kind: str) -> Path:
+    """The dataset's root folder; an error when it is missing."""
     root = Path(root)
     if not root.is_dir():
         raise SGLoraError(f"{root}: {kind} dataset root not found (expected a folder)")
@@ -30,6 +31,7 @@ def require_root(root: str | Path, kind: str) -> Path:
 
 
 def require_file(path: Path, what: str) -> Path:
+    """``path``, which must be a file (``what``: what it should hold, for the error)."""
     if not path.is_file():
         raise SGLoraError(f"{path}: file not found (expected {what})")
     return path
@@ -47,6 +49,7 @@ def read_text(path: Path, what: str) -> str:
 
 
 def load_json(path: Path, what: str) -> Any:
+    """A dataset's JSON file; an error names the file and what it should hold."""
     require_file(path, what)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -70,6 +73,7 @@ def field(obj: Any, key: str, file: Path, where: str, kind: type | tuple = objec
 
 
 def check_on_bad_image(value: str) -> str:
+    """The option ``on_bad_image``, checked against its choices."""
     if value not in ON_BAD_IMAGE:
         raise SGLoraError(f"option 'on_bad_image' is {value!r}; expected one of {ON_BAD_IMAGE}")
     return value
@@ -105,6 +109,7 @@ def filter_images(rows: list[dict], on_bad_image: str) -> tuple[list[dict], list
 
 
 def check_limit(value: Any, name: str) -> int | None:
+    """An optional positive integer option (``None``: no limit)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
