@@ -39,7 +39,8 @@ GPU_BYTES_PER_PARAM = 44  # weights read ~3x (forward, two backward GEMMs), grad
 def child(dim: int, spec: dict, batch: int, steps: int, threads: int) -> dict:
     import torch
 
-    from sglora.generator.cvae import CVAE, CVAESpec, cvae_parameters
+    from sglora.generator.cvae import CVAE, cvae_parameters
+    from sglora.generator.settings import CVAESpec
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
         print(json.dumps(child(**json.loads(args.child))))
         return 0
 
-    from sglora.generator.cvae import CVAESpec
+    from sglora.generator.settings import CVAESpec
 
     cfg = yaml.safe_load(Path(args.config).read_text())
     spec = {k: v for k, v in cfg["cvae"].items()}

@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     from sglora.evaluation.scoring import evaluate_vectors, load_task
     from sglora.experts.training import TrainSpec, read_snapshots, train_lora
     from sglora.generator.sampling import sample_loras, task_seed
-    from sglora.generator.prior import PriorSpec
+    from sglora.generator.settings import PriorSpec
     from sglora.experts.lora import LoraSpec, save_adapter
     from sglora.experts.repository import Repository
 

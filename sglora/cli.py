@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import inspect
 import json
+import os
 import sys
 import types
 import typing
@@ -128,8 +129,6 @@ def step_device(argv: list[str]):
 def claim_gpu(args: argparse.Namespace):
     """On a local run with GPU slots (``SGLORA_GPU_SLOTS``), give a step that will use a
     GPU its own device before CUDA starts; the slot is held until the process exits."""
-    import os
-
     from .devices import SLOTS_ENV, acquire_gpu_slot, wants_gpu
 
     setting = device_setting(args)

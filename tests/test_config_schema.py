@@ -91,7 +91,7 @@ def test_schema_methods_are_the_registry():
 
 
 def test_settings_are_checked_when_made_directly():
-    from sglora.generator.cvae import CVAESpec
+    from sglora.generator.settings import CVAESpec
     from sglora.io import SGLoraError
 
     with pytest.raises(SGLoraError, match="cvae.normalization"):

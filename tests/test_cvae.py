@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from sglora.generator.cvae import CVAE, CVAESpec, gaussian_kl, load_cvae, save_cvae, train_cvae
+from sglora.generator.cvae import CVAE, gaussian_kl, load_cvae, save_cvae, train_cvae
+from sglora.generator.settings import CVAESpec
 
 
 def _toy(seed=0, experts=4, m=16, dim=24):

@@ -259,7 +259,7 @@ def test_a_step_called_from_python_gets_default_settings():
     it is used as is."""
     from dataclasses import replace
 
-    from sglora.generator.prior import PriorSpec
+    from sglora.generator.settings import PriorSpec
     from sglora.steps.registry import DEFAULT, STEPS, step
 
     try:

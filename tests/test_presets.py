@@ -124,10 +124,10 @@ def test_every_section_parses_with_the_code_that_reads_it(path, tmp_path):
     from sglora.baselines.multitask import MultitaskSpec
     from sglora.baselines.pdiff import PDiffSpec
     from sglora.data.captioning import parse_options
-    from sglora.generator.cvae import CVAESpec
+    from sglora.generator.settings import CVAESpec
     from sglora.data.datasets import adapter_options
     from sglora.experts.training import TrainSpec
-    from sglora.generator.prior import PriorSpec
+    from sglora.generator.settings import PriorSpec
     from sglora.experts.lora import LoraSpec
 
     cfg = load(path)

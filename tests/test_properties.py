@@ -73,7 +73,8 @@ def pristine(tmp_path_factory) -> Path:
     from test_datasets import write_cifar, write_coco, write_flickr, write_flowers, write_pets
 
     from sglora.generator.candidates import save_candidates
-    from sglora.generator.cvae import CVAE, CVAESpec, save_cvae
+    from sglora.generator.cvae import CVAE, save_cvae
+    from sglora.generator.settings import CVAESpec
     from sglora.io import write_table
     from sglora.experts.lora import LoraSpec, save_adapter
     from sglora.data.manifest import make_manifest, write_manifest

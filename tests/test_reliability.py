@@ -65,7 +65,8 @@ def test_nan_loss_stops_with_epoch_and_last_finite_loss(tiny_world, tiny_clip, t
 
 
 def test_cvae_nan_loss_is_reported():
-    from sglora.generator.cvae import CVAESpec, train_cvae
+    from sglora.generator.settings import CVAESpec
+    from sglora.generator.cvae import train_cvae
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(16, 8)).astype(np.float32)

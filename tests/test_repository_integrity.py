@@ -53,8 +53,8 @@ def test_pipeline_sampling_refuses_a_damaged_cvae(tiny_repo, tiny_embeddings, ti
     from sglora.generator.candidates import sglora_candidates
     from sglora.generator.cvae import load_cvae
     from sglora.backbone.embed import read_embeddings
-    from sglora.generator.sampling import SamplingSpec
-    from sglora.generator.prior import PriorSpec
+    from sglora.generator.settings import SamplingSpec
+    from sglora.generator.settings import PriorSpec
     from sglora.experts.repository import Repository
 
     experts, emb = Repository(tiny_repo).experts(), read_embeddings(tiny_embeddings, "world")

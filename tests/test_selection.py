@@ -106,8 +106,8 @@ def test_selection_does_not_look_at_test_tasks(tmp_path, tiny_world, tiny_clip, 
     changes nothing in selection.json; the scores are the validation task's own metrics."""
     import sglora.evaluation.scoring as ev
     from sglora.backbone.clip import load_clip
-    from sglora.generator.sampling import SamplingSpec
-    from sglora.generator.prior import PriorSpec
+    from sglora.generator.settings import SamplingSpec
+    from sglora.generator.settings import PriorSpec
     from sglora.experts.repository import Repository
     from sglora.evaluation.method_selection import method_candidates
 

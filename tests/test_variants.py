@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from sglora.cli import main
-from sglora.generator.cvae import CVAE, CVAESpec, load_cvae, save_cvae, train_cvae
+from sglora.generator.cvae import CVAE, load_cvae, save_cvae, train_cvae
+from sglora.generator.settings import CVAESpec
 from sglora.generator.prior import AUGMENT_TAU_FACTORS, augmented_conditions
 
 SPEC = dict(latent=3, hidden=16, cond_dim=8, epochs=4, lr=3e-3, batch_size=8, seed=0, device="cpu")
@@ -158,7 +159,8 @@ def variant_cvaes(tmp_path_factory, tiny_repo):
 def test_sampling_passes_the_task_embedding_to_a_describe_cvae(variant_cvaes, tiny_repo, tiny_embeddings):
     from sglora.backbone.embed import read_embeddings
     from sglora.generator.sampling import sample_loras
-    from sglora.generator.prior import PriorSpec, task_condition
+    from sglora.generator.settings import PriorSpec
+    from sglora.generator.prior import task_condition
     from sglora.experts.repository import Repository
 
     experts = Repository(tiny_repo).experts()
@@ -191,8 +193,8 @@ def test_variants_are_told_apart_by_their_settings(variant_cvaes):
 def test_average_is_the_mean_of_the_samples_one_per_run(variant_cvaes, tiny_repo, tiny_embeddings):
     from sglora.generator.candidates import sglora_candidates
     from sglora.backbone.embed import read_embeddings
-    from sglora.generator.sampling import SamplingSpec
-    from sglora.generator.prior import PriorSpec
+    from sglora.generator.settings import SamplingSpec
+    from sglora.generator.settings import PriorSpec
     from sglora.experts.repository import Repository
 
     experts = Repository(tiny_repo).experts()
@@ -283,10 +285,10 @@ def test_tables_footnote_the_paper_rows_fixed_settings():
 
 def test_noisy_expert_refuses_a_single_sglora_candidate(tiny_repo, tiny_embeddings):
     from sglora.backbone.embed import read_embeddings
-    from sglora.generator.sampling import SamplingSpec
+    from sglora.generator.settings import SamplingSpec
     from sglora.baselines.controls import generator_candidates
     from sglora.io import SGLoraError
-    from sglora.generator.prior import PriorSpec
+    from sglora.generator.settings import PriorSpec
     from sglora.experts.repository import Repository
 
     experts = Repository(tiny_repo).experts()

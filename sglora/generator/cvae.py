@@ -29,47 +29,22 @@ The network p(z | c) is the *condition prior*, named so apart from the semantic 
 (:mod:`sglora.generator.prior`), which builds the condition c itself.
 
 Checkpoint format (``model.safetensors`` of :func:`save_cvae`): the state dict of
-:class:`CVAE` with the condition prior's tensors under ``prior.*``, the name they had in
-a fixed name, so every checkpoint of this format loads and a new one has the same bytes (:data:`CHECKPOINT_NAMES` maps the names both ways).
+:class:`CVAE` with the condition prior's tensors under ``prior.*``, a fixed
+name, so every checkpoint of this format loads and a new one has the same bytes (:data:`CHECKPOINT_NAMES` maps the names both ways).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from ..io import SGLoraError, Settings, atomic_path, reading, save_safetensors, setting, write_json
-
-
-@dataclass
-class CVAESpec(Settings):
-    """Sizes and training settings of the CVAE (config section ``cvae``)."""
-
-    section: ClassVar[str] = "cvae"
-
-    latent: int = setting(32, "size of z", min=1)
-    hidden: int = setting(512, "width of the hidden layers", min=1)
-    cond_dim: int = setting(256, "size of the condition embedding of (mu*, sigma*)", min=1)
-    kl_weight: float = setting(1.0, "lambda in Eq. 8 (paper: 1)", min=0)
-    residual: bool = setting(True, "decoder predicts X - mu* (True) or X (False)")
-    normalization: str = setting("standardize", '"standardize" per coordinate, or "none"',
-                                 choices=("standardize", "none"))
-    condition: str = setting("loo", 'a training snapshot\'s condition: "loo" (aggregator over the other experts), '
-                             '"all", "self"', choices=("loo", "all", "self"))
-    epochs: int = setting(300, "passes over all snapshots", min=1)
-    lr: float = setting(1e-3, "Adam learning rate", above=0)
-    batch_size: int = setting(64, "snapshots per step", min=1)
-    augment: int = setting(0, "extra conditions per expert from random subsets of the other experts and random "
-                           "K, tau (0 = the paper's one condition per expert)", min=0)
-    describe: bool = setting(False, "the description embedding d is part of the condition (c = (mu*, sigma*, d))")
-    seed: int = setting(0, "initialisation and data order")
-    device: str = setting("auto", '"auto" = cuda if available else cpu')
+from ..io import SGLoraError, atomic_path, reading, save_safetensors, write_json
+from .settings import CVAESpec
 
 
 def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p) -> torch.Tensor:
@@ -294,7 +269,7 @@ def load_cvae(model_dir: str | Path) -> tuple[CVAE, dict]:
 def _check_config(cfg: dict, spec: CVAESpec) -> None:
     """The keys of ``config.json`` that sampling reads besides ``cvae`` and ``sampling``:
     ``condition`` (a copy of ``cvae.condition``), ``prior`` and ``repository_checksum``."""
-    from .prior import PriorSpec
+    from .settings import PriorSpec
 
     if "condition" in cfg and cfg["condition"] != spec.condition:
         raise SGLoraError(f"field 'condition' is {cfg['condition']!r}; expected cvae.condition, {spec.condition!r}")
@@ -337,5 +312,5 @@ def fit_cvae(repository: str | Path, out: str | Path, spec: CVAESpec, prior, thr
     return history[-1]
 
 
-__all__ = ["CVAE", "CVAESpec", "CHECKPOINT_NAMES", "VARIANT_DEFAULTS", "describe_features", "gaussian_kl", "train_cvae", "save_cvae", "load_cvae",
+__all__ = ["CVAE", "CHECKPOINT_NAMES", "VARIANT_DEFAULTS", "describe_features", "gaussian_kl", "train_cvae", "save_cvae", "load_cvae",
            "cvae_parameters", "fit_cvae"]

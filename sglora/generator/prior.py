@@ -8,30 +8,17 @@ From a task embedding d* and the experts' embeddings d_k:
     mu*     = sum_k alpha_k mu_k                                        (Eq. 13)
     var*    = sum_k alpha_k var_k + sum_k alpha_k (mu_k - mu*)^2         (Eq. 14)
 
-The condition of the CVAE is c = (mu*, var*). :class:`PriorSpec` holds K, tau and the
+The condition of the CVAE is c = (mu*, var*). :class:`~sglora.generator.settings.PriorSpec` holds K, tau and the
 modality of the embeddings (config section ``prior``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 
-from ..io import SGLoraError, Settings, setting
-
-
-@dataclass
-class PriorSpec(Settings):
-    """How the semantic prior aggregates experts (config section ``prior``)."""
-
-    section: ClassVar[str] = "prior"
-
-    k: int = setting(4, "top-K experts (paper: 4)", min=1)
-    tau: float = setting(0.05, "softmax temperature on cosine similarities", above=0)
-    modality: str = setting("textual", '"textual" (description) or "visual" (mean image embedding), supp. Table 9',
-                            choices=("textual", "visual"))
+from ..io import SGLoraError
 
 
 @dataclass

@@ -15,34 +15,22 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .cvae import CVAE
-from ..io import (SGLoraError, Settings, exclusive, file_sha256, inside, one_line, read_json, reading, setting,
-                 slugify, umask, write_json)
-from .prior import Prior, PriorSpec, task_condition
+from ..io import (SGLoraError, exclusive, file_sha256, inside, one_line, read_json, reading, slugify, umask,
+                 write_json)
+from .prior import Prior, task_condition
+from .settings import PriorSpec, SamplingSpec
 from ..experts.repository import NORM_FACTOR, ExpertTable
 
 if TYPE_CHECKING:
     from ..experts.lora import Layout, LoraSpec
 
 log = logging.getLogger("sglora")
-
-
-@dataclass
-class SamplingSpec(Settings):
-    """How SG-LoRA draws its LoRAs for a task (config section ``sampling``)."""
-
-    section: ClassVar[str] = "sampling"
-
-    samples: int = setting(10, "N samples per task and run (Figure 10 shows 50)", min=1)
-    seed: int = setting(0, "base sampling seed (a task's seed derives from it and the task id)")
-    temperature: float = setting(1.0, "scale of the latent noise; 0 = the decoded mean of p(z | c)", min=0)
-    average: bool = setting(False, "a task's candidate is the mean of the N decoded samples (one LoRA per run)")
-    runs: int = setting(1, "independent CVAE trainings (seeds cvae.seed, cvae.seed + 1, ...), each sampled", min=1)
 
 
 def task_seed(seed: int, task: str) -> int:

@@ -14,8 +14,8 @@ from .registry import DEFAULT, SPLIT, step, Backbone, Manifest, Tasks, Threads, 
 if TYPE_CHECKING:
     from ..experts.lora import LoraSpec
     from ..baselines.controls import NoisySpec
-    from ..generator.prior import PriorSpec
-    from ..generator.sampling import SamplingSpec
+    from ..generator.settings import PriorSpec
+    from ..generator.settings import SamplingSpec
     from ..experts.training import TrainSpec
 
 @step("generator-candidates")

@@ -21,11 +21,11 @@ from typing import Annotated as A
 #: (check-tasks, tables, ...) should not pay torch's import on every Snakemake job.
 SETTINGS_HOME = {
     "MoLESpec": "sglora.baselines.mole.config", "MultitaskSpec": "sglora.baselines.multitask",
-    "PDiffSpec": "sglora.baselines.pdiff.config", "CVAESpec": "sglora.generator.cvae",
-    "TrainSpec": "sglora.experts.training", "SamplingSpec": "sglora.generator.sampling",
+    "PDiffSpec": "sglora.baselines.pdiff.config", "CVAESpec": "sglora.generator.settings",
+    "TrainSpec": "sglora.experts.training", "SamplingSpec": "sglora.generator.settings",
     "NoisySpec": "sglora.baselines.controls", "LoraSpec": "sglora.experts.lora",
     "PremiseSpec": "sglora.analyses.premises", "PretrainSpec": "sglora.backbone.pretrain",
-    "PriorSpec": "sglora.generator.prior",
+    "PriorSpec": "sglora.generator.settings",
 }
 
 

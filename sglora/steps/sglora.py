@@ -12,11 +12,11 @@ from ..methods import METHODS
 from .registry import DEFAULT, POSITIONAL, SPLIT, step, Backbone, Tasks, Threads, Device, Cache, Gallery, Dataset, CVAEs
 
 if TYPE_CHECKING:
-    from ..generator.cvae import CVAESpec
+    from ..generator.settings import CVAESpec
     from ..experts.lora import LoraSpec
     from ..analyses.premises import PremiseSpec
-    from ..generator.prior import PriorSpec
-    from ..generator.sampling import SamplingSpec
+    from ..generator.settings import PriorSpec
+    from ..generator.settings import SamplingSpec
 
 @step("train-cvae", device="cvae")
 def train_cvae(repository: A[Path, "expert repository folder"], out: A[Path, "CVAE folder"], cvae: CVAESpec,
