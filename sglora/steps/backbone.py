@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Annotated as A
 
-from .registry import step, Backbone, Manifests, Threads, Device
+from .registry import Backbone, Device, Manifests, Threads, step
 
 if TYPE_CHECKING:
     from ..backbone.pretrain import PretrainSpec
+
 
 @step("pretrain")
 def pretrain(worlds: A[list[Path], "world folders written by 'sglora world'"],

@@ -6,14 +6,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Annotated as A
 
-from .registry import SPLIT, step, Backbone, Tasks, Threads, Device, Cache, Gallery, Dataset
+from .registry import SPLIT, Backbone, Cache, Dataset, Device, Gallery, Tasks, Threads, step
 
 if TYPE_CHECKING:
-    from ..experts.lora import LoraSpec
     from ..baselines.mole.config import MoLESpec
     from ..baselines.multitask import MultitaskSpec
     from ..baselines.pdiff.config import PDiffSpec
+    from ..experts.lora import LoraSpec
     from ..experts.training import TrainSpec
+
 
 @step("train-multitask", device="training")
 def train_multitask(backbone: Backbone, manifest: A[Path, "task manifest with the experts' training pairs"],

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Annotated as A
 
 from ..io import SGLoraError
-from .registry import step, Manifests
+from .registry import Manifests, step
+
 
 @step("world")
 def world(out: A[Path, "output folder"], seed: A[int, "world seed (family looks and images)"] = 0,

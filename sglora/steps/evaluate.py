@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Annotated as A
 
-from .registry import DEFAULT, step, Backbone, Manifest, Tasks, Threads, Device, Cache, Gallery
+from .registry import DEFAULT, Backbone, Cache, Device, Gallery, Manifest, Tasks, Threads, step
 
 if TYPE_CHECKING:
     from ..experts.lora import LoraSpec
+
 
 @step("evaluate", device="device")
 def evaluate(backbone: Backbone, manifest: Manifest, tasks: Tasks, method: A[str, "method id (written into the JSON)"],

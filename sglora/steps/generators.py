@@ -9,14 +9,15 @@ from typing import Annotated as A
 
 from ..io import SGLoraError, read_json, write_json
 from ..methods import METHODS
-from .registry import DEFAULT, SPLIT, step, Backbone, Manifest, Tasks, Threads, Device, Cache, Gallery, Dataset, Repository, Embeddings, Bootstrap
+from .registry import (DEFAULT, SPLIT, Backbone, Bootstrap, Cache, Dataset, Device, Embeddings, Gallery, Manifest,
+                       Repository, Tasks, Threads, step)
 
 if TYPE_CHECKING:
-    from ..experts.lora import LoraSpec
     from ..baselines.controls import NoisySpec
-    from ..generator.settings import PriorSpec
-    from ..generator.settings import SamplingSpec
+    from ..experts.lora import LoraSpec
     from ..experts.training import TrainSpec
+    from ..generator.settings import PriorSpec, SamplingSpec
+
 
 @step("generator-candidates")
 def generator_candidates(method: A[str, "the generator baseline", {"choices": [m for m, v in METHODS.items()

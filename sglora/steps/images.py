@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated as A
 
-from .registry import step, Manifest
+from .registry import Manifest, step
+
 
 @step("image-cache")
 def image_cache(backbone: A[str, "model id or local folder (its image processor sets the size)"], manifest: Manifest,

@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Annotated as A
 
-from .registry import step, Backbone, Manifest, Threads, Cache
+from .registry import Backbone, Cache, Manifest, Threads, step
 
 if TYPE_CHECKING:
     from ..experts.lora import LoraSpec
     from ..experts.training import TrainSpec
+
 
 @step("train-lora", device="training")
 def train_lora(backbone: Backbone, manifest: Manifest, task: A[str, "task id"],

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated as A
 
-from .registry import SPLIT, step, Out, Threads, Metrics, Groups
+from .registry import SPLIT, Groups, Metrics, Out, Threads, step
+
 
 @step("tables", show=lambda res: None)
 def tables(metrics: Metrics, groups: Groups, out: A[Path, "tables folder"],

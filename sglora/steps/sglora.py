@@ -9,14 +9,13 @@ from typing import Annotated as A
 
 from ..io import SGLoraError, read_json, write_json
 from ..methods import METHODS
-from .registry import DEFAULT, POSITIONAL, SPLIT, step, Backbone, Tasks, Threads, Device, Cache, Gallery, Dataset, CVAEs
+from .registry import DEFAULT, POSITIONAL, SPLIT, Backbone, CVAEs, Cache, Dataset, Device, Gallery, Tasks, Threads, step
 
 if TYPE_CHECKING:
-    from ..generator.settings import CVAESpec
-    from ..experts.lora import LoraSpec
     from ..analyses.premises import PremiseSpec
-    from ..generator.settings import PriorSpec
-    from ..generator.settings import SamplingSpec
+    from ..experts.lora import LoraSpec
+    from ..generator.settings import CVAESpec, PriorSpec, SamplingSpec
+
 
 @step("train-cvae", device="cvae")
 def train_cvae(repository: A[Path, "expert repository folder"], out: A[Path, "CVAE folder"], cvae: CVAESpec,

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Annotated as A
 
 from ..io import read_json
-from .registry import step, Out
+from .registry import Out, step
+
 
 @step("study-config")
 def study_config(base: A[Path, "the base pipeline config (YAML)"],
