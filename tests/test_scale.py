@@ -75,7 +75,7 @@ def test_no_step_decodes_a_whole_task_into_float(tiny_world, tiny_clip, tiny_rep
     """Expert training, evaluation, MoLE training and evaluation and embedding run from
     the cache with the all-at-once float decoder (``backbone.pixel_values``) disabled, and
     the expert equals the one trained from decoded images (same pixels, same order)."""
-    from sglora import backbone
+    from sglora.backbone import clip as backbone
     from sglora.baselines.mole import MoLESpec, evaluate_mole, train_mole
     from sglora.backbone.embed import embed_tasks
     from sglora.evaluation.scoring import evaluate_method
