@@ -76,6 +76,7 @@ class GpuSlot:
     lock: IO  #: the open, locked file; closing it (or exiting) frees the slot
 
     def release(self) -> None:
+        """Free the slot."""
         self.lock.close()
 
 

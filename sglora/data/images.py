@@ -126,6 +126,7 @@ class ImageCache:
         return cls(root / key)
 
     def rows(self, paths: Sequence[str]) -> np.ndarray:
+        """The cache rows of the images at ``paths``; an image not in the cache is an error."""
         missing = [p for p in paths if p not in self.row]
         if missing:
             raise SGLoraError(f"{self.folder}: {len(missing)} image(s) not in the cache, e.g. {missing[0]}; "
@@ -224,6 +225,7 @@ class Batches:
         return len(self.images)
 
     def on(self, device: torch.device | str) -> Iterator[torch.Tensor]:
+        """The batches as normalised float tensors on ``device``."""
         device = torch.device(device)
         pin = device.type == "cuda"
         if pin not in self._loaders:

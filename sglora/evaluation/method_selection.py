@@ -89,6 +89,7 @@ class TrainedCVAEs:
         self._models = {}
 
     def default_condition(self) -> str:
+        """The training condition of the CVAEs (their first config's)."""
         return next(iter(self.configs.values()))["cvae"]["condition"]
 
     def default_variant(self) -> dict:

@@ -63,6 +63,7 @@ class Interval:
     se: float
 
     def excludes_zero(self) -> bool:
+        """Whether the interval lies entirely above or below zero."""
         return bool(self.lo > 0 or self.hi < 0)
 
     @property
@@ -286,6 +287,7 @@ class GroupStats:
         return resampling(self.families, self.tasks)
 
     def interval(self, method: str) -> Interval:
+        """The 95% interval of a method's group mean."""
         return interval(self.estimates[method], self.replicates[method])
 
     def difference(self, a: str, b: str) -> Interval:

@@ -46,14 +46,17 @@ class LoraSpec(Settings):
 
     @property
     def scaling(self) -> float:
+        """s = alpha / rank, the factor of B @ A in the merged weight."""
         return self.alpha / self.rank
 
     def regex(self) -> str:
+        """The regular expression of the target modules' names in a CLIP model."""
         towers = "|".join(TOWER_PREFIX[t] for t in self.towers)
         mods = "|".join(self.target_modules)
         return rf".*({towers})\.encoder\.layers\.\d+\.self_attn\.({mods})"
 
     def peft_config(self, base: str = ""):
+        """The ``peft`` LoraConfig of this spec (``base``: the backbone's name in the adapter)."""
         from peft import LoraConfig
 
         return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=0.0, bias="none",
@@ -70,14 +73,17 @@ class Layout:
 
     @property
     def sizes(self) -> list[int]:
+        """Number of values of each factor."""
         return [int(np.prod(s)) for s in self.shapes]
 
     @property
     def offsets(self) -> list[int]:
+        """Where each factor starts in the flat vector."""
         return [int(x) for x in np.cumsum([0] + self.sizes[:-1])]
 
     @property
     def dim(self) -> int:
+        """Length D of the flat vector."""
         return sum(self.sizes)
 
     def modules(self) -> list[str]:
@@ -86,15 +92,18 @@ class Layout:
         return list(dict.fromkeys(mods))
 
     def to_json(self) -> str:
+        """The layout as JSON (keys, shapes, offsets)."""
         return json.dumps({"keys": self.keys, "shapes": [list(s) for s in self.shapes], "offsets": self.offsets})
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "Layout":
+        """A layout from :meth:`to_json`'s text."""
         d = json.loads(text)
         return cls(list(d["keys"]), [tuple(s) for s in d["shapes"]])
 
     @classmethod
     def of(cls, peft_model) -> "Layout":
+        """The layout of a ``peft`` model's LoRA factors (keys sorted)."""
         from peft import get_peft_model_state_dict
 
         sd = get_peft_model_state_dict(peft_model)
@@ -102,12 +111,14 @@ class Layout:
         return cls(keys, [tuple(sd[k].shape) for k in keys])
 
     def to_vector(self, state: dict[str, torch.Tensor]) -> np.ndarray:
+        """A LoRA state dict as the flat vector; a missing factor is an error."""
         missing = [k for k in self.keys if k not in state]
         if missing:
             raise SGLoraError(f"LoRA state lacks {len(missing)} factor(s) of the layout, e.g. {missing[0]}")
         return torch.cat([state[k].detach().float().reshape(-1).cpu() for k in self.keys]).numpy()
 
     def to_state(self, vector) -> dict[str, torch.Tensor]:
+        """A flat vector as the LoRA state dict; a vector of the wrong length is an error."""
         vec = torch.from_numpy(np.array(vector, dtype=np.float32))
         if vec.ndim != 1 or vec.numel() != self.dim:
             raise SGLoraError(f"LoRA vector has {vec.numel()} values; the layout expects {self.dim}")

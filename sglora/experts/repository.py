@@ -243,6 +243,7 @@ class ExpertTable:
         return h.hexdigest()
 
     def embedding(self, modality: str) -> np.ndarray:
+        """The experts' embeddings of a modality (textual or visual)."""
         if modality not in ("textual", "visual"):
             raise SGLoraError(f"prior.modality: {modality!r} is not 'textual' or 'visual'")
         return self.text_embedding if modality == "textual" else self.visual_embedding

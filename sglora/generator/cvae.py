@@ -86,6 +86,7 @@ class CVAE(nn.Module):
 
     # normalisation -------------------------------------------------------------
     def fit_normalization(self, x: torch.Tensor) -> None:
+        """Set the per-coordinate shift and scale of the snapshots (``spec.normalization``)."""
         if self.spec.normalization == "standardize":
             std = x.double().std(0, unbiased=False)
             floor = max(float(std[std > 0].median()) * 1e-3, 1e-8) if (std > 0).any() else 1.0
@@ -108,14 +109,17 @@ class CVAE(nn.Module):
 
     # the three networks ----------------------------------------------------------
     def posterior(self, x_n, h):
+        """Mean and log-variance of q(z | X, c)."""
         m, lv = self.encoder(torch.cat([x_n, h], -1)).chunk(2, -1)
         return m, lv.clamp(-12, 8)
 
     def condition_prior_params(self, h):
+        """Mean and log-variance of the condition prior p(z | c)."""
         m, lv = self.condition_prior(h).chunk(2, -1)
         return m, lv.clamp(-12, 8)
 
     def decode(self, z, h, mu_n):
+        """X (normalised) from z and the condition; residual to mu* when ``spec.residual``."""
         out = self.decoder(torch.cat([z, h], -1))
         return mu_n + out if self.spec.residual else out
 

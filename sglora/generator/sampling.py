@@ -421,6 +421,7 @@ class SGLora:
     @classmethod
     def load(cls, repository: str | Path, cvae_dir: str | Path, backbone: str | None = None,
              prior: PriorSpec | None = None) -> "SGLora":
+        """Load a repository, its backbone and a trained CVAE for generating LoRAs."""
         from ..backbone.clip import load_clip
         from .cvae import load_cvae
         from ..experts.repository import Repository

@@ -44,6 +44,7 @@ class MoLELinear(nn.Module):
         self.gate_count = 0.0
 
     def gate_parameters(self) -> list[nn.Parameter]:
+        """The gate's trainable parameters (layer norm and projection)."""
         return [self.ln_weight, self.ln_bias, self.proj_weight, self.proj_bias]
 
     def codes(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,6 +72,7 @@ class MoLELinear(nn.Module):
         return torch.softmax(self.logits_from_codes(self.codes(x)) / self.temperature, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen layer's output plus the gated mix of the experts' LoRA updates."""
         y = self.base(x)
         with torch.autocast(x.device.type, enabled=False):
             h = self.codes(x)
