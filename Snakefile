@@ -4,7 +4,8 @@
 #   snakemake --cores all --configfile config/coco_in_dataset.yaml
 #   snakemake --profile workflow/profiles/slurm --configfile ...
 #
-# Rules are thin: each calls one `sglora <step>` command, i.e. one function of sglora/steps.py.
+# Rules are thin: each calls one `sglora <step>` command, i.e. one function of sglora/steps/
+# (in the module named after its rules file).
 
 # config.yaml is the embedded default. A --configfile (config/tiny.yaml, a paper preset)
 # replaces it instead of being merged into it: a merge would add the default's datasets and

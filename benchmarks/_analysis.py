@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def finished_run(doc: str, argv=None, extra: dict | None = None) -> SimpleNamespace:
     """Parse ``--results --config --group`` (plus ``extra`` options: name -> default) and
     load the run's config, evaluation group, repository, expert table and backbone."""
-    from sglora.backbone import load_clip
-    from sglora.repository import Repository
+    from sglora.backbone.clip import load_clip
+    from sglora.experts.repository import Repository
 
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", default="results/embedded")

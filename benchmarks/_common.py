@@ -187,10 +187,10 @@ def fmt(x) -> str:
 # --- a ViT-B/16 LoRA ------------------------------------------------------------------
 
 def clip_lora_layout(rank: int = 2, modules=("q_proj", "k_proj", "v_proj"), vision=(12, 768), text=(12, 512)):
-    """The :class:`sglora.lora.Layout` of a LoRA on CLIP, built from shapes alone: ``rank``
+    """The :class:`sglora.experts.lora.Layout` of a LoRA on CLIP, built from shapes alone: ``rank``
     on ``modules`` of ``vision = (layers, width)`` and ``text = (layers, width)``, keys as
     PEFT saves them (sorted). Defaults: CLIP ViT-B/16, the paper's rank 2 on q, k, v."""
-    from sglora.lora import Layout
+    from sglora.experts.lora import Layout
 
     shapes = {}
     for tower, (layers, width) in (("vision_model", vision), ("text_model", text)):

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_cvae.py [--quick] [--batch 64]
 
-One training step of sglora.cvae.CVAE exactly as train_cvae runs it (loss = reconstruction
+One training step of sglora.generator.cvae.CVAE exactly as train_cvae runs it (loss = reconstruction
 + KL, backward, Adam step), with config.yaml's `cvae:` widths, on random snapshots and
 conditions (the cost does not depend on the values), at two LoRA sizes:
 
@@ -39,7 +39,8 @@ GPU_BYTES_PER_PARAM = 44  # weights read ~3x (forward, two backward GEMMs), grad
 def child(dim: int, spec: dict, batch: int, steps: int, threads: int) -> dict:
     import torch
 
-    from sglora.cvae import CVAE, CVAESpec, cvae_parameters
+    from sglora.generator.cvae import CVAE, cvae_parameters
+    from sglora.generator.settings import CVAESpec
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
         print(json.dumps(child(**json.loads(args.child))))
         return 0
 
-    from sglora.cvae import CVAESpec
+    from sglora.generator.settings import CVAESpec
 
     cfg = yaml.safe_load(Path(args.config).read_text())
     spec = {k: v for k, v in cfg["cvae"].items()}
@@ -114,7 +115,7 @@ def main(argv=None) -> int:
     emb = C.clip_lora_layout(rank, mods, vision=(n if "vision" in towers else 0, w), text=(n if "text" in towers else 0, w)).dim
     repo = Path(args.results) / "repository"
     if (repo / "experts.parquet").exists():
-        from sglora.repository import Repository
+        from sglora.experts.repository import Repository
 
         real = Repository(repo).layout.dim
         if real != emb:

@@ -2,9 +2,9 @@
 
     python benchmarks/bench_eval.py [--quick] [--results results/embedded]
 
-sglora.evaluate merges each LoRA into the backbone's weights (W += s * B @ A, the context
-manager sglora.lora.merged) before encoding, so a LoRA should cost nothing at inference.
-Measured as images per second of `sglora.backbone.encode_images`, three sides interleaved
+sglora.evaluation.scoring merges each LoRA into the backbone's weights (W += s * B @ A, the context
+manager sglora.experts.lora.merged) before encoding, so a LoRA should cost nothing at inference.
+Measured as images per second of `sglora.backbone.clip.encode_images`, three sides interleaved
 (A B C, C B A, ...), medians:
 
 - bare: the backbone alone;
@@ -41,8 +41,8 @@ def bench_backbone(rep, label, model, pixels, vector, layout, lora, rounds, pass
     import torch
     from peft import get_peft_model, set_peft_model_state_dict
 
-    from sglora.backbone import encode_images
-    from sglora.lora import merged
+    from sglora.backbone.clip import encode_images
+    from sglora.experts.lora import merged
 
     peft_model = get_peft_model(copy.deepcopy(model), lora.peft_config())
     set_peft_model_state_dict(peft_model, layout.to_state(vector))
@@ -177,10 +177,10 @@ def main(argv=None) -> int:
     import torch
     from transformers import CLIPConfig, CLIPModel
 
-    from sglora.backbone import load_clip
-    from sglora.evaluate import load_task
-    from sglora.expert import read_snapshots
-    from sglora.lora import Layout, LoraSpec, add_lora
+    from sglora.backbone.clip import load_clip
+    from sglora.evaluation.scoring import load_task
+    from sglora.experts.training import read_snapshots
+    from sglora.experts.lora import Layout, LoraSpec, add_lora
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

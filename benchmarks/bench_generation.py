@@ -7,7 +7,7 @@ semantic prior (top-K experts, alpha, mu*, var*), one CVAE sample, and writing t
 adapter folder. The backbone, the CVAE and the repository's expert table are already
 loaded (their one-off load times are reported apart).
 
-Side B (Oracle): `sglora.expert.train_lora` on the task's own training pairs with
+Side B (Oracle): `sglora.experts.training.train_lora` on the task's own training pairs with
 config.yaml's `training:` and `lora:` settings, on the same backbone, writing its output
 folder (snapshots + adapter). The backbone load is excluded: train_lora is handed an
 already loaded copy. Reading and preprocessing the task's training images is included
@@ -15,7 +15,7 @@ already loaded copy. Reading and preprocessing the task's training images is inc
 
 The sides are interleaved per task (generate x k, train, generate x k); medians are
 reported. Then each LoRA (the generated one and the freshly trained Oracle) is evaluated
-on the task's test split with sglora.evaluate (I2T / T2I R@1, merged into the weights).
+on the task's test split with sglora.evaluation.scoring (I2T / T2I R@1, merged into the weights).
 Needs a finished run of the embedded default in results/embedded (`make run`).
 --quick: one task, the Oracle trained for 2 epochs (the ratio then understates the real one).
 """
@@ -55,17 +55,17 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    import sglora.expert as expert_mod
-    from sglora.backbone import encode_texts, load_clip
-    from sglora.train import seed_everything
-    from sglora.cvae import load_cvae
-    from sglora.embed import read_embeddings
-    from sglora.evaluate import evaluate_vectors, load_task
-    from sglora.expert import TrainSpec, read_snapshots, train_lora
-    from sglora.generate import sample_loras, task_seed
-    from sglora.prior import PriorSpec
-    from sglora.lora import LoraSpec, save_adapter
-    from sglora.repository import Repository
+    import sglora.experts.training as expert_mod
+    from sglora.backbone.clip import encode_texts, load_clip
+    from sglora.backbone.contrastive import seed_everything
+    from sglora.generator.cvae import load_cvae
+    from sglora.backbone.embed import read_embeddings
+    from sglora.evaluation.scoring import evaluate_vectors, load_task
+    from sglora.experts.training import TrainSpec, read_snapshots, train_lora
+    from sglora.generator.sampling import sample_loras, task_seed
+    from sglora.generator.settings import PriorSpec
+    from sglora.experts.lora import LoraSpec, save_adapter
+    from sglora.experts.repository import Repository
 
     if args.tasks:
         tasks = args.tasks.split(",")

@@ -3,15 +3,15 @@
     python benchmarks/bench_gpu.py [--quick] [--device cuda]
 
 Needs CUDA; without it, exits with code 3 (run_all.py lists it as skipped). Two figures,
-the ones the presets' cost headers guess today (docs/cluster.md: "~500 image-caption
+the ones the presets' cost headers guess (docs/cluster.md: "~500 image-caption
 pairs per second", "~1.5 images per second" for Qwen2-VL-7B):
 
-- expert training: image-caption pairs per second of `sglora.expert.train_lora` (the
+- expert training: image-caption pairs per second of `sglora.experts.training.train_lora` (the
   real loop: images streamed from the uint8 cache, normalised on the GPU, bf16 autocast)
   on a random CLIP of ViT-B/16 size (patch 16, 224 px, 12 layers, width 768) with the
   paper's LoRA (rank 2 on q, k, v of both towers), batch 32; steps after the first 5
   timed (CUDA synchronised), from 320 x 240 JPEGs;
-- captioning: images per second of `sglora.captioning.caption_manifest` (qwen2vl
+- captioning: images per second of `sglora.data.captioning.caption_manifest` (qwen2vl
   backend, batch 8, 4 captions an image) with the tiny random Qwen2-VL of
   tests/tiny_qwen.py: the pipeline's own cost around the model, not Qwen2-VL-7B's.
 
@@ -40,11 +40,11 @@ def main(argv=None) -> int:
         return C.MISSING_INPUTS
     from bench_images import vitb_clip, write_images, write_task_manifest
 
-    import sglora.expert as E
-    from sglora.backbone import load_clip
-    from sglora.captioning import caption_manifest
-    from sglora.images import build_cache
-    from sglora.lora import LoraSpec
+    import sglora.experts.training as E
+    from sglora.backbone.clip import load_clip
+    from sglora.data.captioning import caption_manifest
+    from sglora.data.images import build_cache
+    from sglora.experts.lora import LoraSpec
 
     sys.path.insert(0, str(C.ROOT / "tests"))  # the tiny Qwen2-VL is a test builder
     from tiny_qwen import save_tiny_qwen2vl  # noqa: PLC0415

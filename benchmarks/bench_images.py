@@ -1,10 +1,10 @@
-"""Images streamed from the uint8 cache (sglora/images.py): memory, cache build, training speed.
+"""Images streamed from the uint8 cache (sglora/data/images.py): memory, cache build, training speed.
 
     python benchmarks/bench_images.py [--quick] [--threads N] [--baseline REV]
 
 Three measurements, each side by side in this one run:
 
-1. Memory. Expert training (`sglora.expert.train_lora`, from the cache) of a random CLIP
+1. Memory. Expert training (`sglora.experts.training.train_lora`, from the cache) of a random CLIP
    of ViT-B/16 size (patch 16, 224 px, 12 layers, width 768 in both towers) on a
    generated task of 20,000 images and on one of 2,000 (5 captions each), each in its own
    process, stopped after a handful of steps. Growth = the highest RSS (sampled every 20
@@ -14,7 +14,7 @@ Three measurements, each side by side in this one run:
    2,000 images, and the same streamed run on 64 images: batch 4's training activations
    count in RSS on the CPU (on a GPU they would not), so that run shows the fixed cost
    and the difference the part that grows with the task.
-2. Cache build. `sglora.images.build_cache` (decode + the backbone processor's resize
+2. Cache build. `sglora.data.images.build_cache` (decode + the backbone processor's resize
    and center crop + write) vs a plain PIL loop (open, convert RGB, resize the short side
    to 224 bicubic, center crop, np.asarray) over the same 240 x 320 JPEGs, both with
    --threads processes, interleaved, medians of process CPU time (children included;
@@ -29,7 +29,7 @@ Three measurements, each side by side in this one run:
 
 --quick: 200 vs 2,000 images, 2 layers per tower, fewer rounds (no verdicts).
 --baseline: the git revision with the previous image loading (default: the parent of
-the commit that added sglora/images.py).
+the commit that added sglora/data/images.py).
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ import json, sys, threading, time
 import psutil
 args = json.loads(sys.argv[1])
 import torch
-import sglora.expert as E
-from sglora.lora import LoraSpec
+import sglora.experts.training as E
+from sglora.experts.lora import LoraSpec
 
 proc, state = psutil.Process(), {"base": None, "peak": 0.0, "steps": 0}
 
@@ -103,7 +103,7 @@ def baseline_tree(rev: str | None, dest: Path) -> tuple[str, str]:
     """The previous code (``sglora/`` at ``rev``) unpacked into ``dest``; (path, rev)."""
     git = ["git", "-C", str(C.ROOT)]
     if not rev:
-        added = subprocess.run(git + ["log", "--diff-filter=A", "--format=%H", "--", "sglora/images.py"],
+        added = subprocess.run(git + ["log", "--follow", "--diff-filter=A", "--format=%H", "--", "sglora/data/images.py"],
                                capture_output=True, text=True, check=True).stdout.split()
         rev = f"{added[-1]}^"
     rev = subprocess.run(git + ["rev-parse", "--short", rev], capture_output=True, text=True, check=True).stdout.strip()
@@ -132,7 +132,7 @@ def write_images(folder: Path, n: int, size=(320, 240), seed: int = 0) -> list[s
 
 
 def write_task_manifest(path: Path, tasks: dict[str, list[str]], test: list[str]) -> None:
-    from sglora.manifest import make_manifest, write_manifest
+    from sglora.data.manifest import make_manifest, write_manifest
 
     rows = []
     for task, paths in tasks.items():
@@ -173,7 +173,7 @@ def plain_loop(paths: list[str], workers: int) -> int:
 
 
 def vitb_clip(folder: Path, texts: list[str], quick: bool) -> str:
-    from sglora.tiny import build_clip, clip_processor, clip_tokenizer
+    from sglora.backbone.tiny import build_clip, clip_processor, clip_tokenizer
 
     tokenizer = clip_tokenizer(texts, vocab_size=512, max_length=77)
     model = build_clip(tokenizer, image_size=224, patch_size=16, hidden_size=768, layers=2 if quick else 12,
@@ -191,8 +191,8 @@ def main(argv=None) -> int:
     import numpy as np
     import yaml
 
-    from sglora.backbone import load_clip
-    from sglora.images import build_cache
+    from sglora.backbone.clip import load_clip
+    from sglora.data.images import build_cache
 
     info = C.machine(args.threads)
     rep = C.Report("images", quick=args.quick)
@@ -267,8 +267,8 @@ def main(argv=None) -> int:
                      f"{n_big * 3 * 224 * 224 * 4 / 2**30:.1f} GB")
 
         # --- 3. training speed at the embedded default's size ---
-        from sglora.tiny import save_tiny_clip
-        from sglora.world import generate_world
+        from sglora.backbone.tiny import save_tiny_clip
+        from sglora.data.world import generate_world
 
         cfg = yaml.safe_load((C.ROOT / "config.yaml").read_text())
         sizes = dict(cfg["backbone"]["pretrain"]["sizes"])
@@ -281,7 +281,7 @@ def main(argv=None) -> int:
 
         caps = {r["image_path"]: r["captions"] for r in pq.read_table(world / "captions.parquet").to_pylist()}
         rows = pq.read_table(world / "manifest.raw.parquet").to_pylist()
-        from sglora.manifest import make_manifest, write_manifest
+        from sglora.data.manifest import make_manifest, write_manifest
 
         for r in rows:
             r["captions"] = list(caps[r["image_path"]])

@@ -37,11 +37,11 @@ def setup(tmp: Path, cfg: dict, n: int, quick: bool) -> dict:
     """World, captioned manifest, random CLIP and image cache: the inputs of a train_lora job."""
     import pyarrow.parquet as pq
 
-    from sglora.backbone import load_clip
-    from sglora.images import build_cache
-    from sglora.manifest import make_manifest, write_manifest
-    from sglora.tiny import save_tiny_clip
-    from sglora.world import generate_world
+    from sglora.backbone.clip import load_clip
+    from sglora.data.images import build_cache
+    from sglora.data.manifest import make_manifest, write_manifest
+    from sglora.backbone.tiny import save_tiny_clip
+    from sglora.data.world import generate_world
 
     dataset = next(d for d in cfg["datasets"].values() if d["kind"] == "embedded")
     opts = dict(dataset.get("options") or {})

@@ -5,12 +5,12 @@
 The data: `--experts` x `--snapshots` random vectors of the size of a CLIP ViT-B/16 LoRA
 (rank 2 on q, k, v of 12 vision layers of width 768 and 12 text layers of width 512:
 D = 184,320 floats), written beforehand as per-expert folders exactly as
-`sglora.expert` writes them (snapshots.safetensors with the layout in its metadata, and
+`sglora.experts.training` writes them (snapshots.safetensors with the layout in its metadata, and
 training.json). Paper scale, 80 x 100, is 5.9 GB of float32.
 
 Measured, with the writers interleaved (A B C, C B A, ...), each run in a fresh subprocess:
 
-- `sglora.repository.assemble` streaming the folders into snapshots.parquet +
+- `sglora.experts.repository.assemble` streaming the folders into snapshots.parquet +
   experts.parquet: wall time, MB/s of snapshot data, and peak RSS (ru_maxrss) of the
   process, raw and minus its RSS after imports (target: < 1/4 of the data size);
 - the baseline: the same snapshots read from the same safetensors files and written with a
@@ -48,7 +48,7 @@ def task_name(i: int) -> str:
 
 
 def write_data(root: Path, experts: int, snapshots: int, layout, lora) -> float:
-    """Per-expert folders as sglora.expert._write lays them out (the adapter only as its
+    """Per-expert folders as sglora.experts.training._write lays them out (the adapter only as its
     config: assemble checks that it is there but does not read the weights). Returns seconds."""
     from dataclasses import asdict
 
@@ -78,8 +78,8 @@ def child(mode: str, data: Path, target: Path, experts: int) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from sglora.expert import read_snapshots
-    from sglora.repository import assemble
+    from sglora.experts.training import read_snapshots
+    from sglora.experts.repository import assemble
 
     names = [task_name(i) for i in range(experts)]
     rng = np.random.default_rng(0)
@@ -135,8 +135,8 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from sglora.lora import LoraSpec
-    from sglora.repository import Repository
+    from sglora.experts.lora import LoraSpec
+    from sglora.experts.repository import Repository
 
     experts = args.experts or (8 if args.quick else 80)
     snapshots = args.snapshots or (10 if args.quick else 100)

@@ -3,8 +3,8 @@
     python benchmarks/bench_world.py [--quick] [--threads 2]
 
 Runs, in a temporary folder, what the rules `world` (both domains of config.yaml) and
-`pretrain_backbone` run: sglora.world.generate_world for each embedded dataset with its
-config options, then sglora.pretrain.pretrain_clip with config.yaml's backbone.pretrain
+`pretrain_backbone` run: sglora.data.world.generate_world for each embedded dataset with its
+config options, then sglora.backbone.pretrain.pretrain_clip with config.yaml's backbone.pretrain
 settings on the coarse captions of the training images (as `sglora pretrain` collects
 them). Torch threads: 2, like the rule (max(threads, 2)). Target: < 5 minutes on 2 cores.
 --quick: 2 + 1 classes, 12 images per class, 1 pretraining epoch.
@@ -31,8 +31,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
 
-    from sglora.pretrain import pretrain_clip
-    from sglora.world import generate_world, pretraining_pairs
+    from sglora.backbone.pretrain import pretrain_clip
+    from sglora.data.world import generate_world, pretraining_pairs
 
     cfg = yaml.safe_load(Path(args.config).read_text())
     seed = cfg.get("seed", 0)
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
             rep.add(f"world `{name}` ({opts.get('domain', 'studio')}): {out['classes']} classes, {out['images']} images",
                     dt, "s")
             print(f"world {name}: {out['images']} images in {dt:.1f} s", flush=True)
-        # the pairs `sglora pretrain` trains on (sglora.steps.pretrain)
+        # the pairs `sglora pretrain` trains on (sglora.steps.backbone.pretrain)
         pairs = pretraining_pairs(worlds)
         texts = pairs.texts
         t_pre, res = C.timed(pretrain_clip, tmp / "backbone", pairs.images, texts, pairs.vocab, seed=seed,

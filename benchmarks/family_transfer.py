@@ -21,9 +21,9 @@ import numpy as np
 def main(argv=None) -> int:
     from _analysis import finished_run
 
-    from sglora.evaluate import evaluate_vectors, load_task
-    from sglora.expert import read_snapshots
-    from sglora.world import family_of
+    from sglora.evaluation.scoring import evaluate_vectors, load_task
+    from sglora.experts.training import read_snapshots
+    from sglora.data.world import family_of
 
     run = finished_run(__doc__, argv)
     a, res, group, manifest = run.args, run.res, run.group, run.manifest

@@ -1,7 +1,7 @@
 """``sglora``: one subcommand per pipeline step. The Snakemake rules call these; each
 also runs on its own (``sglora <step> --help``).
 
-Each subcommand is built from its function in ``sglora/steps.py``: a parameter
+Each subcommand is built from its function in ``sglora/steps/``: a parameter
 ``image_cache`` is the flag ``--image-cache``. A settings object arrives as a JSON string
 under the name of its config section (``--lora '{"rank": 2}'``), so a rule passes exactly
 its section, and Snakemake reruns a step when, and only when, that section changes.
@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import inspect
 import json
+import os
 import sys
 import types
 import typing
@@ -128,8 +129,6 @@ def step_device(argv: list[str]):
 def claim_gpu(args: argparse.Namespace):
     """On a local run with GPU slots (``SGLORA_GPU_SLOTS``), give a step that will use a
     GPU its own device before CUDA starts; the slot is held until the process exits."""
-    import os
-
     from .devices import SLOTS_ENV, acquire_gpu_slot, wants_gpu
 
     setting = device_setting(args)
@@ -141,6 +140,7 @@ def claim_gpu(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``sglora <step> ...``; returns the exit status (2 on an error the step reports)."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv[0] if argv else None).parse_args(argv)
     tune_allocator()

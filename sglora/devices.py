@@ -70,10 +70,13 @@ def wants_gpu(setting: str) -> bool:
 
 @dataclass
 class GpuSlot:
+    """One GPU held by this process (its lock file stays open until release or exit)."""
+
     device: str  #: the CUDA_VISIBLE_DEVICES id this process now owns
     lock: IO  #: the open, locked file; closing it (or exiting) frees the slot
 
     def release(self) -> None:
+        """Free the slot."""
         self.lock.close()
 
 

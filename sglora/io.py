@@ -158,6 +158,7 @@ def write_json(path: str | os.PathLike, obj: Any, flat_int_lists: bool = False) 
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file; an error names the file."""
     path = Path(path)
     if not path.exists():
         raise SGLoraError(f"{path}: file not found")

@@ -15,13 +15,15 @@ KINDS = ("backbone", "trained", "merging", "generative")
 
 @dataclass(frozen=True)
 class Method:
+    """One method the pipeline compares: its id, label, kind and how its candidates are made."""
+
     id: str  #: the method's id in configs, file names and metric files
     label: str  #: its name in tables and figures
     kind: str  #: "backbone" (no LoRA), "trained" (on data), "merging" (of expert LoRAs) or "generative"
     seen_only: bool = False  #: only for seen tasks (it needs the task among the experts)
     ranked: bool = True  #: competes for "best" in the tables (not the Oracle: it trains on the task's own data)
     candidates: str | None = "candidates"  #: the ``sglora`` step that writes its candidate LoRAs (None: none)
-    settings: tuple[str, ...] = ()  #: the settings a selection grid may vary (sglora/selection.py)
+    settings: tuple[str, ...] = ()  #: the settings a selection grid may vary (sglora/evaluation/method_selection.py)
     evaluate: str = "evaluate"  #: the ``sglora`` step that evaluates it on a group's tasks
     samples_of: str | None = None  #: the method whose generator it samples, when not its own
 

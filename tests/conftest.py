@@ -61,7 +61,7 @@ TINY_CLASSES = ["scottish terrier", "boston terrier", "yorkshire terrier", "tige
 
 def captioned_manifest(world_dir: Path) -> Path:
     """The world's raw manifest with its synthetic captions filled in."""
-    from sglora.manifest import make_manifest, write_manifest
+    from sglora.data.manifest import make_manifest, write_manifest
 
     caps = {r["image_path"]: r["captions"] for r in pq.read_table(world_dir / "captions.parquet").to_pylist()}
     rows = pq.read_table(world_dir / "manifest.raw.parquet").to_pylist()
@@ -74,7 +74,7 @@ def captioned_manifest(world_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> Path:
-    from sglora.world import generate_world
+    from sglora.data.world import generate_world
 
     d = tmp_path_factory.mktemp("world")
     generate_world(d, TINY_CLASSES, images_per_class=12, test_per_class=4, image_size=32, progress=False)
@@ -84,7 +84,7 @@ def tiny_world(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory, tiny_world) -> str:
-    from sglora.tiny import save_tiny_clip
+    from sglora.backbone.tiny import save_tiny_clip
 
     texts = [c for r in pq.read_table(tiny_world / "captions.parquet").to_pylist() for c in r["captions"]]
     d = tmp_path_factory.mktemp("clip")
@@ -97,8 +97,8 @@ TINY_TRAIN = {"epochs": 3, "snapshots": 2, "lr": 0.01, "batch_size": 8, "seed": 
 
 @pytest.fixture(scope="session")
 def tiny_experts(tmp_path_factory, tiny_world, tiny_clip) -> dict[str, Path]:
-    from sglora.expert import TrainSpec, train_lora
-    from sglora.lora import LoraSpec
+    from sglora.experts.training import TrainSpec, train_lora
+    from sglora.experts.lora import LoraSpec
 
     root = tmp_path_factory.mktemp("loras")
     out = {}
@@ -111,7 +111,7 @@ def tiny_experts(tmp_path_factory, tiny_world, tiny_clip) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_embeddings(tmp_path_factory, tiny_world, tiny_clip) -> Path:
-    from sglora.embed import embed_tasks
+    from sglora.backbone.embed import embed_tasks
 
     out = tmp_path_factory.mktemp("emb") / "embeddings.parquet"
     embed_tasks(tiny_clip, {"world": tiny_world / "manifest.parquet"}, out)
@@ -120,8 +120,8 @@ def tiny_embeddings(tmp_path_factory, tiny_world, tiny_clip) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_repo(tmp_path_factory, tiny_experts, tiny_embeddings) -> Path:
-    from sglora.embed import read_embeddings
-    from sglora.repository import assemble
+    from sglora.backbone.embed import read_embeddings
+    from sglora.experts.repository import assemble
 
     out = tmp_path_factory.mktemp("repo") / "repository"
     assemble(out, [{"task": t, "lora_dir": d} for t, d in tiny_experts.items()], read_embeddings(tiny_embeddings),
@@ -136,7 +136,7 @@ def initial_lora(model, spec):
 
     from peft import get_peft_model_state_dict
 
-    from sglora.lora import Layout, add_lora
+    from sglora.experts.lora import Layout, add_lora
 
     peft_model = add_lora(copy.deepcopy(model), spec)
     layout = Layout.of(peft_model)

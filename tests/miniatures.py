@@ -166,7 +166,7 @@ def write_flowers(root: Path, rng: np.random.Generator) -> Path:
     """Per label: 2 trnid + 1 valid (= TRAIN train images) and TEST tstid images."""
     from scipy.io import savemat
 
-    from sglora.datasets.flowers import CLASS_NAMES
+    from sglora.data.datasets.flowers import CLASS_NAMES
 
     root.mkdir(parents=True, exist_ok=True)
     labels, setid = [], {"trnid": [], "valid": [], "tstid": []}

@@ -14,20 +14,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sglora.backbone import encode_images, encode_texts, load_clip
+from sglora.backbone.clip import encode_images, encode_texts, load_clip
 from sglora.baselines.mole import MoLESpec, attach_mole, balance_loss, detach_mole, load_mole
 from sglora.baselines.pdiff import Diffusion, PDiffSpec, ParamAutoencoder, condition_vector, load_pdiff
-from sglora.candidates import load_candidates
+from sglora.generator.candidates import load_candidates
 from sglora.cli import build_parser, main
-from sglora.embed import embed_tasks, read_embeddings
-from sglora.evaluate import evaluate_method, load_task
-from sglora.expert import TrainSpec, train_lora
+from sglora.backbone.embed import embed_tasks, read_embeddings
+from sglora.evaluation.scoring import evaluate_method, load_task
+from sglora.experts.training import TrainSpec, train_lora
 from sglora.io import SGLoraError
-from sglora.lora import LoraSpec, merged
-from sglora.manifest import make_manifest, write_manifest
-from sglora.repository import Repository, assemble
-from sglora.tiny import save_tiny_clip
-from sglora.world import generate_world
+from sglora.experts.lora import LoraSpec, merged
+from sglora.data.manifest import make_manifest, write_manifest
+from sglora.experts.repository import Repository, assemble
+from sglora.backbone.tiny import save_tiny_clip
+from sglora.data.world import generate_world
 
 CLASSES = ["scottish terrier", "boston terrier", "tiger lily"]
 PDIFF_SPEC = {"latent": 8, "ae_hidden": 64, "denoiser_hidden": 64, "denoiser_blocks": 2, "time_dim": 32,
@@ -374,7 +374,7 @@ def test_expert_mean_is_the_mean_of_every_experts_final_snapshot(tmp_path, tiny_
     """The expert-mean row: every expert's final snapshot (its last epoch, the adapter it
     ships) averaged by hand here, the same LoRA for every task; not Model Soups' mean of mu_k.
     On seen tasks a task's own expert is left out."""
-    from sglora.expert import read_snapshots
+    from sglora.experts.training import read_snapshots
 
     final = {t: read_snapshots(d)[0][-1].astype(np.float64) for t, d in tiny_experts.items()}
     by_hand = sum(final.values()) / len(final)
@@ -402,7 +402,7 @@ def test_multitask_trains_on_every_experts_training_pairs_and_chooses_its_epochs
     group gets that one LoRA."""
     import pyarrow.parquet as pq
 
-    from sglora.expert import fit_lora, read_snapshots, task_pairs
+    from sglora.experts.training import fit_lora, read_snapshots, task_pairs
 
     manifest = tiny_world / "manifest.parquet"
     experts, validation = ["scottish_terrier", "tiger_lily", "water_lily"], ["calla_lily", "yorkshire_terrier"]

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from sglora.captioning import (
+from sglora.data.captioning import (
     INSTRUCTION,
     Demonstration,
     build_messages,
@@ -22,7 +22,7 @@ from sglora.captioning import (
     parse_options,
 )
 from sglora.io import SGLoraError
-from sglora.manifest import make_manifest, read_manifest, write_manifest
+from sglora.data.manifest import make_manifest, read_manifest, write_manifest
 
 # a random model writes gibberish: let any non-empty text through, and forbid an
 # immediate end-of-text so there is always something to keep

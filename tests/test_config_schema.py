@@ -82,7 +82,7 @@ def test_section_bounds_are_the_dataclass_bounds(name):
 
 def test_schema_methods_are_the_registry():
     from sglora.methods import METHODS
-    from sglora.selection import SETTINGS
+    from sglora.evaluation.method_selection import SETTINGS
 
     group = SCHEMA["properties"]["groups"]["additionalProperties"]
     assert group["properties"]["methods"]["items"]["enum"] == list(METHODS)
@@ -91,7 +91,7 @@ def test_schema_methods_are_the_registry():
 
 
 def test_settings_are_checked_when_made_directly():
-    from sglora.cvae import CVAESpec
+    from sglora.generator.settings import CVAESpec
     from sglora.io import SGLoraError
 
     with pytest.raises(SGLoraError, match="cvae.normalization"):

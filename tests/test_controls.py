@@ -1,4 +1,4 @@
-"""Description controls (sglora/controls.py): the five conditions of a task, and the table of
+"""Description controls (sglora/analyses/description_controls.py): the five conditions of a task, and the table of
 each control minus the task's own description with its paired interval."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sglora import stats
-from sglora.controls import (BELOW, COMPUTED, CONTROLS, control_descriptions, controls_rows, derangement,
+from sglora.evaluation import stats
+from sglora.analyses.description_controls import (BELOW, COMPUTED, CONTROLS, control_descriptions, controls_rows, derangement,
                              paraphrase_template, random_description, semantics_verdict, world_words,
                              write_controls_table)
-from sglora.evaluate import summarize
+from sglora.evaluation.scoring import summarize
 from sglora.io import SGLoraError, slugify, write_json
-from sglora.manifest import DEFAULT_TEMPLATE, describe
-from sglora.world import COARSE_LEADS, class_names, family_of, world_families
+from sglora.data.manifest import DEFAULT_TEMPLATE, describe
+from sglora.data.world import COARSE_LEADS, class_names, family_of, world_families
 
 
 def _group(rng, families: int, members: int):

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from sglora.cvae import CVAE, CVAESpec, gaussian_kl, load_cvae, save_cvae, train_cvae
+from sglora.generator.cvae import CVAE, gaussian_kl, load_cvae, save_cvae, train_cvae
+from sglora.generator.settings import CVAESpec
 
 
 def _toy(seed=0, experts=4, m=16, dim=24):
@@ -90,7 +91,7 @@ def test_bad_spec_is_an_error():
 
 def test_checkpoint_stores_the_condition_prior_under_prior(tmp_path):
     """model.safetensors stores the condition prior under ``prior.*`` (the checkpoint format
-    of sglora.cvae), whatever the module's attribute is called, so every checkpoint of the format loads."""
+    of sglora.generator.cvae), whatever the module's attribute is called, so every checkpoint of the format loads."""
     from safetensors.torch import load_file
 
     from sglora.io import save_safetensors

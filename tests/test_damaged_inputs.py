@@ -25,7 +25,7 @@ def test_assemble_truncated_snapshots_is_named(capsys, tiny_experts, tiny_embedd
 
 
 def test_assemble_refuses_nan_snapshots_naming_the_expert(capsys, tiny_experts, tiny_embeddings, tmp_path):
-    from sglora.expert import read_snapshots
+    from sglora.experts.training import read_snapshots
     from sglora.io import save_safetensors
 
     loras = _copy_experts(tiny_experts, tmp_path)
@@ -50,7 +50,7 @@ def test_assemble_refuses_a_lora_folder_without_adapter_config(capsys, tiny_expe
 # --- a broken LoRA never scores ------------------------------------------------------------------
 
 def test_metrics_refuse_nan():
-    from sglora.metrics import accuracy, retrieval_recall
+    from sglora.evaluation.metrics import accuracy, retrieval_recall
 
     with pytest.raises((ValueError, SGLoraError), match="non-finite"):
         retrieval_recall(np.full((3, 6), np.nan), np.repeat(np.arange(3), 2))
@@ -63,8 +63,8 @@ def test_metrics_refuse_nan():
 
 
 def test_evaluate_refuses_nan_candidates_naming_method_and_task(capsys, tiny_world, tiny_clip, tiny_experts, tmp_path):
-    from sglora.candidates import save_candidates
-    from sglora.expert import read_snapshots
+    from sglora.generator.candidates import save_candidates
+    from sglora.experts.training import read_snapshots
 
     snaps, layout = read_snapshots(tiny_experts["tiger_lily"])
     vec = np.full_like(snaps[-1:], np.nan)
@@ -82,7 +82,7 @@ def test_evaluate_refuses_nan_candidates_naming_method_and_task(capsys, tiny_wor
 def test_pets_list_that_is_not_utf8_is_named(tmp_path):
     from test_datasets import write_pets
 
-    from sglora.datasets import build_manifest
+    from sglora.data.datasets import build_manifest
 
     root = write_pets(tmp_path / "pets")
     path = root / "annotations" / "list.txt"
@@ -94,7 +94,7 @@ def test_pets_list_that_is_not_utf8_is_named(tmp_path):
 def test_coco_copy_with_only_val2017(tmp_path, caplog):
     from test_datasets import write_coco
 
-    from sglora.datasets import build_manifest
+    from sglora.data.datasets import build_manifest
 
     root = write_coco(tmp_path / "coco")
     for name in ("captions_train2017.json", "instances_train2017.json"):
@@ -114,7 +114,7 @@ def test_cifar_pickles_rewritten_by_python3(tmp_path):
 
     from test_datasets import write_cifar
 
-    from sglora.datasets import build_manifest
+    from sglora.data.datasets import build_manifest
 
     root = write_cifar(tmp_path / "cifar")
     for name in ("meta", "train", "test"):
@@ -134,7 +134,7 @@ def test_cifar_pickles_rewritten_by_python3(tmp_path):
 def test_cifar_read_that_fails_leaves_no_png(tmp_path):
     from test_datasets import write_cifar
 
-    from sglora.datasets import build_manifest
+    from sglora.data.datasets import build_manifest
 
     root = write_cifar(tmp_path / "cifar")
     test = root / "cifar-100-python" / "test"

@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from sglora.datasets import ADAPTERS, adapter_options, bad_images, build_manifest
-from sglora.datasets.flowers import CLASS_NAMES
-from sglora.datasets.pets import breed_name
+from sglora.data.datasets import ADAPTERS, adapter_options, bad_images, build_manifest
+from sglora.data.datasets.flowers import CLASS_NAMES
+from sglora.data.datasets.pets import breed_name
 from sglora.io import SGLoraError
-from sglora.manifest import SCHEMA, write_manifest
+from sglora.data.manifest import SCHEMA, write_manifest
 
 
 def jpeg(path, seed=0, size=(12, 10)):

@@ -16,9 +16,9 @@ def rank2_candidates(tmp_path_factory, tiny_clip):
     """Oracle-like candidates of rank 2 with non-zero B factors (the scaling matters)."""
     from peft import get_peft_model_state_dict
 
-    from sglora.backbone import load_clip
-    from sglora.candidates import save_candidates
-    from sglora.lora import Layout, LoraSpec, add_lora
+    from sglora.backbone.clip import load_clip
+    from sglora.generator.candidates import save_candidates
+    from sglora.experts.lora import Layout, LoraSpec, add_lora
 
     model, _ = load_clip(tiny_clip)
     peft_model = add_lora(model, LoraSpec(rank=2, target_modules=["q_proj", "v_proj"]))
@@ -45,7 +45,7 @@ def test_a_lora_rank_other_than_the_candidates_layout_is_refused(tiny_world, tin
 
 
 def test_the_matching_lora_is_evaluated_with_its_scaling(tiny_world, tiny_clip, rank2_candidates, tmp_path):
-    from sglora.evaluate import evaluate_method
+    from sglora.evaluation.scoring import evaluate_method
 
     assert evaluate(tiny_world, tiny_clip, rank2_candidates, tmp_path / "m", {"rank": 2, "alpha": 4.0}) == 0
     got = json.loads((tmp_path / "m" / "calla_lily.json").read_text())["mean"]
@@ -57,7 +57,7 @@ def test_the_matching_lora_is_evaluated_with_its_scaling(tiny_world, tiny_clip, 
 @pytest.fixture(scope="module")
 def scaled_candidates(tmp_path_factory, rank2_candidates):
     """The same candidates, written with the scaling of their LoRAs (alpha 4, rank 2) recorded."""
-    from sglora.candidates import load_candidates, save_candidates
+    from sglora.generator.candidates import load_candidates, save_candidates
 
     vectors, layout, info = load_candidates(rank2_candidates)
     path = tmp_path_factory.mktemp("scaled") / "oracle.safetensors"
@@ -75,7 +75,7 @@ def test_an_alpha_other_than_the_candidates_scaling_is_refused(tiny_world, tiny_
 
 
 def test_the_stored_scaling_is_the_one_evaluated(tiny_world, tiny_clip, scaled_candidates, rank2_candidates, tmp_path):
-    from sglora.evaluate import evaluate_method
+    from sglora.evaluation.scoring import evaluate_method
 
     got = evaluate_method(tiny_clip, tiny_world / "manifest.parquet", ["calla_lily"], "oracle", tmp_path / "a",
                           scaled_candidates, device="cpu")["calla_lily"]
@@ -87,9 +87,9 @@ def test_the_stored_scaling_is_the_one_evaluated(tiny_world, tiny_clip, scaled_c
 def test_the_pipelines_candidates_record_their_loras_scaling(tiny_repo, tiny_embeddings, tiny_experts, tmp_path):
     """The candidates step records the scaling of the LoRAs it draws on: the repository's for a
     merge, the trained folders' for the Oracle."""
-    from sglora.candidates import load_candidates
-    from sglora.expert import read_lora_spec
-    from sglora.repository import Repository
+    from sglora.generator.candidates import load_candidates
+    from sglora.experts.training import read_lora_spec
+    from sglora.experts.repository import Repository
 
     merged, oracle = tmp_path / "model_soups.safetensors", tmp_path / "oracle.safetensors"
     assert main(["candidates", "--method", "model_soups", "--tasks", "yorkshire_terrier", "--dataset", "world",

@@ -7,11 +7,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from sglora.backbone import load_clip, pixel_values, tokenize
-from sglora.expert import TrainSpec, read_snapshots, task_pairs, train_lora
+from sglora.backbone.clip import load_clip, pixel_values, tokenize
+from sglora.experts.training import TrainSpec, read_snapshots, task_pairs, train_lora
 from sglora.io import SGLoraError
-from sglora.lora import LoraSpec, merged, save_adapter
-from sglora.repository import Repository
+from sglora.experts.lora import LoraSpec, merged, save_adapter
+from sglora.experts.repository import Repository
 
 from conftest import TINY_TRAIN
 
@@ -93,7 +93,7 @@ def test_wrong_vector_length_is_an_error(tiny_repo):
 
 
 def test_adapter_shape_mismatch_is_an_error(tiny_clip, tiny_repo):
-    from sglora.tiny import save_tiny_clip
+    from sglora.backbone.tiny import save_tiny_clip
 
     repo = Repository(tiny_repo)
     import tempfile

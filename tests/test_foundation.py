@@ -77,8 +77,8 @@ def test_tiny_models_load_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from transformers import CLIPModel, CLIPProcessor, Qwen2VLForConditionalGeneration
 
-    from sglora.captioning import load_processor
-    from sglora.tiny import save_tiny_clip
+    from sglora.data.captioning import load_processor
+    from sglora.backbone.tiny import save_tiny_clip
     from tiny_qwen import save_tiny_qwen2vl
 
     clip_dir = save_tiny_clip(tmp_path / "clip")

@@ -133,10 +133,10 @@ def test_long_description_and_large_k_warn(capsys, tiny_repo, tiny_cvae, tmp_pat
     assert rc == 0
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("tokens; the text encoder reads only the first" in w for w in warned), warned
-    from sglora.cvae import load_cvae
-    from sglora.generate import sample_loras
-    from sglora.prior import PriorSpec
-    from sglora.repository import Repository
+    from sglora.generator.cvae import load_cvae
+    from sglora.generator.sampling import sample_loras
+    from sglora.generator.settings import PriorSpec
+    from sglora.experts.repository import Repository
 
     experts = Repository(tiny_repo).experts()
     cvae, _ = load_cvae(tiny_cvae)
@@ -146,7 +146,8 @@ def test_long_description_and_large_k_warn(capsys, tiny_repo, tiny_cvae, tmp_pat
 
 
 def test_cvae_of_another_repository_is_named(capsys, tiny_repo, tmp_path):
-    from sglora.cvae import CVAE, CVAESpec, save_cvae
+    from sglora.generator.cvae import CVAE, save_cvae
+    from sglora.generator.settings import CVAESpec
 
     other = tmp_path / "cvae"
     save_cvae(other, CVAE(7, CVAESpec.from_dict(CVAE_SPEC)), {"prior": {"k": 2}})

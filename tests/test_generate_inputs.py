@@ -64,12 +64,12 @@ def test_no_default_sg_lora(capsys, tiny_repo, tiny_cvae, tmp_path, monkeypatch,
 
 def test_descriptions_write_one_folder_each_in_one_process_with_the_bytes_of_separate_calls(
         capsys, tiny_repo, tiny_cvae, tmp_path, monkeypatch):
-    import sglora.backbone
+    import sglora.backbone.clip
 
     lines = ["# pets", "a photo of a terrier", "", "  A photo of a Lily!  ", "# flowers", "黒い猫"]
     (tmp_path / "tasks.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    loads, load_clip = [], sglora.backbone.load_clip
-    monkeypatch.setattr(sglora.backbone, "load_clip", lambda *a, **k: loads.append(a) or load_clip(*a, **k))
+    loads, load_clip = [], sglora.backbone.clip.load_clip
+    monkeypatch.setattr(sglora.backbone.clip, "load_clip", lambda *a, **k: loads.append(a) or load_clip(*a, **k))
     rc, stdout, err = run(capsys, "generate", "--descriptions", tmp_path / "tasks.txt", "--out", tmp_path / "all",
                           "--repository", tiny_repo, "--cvae", tiny_cvae, "--seed", 7, "--samples", 2)
     assert rc == 0, err

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from sglora.generate import generate as generate_adapters
+from sglora.generator.sampling import generate as generate_adapters
 from sglora.io import SGLoraError
-from sglora.lora import read_adapter
+from sglora.experts.lora import read_adapter
 
 from test_generate_command import generate, one_error_line, tiny_cvae  # noqa: F401 (a fixture)
 
@@ -216,7 +216,7 @@ def table(body: str, heading: str) -> list[list[str]]:
 def test_every_adapter_folder_carries_a_model_card(capsys, tiny_repo, tiny_cvae, tmp_path):
     import hashlib
 
-    from sglora.repository import Repository
+    from sglora.experts.repository import Repository
 
     out = tmp_path / "zoo"
     rc, _, err = generate(capsys, tiny_repo, tiny_cvae, "a photo of a terrier", "--out", out, "--samples", 2,

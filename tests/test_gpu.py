@@ -26,8 +26,8 @@ if CUDA and not torch.cuda.is_available():
 
 
 def _train(clip, world, out, **training):
-    from sglora.expert import TrainSpec, read_snapshots, train_lora
-    from sglora.lora import LoraSpec
+    from sglora.experts.training import TrainSpec, read_snapshots, train_lora
+    from sglora.experts.lora import LoraSpec
 
     spec = TrainSpec.from_dict({**TINY_TRAIN, "device": DEVICE, **training})
     info = train_lora(clip, world / "manifest.parquet", "tiger_lily", out, LoraSpec(), spec, threads=1, progress=False)
@@ -61,7 +61,7 @@ def test_two_gpu_runs_agree_within_tolerance(tiny_world, tiny_clip, tmp_path):
 
 def test_cvae_training_and_sampling(tiny_repo, tiny_embeddings, tmp_path):
     """train-cvae on the device, then SG-LoRA samples from it (through the CLI)."""
-    from sglora.candidates import load_candidates
+    from sglora.generator.candidates import load_candidates
     from sglora.cli import main
 
     cvae = {"latent": 4, "hidden": 32, "cond_dim": 16, "epochs": 5, "batch_size": 4, "device": DEVICE}
@@ -79,19 +79,19 @@ def test_cvae_training_and_sampling(tiny_repo, tiny_embeddings, tmp_path):
 def test_merged_lora_evaluation_matches_the_cpu(tiny_world, tiny_clip, tiny_experts, tmp_path):
     """A LoRA merged into the weights on the device encodes like the CPU (TF32
     convolutions allow ~1e-3), and evaluate on the device writes the same metrics file."""
-    from sglora.backbone import encode_images, load_clip
-    from sglora.candidates import load_candidates
+    from sglora.backbone.clip import encode_images, load_clip
+    from sglora.generator.candidates import load_candidates
     from sglora.cli import main
-    from sglora.evaluate import evaluate_method, load_task
-    from sglora.images import build_cache
-    from sglora.lora import LoraSpec, merged
+    from sglora.evaluation.scoring import evaluate_method, load_task
+    from sglora.data.images import build_cache
+    from sglora.experts.lora import LoraSpec, merged
 
     cands = tmp_path / "oracle.safetensors"
     assert main(["candidates", "--method", "oracle", "--loras", str(tiny_experts["tiger_lily"]), "--out", str(cands)]) == 0
     vectors, layout, _ = load_candidates(cands)
     _, processor = load_clip(tiny_clip)
     manifest = tiny_world / "manifest.parquet"
-    from sglora.manifest import read_manifest
+    from sglora.data.manifest import read_manifest
 
     build_cache(read_manifest(manifest).column("image_path").to_pylist(), processor, tmp_path / "cache")
     feats = {}
@@ -110,8 +110,8 @@ def test_tiny_qwen2vl_captioning_batch(tmp_path):
     """One batch of in-context captions from the tiny random Qwen2-VL on the device (bf16)."""
     from PIL import Image
 
-    from sglora.captioning import caption_manifest
-    from sglora.manifest import make_manifest, read_manifest, write_manifest
+    from sglora.data.captioning import caption_manifest
+    from sglora.data.manifest import make_manifest, read_manifest, write_manifest
     from tiny_qwen import save_tiny_qwen2vl
 
     rng = np.random.default_rng(0)

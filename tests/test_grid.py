@@ -1,4 +1,4 @@
-"""SG-LoRA's grid, read from a config by the library (sglora/grid.py) and by the Snakefile:
+"""SG-LoRA's grid, read from a config by the library (sglora/generator/grid.py) and by the Snakefile:
 the grid completed with the settings' defaults, the paper-faithful point, the CVAE
 trainings and their folder names; and the lists of methods the rules take from the registry."""
 
@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from sglora.generator_settings import VARIANTS, CVAESpec, SamplingSpec
-from sglora.grid import cvae_training, cvae_variants, paper_point, sampling_section, selection_grid, variant_name
+from sglora.generator.settings import VARIANTS, CVAESpec, SamplingSpec
+from sglora.generator.grid import cvae_training, cvae_variants, paper_point, sampling_section, selection_grid, variant_name
 from sglora.methods import METHODS, methods_where
-from sglora.prior import PriorSpec
+from sglora.generator.settings import PriorSpec
 
 BIN = Path(sys.executable).parent
 BARE = {"cvae": {}, "prior": {}, "sampling": {}, "groups": {"g": {"methods": ["sglora"]}}}
@@ -68,7 +68,7 @@ def test_a_cvae_training_takes_its_variant_and_the_run_seed():
 
 def test_the_grid_module_does_not_import_torch():
     """The Snakefile imports it: a workflow process never loads torch."""
-    code = "import sys, sglora.grid, sglora.methods; print('torch' in sys.modules)"
+    code = "import sys, sglora.generator.grid, sglora.methods; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

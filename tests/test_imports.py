@@ -3,10 +3,13 @@
 Layers, top to bottom (a module imports only from its own layer or below):
 
     cli, __main__   argument parsing only (sglora/cli.py)
-    steps           one typed function per pipeline step (sglora/steps.py)
-    domain          every other module: the method, baselines, datasets, metrics
-    base            io (files, settings dataclasses), methods (the registry), paper (numbers)
+    steps           one typed function per pipeline step, one module per rules file (sglora/steps/)
+    stages          one subpackage per stage of the method: data, backbone, experts, generator,
+                    baselines, evaluation, analyses
+    core            io (files, settings dataclasses), methods (the registry), paper (numbers),
+                    devices (device choice, GPU slots)
 
+Every module belongs to exactly one layer: a new module goes into the stage it belongs to.
 Imports inside functions count too: a lazy import is still a dependency. Imports under
 ``if TYPE_CHECKING:`` do not: they never run (annotations only).
 """
@@ -19,9 +22,9 @@ from pathlib import Path
 from conftest import ROOT
 
 PACKAGE = ROOT / "sglora"
-LAYERS = {"sglora.cli": 3, "sglora.__main__": 3, "sglora.steps": 2,
-          "sglora.io": 0, "sglora.methods": 0, "sglora.paper": 0, "sglora": 0}
-DOMAIN = 1
+CORE = {"sglora", "sglora.io", "sglora.methods", "sglora.paper", "sglora.devices"}
+STAGES = {"data", "backbone", "experts", "generator", "baselines", "evaluation", "analyses"}
+CLI, STEPS, STAGE, BASE = 3, 2, 1, 0
 
 
 def module_name(path: Path) -> str:
@@ -70,8 +73,21 @@ def graph() -> dict[str, set[str]]:
     return {name: imports(name, path, set(mods)) for name, path in mods.items()}
 
 
-def layer(name: str) -> int:
-    return LAYERS.get(name, DOMAIN)
+def layer(name: str) -> int | None:
+    """The layer of a module, ``None`` when it belongs to none."""
+    parts = name.split(".")
+    if name in ("sglora.cli", "sglora.__main__"):
+        return CLI
+    if parts[:2] == ["sglora", "steps"]:
+        return STEPS
+    if len(parts) > 1 and parts[1] in STAGES:
+        return STAGE
+    return BASE if name in CORE else None
+
+
+def test_every_module_has_a_layer():
+    stray = sorted(m for m in modules() if layer(m) is None)
+    assert not stray, f"modules outside the stages, steps and core: {stray}"
 
 
 def test_no_upward_imports():
@@ -80,10 +96,15 @@ def test_no_upward_imports():
     assert not wrong, "\n".join(wrong)
 
 
-def test_base_modules_import_no_other_sglora_module():
+def test_core_modules_import_only_core():
     g = graph()
-    wrong = {m: sorted(g[m]) for m, lv in LAYERS.items() if lv == 0 and m != "sglora" and g.get(m)}
+    wrong = {m: sorted(g[m] - CORE) for m in CORE if m in g and g[m] - CORE}
     assert not wrong, wrong
+
+
+def test_each_rules_file_has_its_steps_module():
+    rules = {p.stem for p in (ROOT / "workflow" / "rules").glob("*.smk")} - {"common", "generators_common"}
+    assert rules <= {p.stem for p in (PACKAGE / "steps").glob("*.py")}, "sglora/steps/ has one module per rules file"
 
 
 def test_no_import_cycles():
@@ -119,8 +140,8 @@ def test_the_library_never_imports_snakemake():
 
 def test_cli_only_parses_arguments():
     lines = (PACKAGE / "cli.py").read_text().splitlines()
-    assert len(lines) <= 160, f"sglora/cli.py has {len(lines)} lines; step logic belongs in sglora/steps.py"
-    assert graph()["sglora.cli"] <= {"sglora.steps", "sglora.io", "sglora.backbone", "sglora.devices"}
+    assert len(lines) <= 160, f"sglora/cli.py has {len(lines)} lines; step logic belongs in sglora/steps/"
+    assert graph()["sglora.cli"] <= {"sglora.steps", "sglora.io", "sglora.backbone.clip", "sglora.devices"}
 
 
 def test_python_m_sglora_works_like_sglora():
@@ -211,3 +232,43 @@ def test_a_light_step_runs_without_importing_torch(tiny_world, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "c.json").exists()
+
+
+def test_settings_parameters_default_to_the_settings_class():
+    """A step's settings parameter is required or defaults to ``DEFAULT`` (the class's own
+    defaults): no step builds a fallback settings object itself."""
+    import inspect
+
+    from sglora.io import Settings
+    from sglora.steps import DEFAULT, STEPS, hints
+
+    wrong = []
+    for name, fn in STEPS.items():
+        params = inspect.signature(fn).parameters
+        for pname, hint in hints(fn).items():
+            kinds = [h for h in _types_in([hint]) if isinstance(h, type) and issubclass(h, Settings)]
+            if kinds and params[pname].default not in (inspect.Parameter.empty, DEFAULT):
+                wrong.append(f"{name} --{pname}: default {params[pname].default!r}")
+    assert not wrong, "\n".join(wrong)
+    for path in (PACKAGE / "steps").glob("*.py"):
+        assert "settings_class(" not in path.read_text() or path.name == "registry.py", path
+
+
+def test_a_step_called_from_python_gets_default_settings():
+    """Left out, a settings parameter is the class's defaults, as on the command line; given,
+    it is used as is."""
+    from dataclasses import replace
+
+    from sglora.generator.settings import PriorSpec
+    from sglora.steps.registry import DEFAULT, STEPS, step
+
+    try:
+        @step("probe-only-in-this-test")
+        def probe(prior: PriorSpec = DEFAULT, k: int = 1):
+            return prior, k
+
+        assert probe(k=2) == (PriorSpec(), 2)
+        mine = replace(PriorSpec(), k=3)
+        assert probe(mine)[0] is mine
+    finally:
+        STEPS.pop("probe-only-in-this-test", None)

@@ -4,7 +4,7 @@ vectorisation), on random similarity matrices with several captions per image an
 import numpy as np
 import pytest
 
-from sglora.metrics import accuracy, correct, retrieval_ranks, retrieval_recall
+from sglora.evaluation.metrics import accuracy, correct, retrieval_ranks, retrieval_recall
 
 
 def reference(sim, caption_image, k):
@@ -84,8 +84,8 @@ def test_correct_per_image():
 def test_gallery_ranks_equal_retrieval_within_each_gallery():
     """Galleries (MS-COCO 5 x 1K style): every query is ranked only against its own gallery,
     checked against slicing each gallery out by hand."""
-    from sglora.evaluate import gallery_ranks
-    from sglora.metrics import retrieval_ranks
+    from sglora.evaluation.scoring import gallery_ranks
+    from sglora.evaluation.metrics import retrieval_ranks
 
     rng = np.random.default_rng(3)
     n_img, per = 11, 3

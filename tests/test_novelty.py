@@ -1,4 +1,4 @@
-"""Novelty (sglora/novelty.py) and the generator baselines (sglora/generators.py) against
+"""Novelty (sglora/analyses/novelty.py) and the generator baselines (sglora/baselines/generator_baselines.py) against
 plain reference implementations written here."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sglora.lora import delta_weights
-from sglora.novelty import (agreement, delta_distances, group_novelty, normalised_distances, spearman,
+from sglora.experts.lora import delta_weights
+from sglora.analyses.novelty import (agreement, delta_distances, group_novelty, normalised_distances, spearman,
                             within_between)
 from test_spaces import toy_layout
 
@@ -83,7 +83,7 @@ def test_a_copied_snapshot_is_not_novel():
 
 
 def test_prior_samples_follow_the_prior_and_noisy_expert_matches_the_spread():
-    from sglora.generators import noisy_samples, prior_samples, sample_spread
+    from sglora.baselines.generator_baselines import noisy_samples, prior_samples, sample_spread
 
     mu, var = np.array([1.0, -2.0, 0.0]), np.array([0.25, 4.0, 0.0])
     x, runs = prior_samples(mu, var, 4000, 2, 0, "task")

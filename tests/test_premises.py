@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sglora.io import SGLoraError
-from sglora.premises import PremiseSpec, check_premises, headroom, nearest_in_family, render_premises, task_family
+from sglora.analyses.premises import PremiseSpec, check_premises, headroom, nearest_in_family, render_premises, task_family
 
 
 def test_task_family_is_the_family_word():
@@ -47,8 +47,8 @@ def _metrics(root, group, method, values):
 
 @pytest.mark.parametrize("gain,enforce", [(20.0, True), (20.0, False), (2.0, False), (2.0, True)])
 def test_check_premises_reports_and_enforces(tmp_path, tiny_world, tiny_clip, tiny_repo, tiny_embeddings, gain, enforce):
-    from sglora.embed import read_embeddings
-    from sglora.repository import Repository
+    from sglora.backbone.embed import read_embeddings
+    from sglora.experts.repository import Repository
 
     repo = Repository(tiny_repo)
     emb = read_embeddings(tiny_embeddings)

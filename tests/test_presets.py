@@ -130,12 +130,12 @@ def test_every_section_parses_with_the_code_that_reads_it(path, tmp_path):
     from sglora.baselines.mole import MoLESpec
     from sglora.baselines.multitask import MultitaskSpec
     from sglora.baselines.pdiff import PDiffSpec
-    from sglora.captioning import parse_options
-    from sglora.cvae import CVAESpec
-    from sglora.datasets import adapter_options
-    from sglora.expert import TrainSpec
-    from sglora.prior import PriorSpec
-    from sglora.lora import LoraSpec
+    from sglora.data.captioning import parse_options
+    from sglora.generator.settings import CVAESpec
+    from sglora.data.datasets import adapter_options
+    from sglora.experts.training import TrainSpec
+    from sglora.generator.settings import PriorSpec
+    from sglora.experts.lora import LoraSpec
 
     cfg = load(path)
     LoraSpec.from_dict(cfg["lora"])
@@ -174,7 +174,7 @@ def test_every_task_is_in_its_real_dataset(path, miniatures, tmp_path):
     """Manifests built with the preset's own adapter options from miniatures that hold the
     real class lists: every expert and every evaluated task has train and test images (what
     the check_tasks rule demands of the captioned manifests before any training)."""
-    from sglora.datasets import build_manifest
+    from sglora.data.datasets import build_manifest
 
     cfg = load(path)
     tasks: dict[str, dict[str, set]] = {}

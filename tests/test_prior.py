@@ -4,7 +4,7 @@ mean and variance computed directly from its components (E[X^2] - E[X]^2)."""
 import numpy as np
 import pytest
 
-from sglora.prior import expert_weights, mixture, semantic_prior, training_conditions
+from sglora.generator.prior import expert_weights, mixture, semantic_prior, training_conditions
 
 
 @pytest.mark.parametrize("seed", range(5))

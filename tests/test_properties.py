@@ -45,7 +45,7 @@ KEYS = ["base_model.model.m.lora_A.weight", "base_model.model.m.lora_B.weight"]
 
 
 def _layout():
-    from sglora.lora import Layout
+    from sglora.experts.lora import Layout
 
     return Layout(KEYS, [(2, 3), (3, 2)])
 
@@ -72,12 +72,13 @@ def pristine(tmp_path_factory) -> Path:
     """One folder holding a sample of every file kind."""
     from test_datasets import write_cifar, write_coco, write_flickr, write_flowers, write_pets
 
-    from sglora.candidates import save_candidates
-    from sglora.cvae import CVAE, CVAESpec, save_cvae
+    from sglora.generator.candidates import save_candidates
+    from sglora.generator.cvae import CVAE, save_cvae
+    from sglora.generator.settings import CVAESpec
     from sglora.io import write_table
-    from sglora.lora import LoraSpec, save_adapter
-    from sglora.manifest import make_manifest, write_manifest
-    from sglora.repository import assemble
+    from sglora.experts.lora import LoraSpec, save_adapter
+    from sglora.data.manifest import make_manifest, write_manifest
+    from sglora.experts.repository import assemble
 
     root = tmp_path_factory.mktemp("pristine")
     for i, task in enumerate(["cat", "dog"]):
@@ -109,7 +110,7 @@ def pristine(tmp_path_factory) -> Path:
 # --- readers: (file to damage, call that reads it, output that must not be left behind) ----------
 
 def _read_repository(root: Path):
-    from sglora.repository import Repository
+    from sglora.experts.repository import Repository
 
     repo = Repository(root / "repository")
     repo.experts()
@@ -118,74 +119,74 @@ def _read_repository(root: Path):
 
 
 def _assemble(root: Path):
-    from sglora.repository import assemble
+    from sglora.experts.repository import assemble
 
     assemble(root / "new_repository", [{"task": t, "lora_dir": root / "loras" / t} for t in ("cat", "dog")],
              _embeddings(["cat", "dog"]), progress=False)
 
 
 def _read_snapshots(root: Path):
-    from sglora.expert import read_snapshots
+    from sglora.experts.training import read_snapshots
 
     read_snapshots(root / "loras" / "cat")
 
 
 def _load_candidates(root: Path):
-    from sglora.candidates import load_candidates
+    from sglora.generator.candidates import load_candidates
 
     load_candidates(root / "candidates.safetensors")
 
 
 def _load_cvae(root: Path):
-    from sglora.cvae import load_cvae
+    from sglora.generator.cvae import load_cvae
 
     load_cvae(root / "cvae")
 
 
 def _read_adapter(root: Path):
-    from sglora.lora import read_adapter
+    from sglora.experts.lora import read_adapter
 
     read_adapter(root / "adapter")
 
 
 def _read_manifest(root: Path):
-    from sglora.manifest import read_manifest
+    from sglora.data.manifest import read_manifest
 
     read_manifest(root / "manifest.parquet", ["cat"])
 
 
 def _read_embeddings(root: Path):
-    from sglora.embed import read_embeddings
+    from sglora.backbone.embed import read_embeddings
 
     read_embeddings(root / "embeddings.parquet", "d")
 
 
 def _pets(root: Path):
-    from sglora.datasets import build_manifest
+    from sglora.data.datasets import build_manifest
 
     build_manifest("pets", root / "pets")
 
 
 def _coco(root: Path):
-    from sglora.datasets import build_manifest
+    from sglora.data.datasets import build_manifest
 
     build_manifest("coco", root / "coco")
 
 
 def _flickr(root: Path):
-    from sglora.datasets import build_manifest
+    from sglora.data.datasets import build_manifest
 
     build_manifest("flickr30k", root / "flickr")
 
 
 def _flowers(root: Path):
-    from sglora.datasets import build_manifest
+    from sglora.data.datasets import build_manifest
 
     build_manifest("flowers", root / "flowers")
 
 
 def _cifar(root: Path):
-    from sglora.datasets import build_manifest
+    from sglora.data.datasets import build_manifest
 
     build_manifest("cifar100", root / "cifar", image_dir=str(root / "cifar" / "png"))
 
@@ -249,7 +250,7 @@ FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=32)
 @SETTINGS
 @given(n=st.integers(1, 5), per=st.integers(1, 3), data=st.data())
 def test_recall_never_rewards_non_finite_scores(n, per, data):
-    from sglora.metrics import retrieval_recall
+    from sglora.evaluation.metrics import retrieval_recall
 
     sim = np.array(data.draw(st.lists(FLOATS, min_size=n * n * per, max_size=n * n * per))).reshape(n, n * per)
     owner = np.repeat(np.arange(n), per)
@@ -264,7 +265,7 @@ def test_recall_never_rewards_non_finite_scores(n, per, data):
 @SETTINGS
 @given(n=st.integers(1, 6), k=st.integers(1, 4), data=st.data())
 def test_accuracy_is_a_percentage_and_refuses_non_finite(n, k, data):
-    from sglora.metrics import accuracy
+    from sglora.evaluation.metrics import accuracy
 
     sim = np.array(data.draw(st.lists(FLOATS, min_size=n * k, max_size=n * k))).reshape(n, k)
     labels = np.array(data.draw(st.lists(st.integers(0, k - 1), min_size=n, max_size=n)))
@@ -279,7 +280,7 @@ def test_accuracy_is_a_percentage_and_refuses_non_finite(n, k, data):
 @given(n=st.integers(1, 5), per=st.integers(1, 3), seed=st.integers(0, 2**16))
 def test_recall_matches_a_plain_reference(n, per, seed):
     """The vectorised metric against a loop written from the definition (pessimistic ties)."""
-    from sglora.metrics import retrieval_recall
+    from sglora.evaluation.metrics import retrieval_recall
 
     rng = np.random.default_rng(seed)
     sim = rng.integers(-2, 3, size=(n, n * per)).astype(float)  # many ties

@@ -36,9 +36,9 @@ def test_missing_dataset_path_names_it(tmp_path):
 def test_corrupt_image_stops_training_naming_the_file(tiny_world, tiny_clip, tmp_path):
     import shutil
 
-    from sglora.expert import TrainSpec, train_lora
-    from sglora.lora import LoraSpec
-    from sglora.manifest import make_manifest, write_manifest
+    from sglora.experts.training import TrainSpec, train_lora
+    from sglora.experts.lora import LoraSpec
+    from sglora.data.manifest import make_manifest, write_manifest
 
     rows = pq.read_table(tiny_world / "manifest.parquet").to_pylist()
     bad = tmp_path / "broken.png"
@@ -54,8 +54,8 @@ def test_corrupt_image_stops_training_naming_the_file(tiny_world, tiny_clip, tmp
 
 
 def test_nan_loss_stops_with_epoch_and_last_finite_loss(tiny_world, tiny_clip, tmp_path):
-    from sglora.expert import TrainSpec, train_lora
-    from sglora.lora import LoraSpec
+    from sglora.experts.training import TrainSpec, train_lora
+    from sglora.experts.lora import LoraSpec
 
     spec = TrainSpec.from_dict(dict(TINY_TRAIN, lr=1e30, epochs=3))
     with pytest.raises(SGLoraError, match=r"loss is (nan|inf).*epoch \d+; last finite"):
@@ -65,7 +65,8 @@ def test_nan_loss_stops_with_epoch_and_last_finite_loss(tiny_world, tiny_clip, t
 
 
 def test_cvae_nan_loss_is_reported():
-    from sglora.cvae import CVAESpec, train_cvae
+    from sglora.generator.settings import CVAESpec
+    from sglora.generator.cvae import train_cvae
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(16, 8)).astype(np.float32)
@@ -76,7 +77,7 @@ def test_cvae_nan_loss_is_reported():
 
 
 def test_task_missing_from_dataset_and_empty_class(tiny_world, tmp_path):
-    from sglora.manifest import check_tasks, make_manifest, write_manifest
+    from sglora.data.manifest import check_tasks, make_manifest, write_manifest
 
     man = {"world": tiny_world / "manifest.parquet"}
     with pytest.raises(SGLoraError, match=r"experts.tasks: task\(s\) \['zebra'\] are not in dataset 'world'"):
@@ -90,7 +91,7 @@ def test_task_missing_from_dataset_and_empty_class(tiny_world, tmp_path):
 
 
 def test_duplicate_task_ids_in_a_manifest_are_an_error():
-    from sglora.manifest import make_manifest
+    from sglora.data.manifest import make_manifest
 
     row = dict(dataset="d", task="desert_rose", task_name="Desert-Rose", class_name="Desert-Rose", description="x",
                image_path="a.png", captions=["c"], split="train")
@@ -99,7 +100,7 @@ def test_duplicate_task_ids_in_a_manifest_are_an_error():
 
 
 def test_template_without_class_name():
-    from sglora.manifest import describe
+    from sglora.data.manifest import describe
 
     with pytest.raises(SGLoraError, match="must contain '<class name>'"):
         describe("pug", "a photo of a dog")
@@ -109,7 +110,7 @@ def test_repository_with_wrong_vector_length(tiny_repo, tmp_path):
     import shutil
 
 
-    from sglora.repository import Repository
+    from sglora.experts.repository import Repository
 
     broken = tmp_path / "repo"
     shutil.copytree(tiny_repo, broken)

@@ -50,12 +50,12 @@ def test_generate_refuses_what_a_damaged_cvae_decodes(capsys, tiny_repo, tiny_cv
 
 @pytest.mark.parametrize("damage", ["nan", "exponent"])
 def test_pipeline_sampling_refuses_a_damaged_cvae(tiny_repo, tiny_embeddings, tiny_cvae, tmp_path, damage):
-    from sglora.candidates import sglora_candidates
-    from sglora.cvae import load_cvae
-    from sglora.embed import read_embeddings
-    from sglora.generate import SamplingSpec
-    from sglora.prior import PriorSpec
-    from sglora.repository import Repository
+    from sglora.generator.candidates import sglora_candidates
+    from sglora.generator.cvae import load_cvae
+    from sglora.backbone.embed import read_embeddings
+    from sglora.generator.settings import SamplingSpec
+    from sglora.generator.settings import PriorSpec
+    from sglora.experts.repository import Repository
 
     experts, emb = Repository(tiny_repo).experts(), read_embeddings(tiny_embeddings, "world")
     vecs, _ = sglora_candidates([load_cvae(tiny_cvae)[0]], ["calla_lily"], experts, emb, PriorSpec(k=2), SamplingSpec())
@@ -119,7 +119,7 @@ def test_corrupted_cvae_config_field_is_named(capsys, tiny_repo, tiny_cvae, tmp_
 
 
 def test_a_flipped_bit_in_the_expert_table_is_an_error_naming_it(tiny_repo, tmp_path):
-    from sglora.repository import Repository
+    from sglora.experts.repository import Repository
 
     repo = tmp_path / "repository"
     shutil.copytree(tiny_repo, repo)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from sglora.io import SGLoraError
-from sglora.results_page import rule_times, write_results_page
+from sglora.analyses.results_page import rule_times, write_results_page
 
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 

@@ -20,7 +20,7 @@ BIN = Path(sys.executable).parent
 
 
 def _paths(world: Path, split: str | None = None) -> list[str]:
-    from sglora.manifest import read_manifest
+    from sglora.data.manifest import read_manifest
 
     rows = read_manifest(world / "manifest.parquet").to_pylist()
     return [r["image_path"] for r in rows if split in (None, r["split"])]
@@ -37,8 +37,8 @@ def test_cached_pixels_equal_the_image_processor(size, tiny_world, tmp_path):
     from PIL import Image
     from transformers import CLIPImageProcessorPil
 
-    from sglora.backbone import load_images
-    from sglora.images import build_cache, task_batches
+    from sglora.backbone.clip import load_images
+    from sglora.data.images import build_cache, task_batches
 
     odd = tmp_path / "odd.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(odd)
@@ -56,7 +56,7 @@ def test_cache_is_keyed_by_the_image_processor(tiny_world, tmp_path):
     """A backbone with another input size does not read this cache: the error names both."""
     from transformers import CLIPImageProcessorPil
 
-    from sglora.images import ImageCache, build_cache, processor_key
+    from sglora.data.images import ImageCache, build_cache, processor_key
     from sglora.io import SGLoraError
 
     p32 = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
@@ -75,13 +75,13 @@ def test_no_step_decodes_a_whole_task_into_float(tiny_world, tiny_clip, tiny_rep
     """Expert training, evaluation, MoLE training and evaluation and embedding run from
     the cache with the all-at-once float decoder (``backbone.pixel_values``) disabled, and
     the expert equals the one trained from decoded images (same pixels, same order)."""
-    from sglora import backbone
+    from sglora.backbone import clip as backbone
     from sglora.baselines.mole import MoLESpec, evaluate_mole, train_mole
-    from sglora.embed import embed_tasks
-    from sglora.evaluate import evaluate_method
-    from sglora.expert import TrainSpec, read_snapshots, train_lora
-    from sglora.images import build_cache
-    from sglora.lora import LoraSpec
+    from sglora.backbone.embed import embed_tasks
+    from sglora.evaluation.scoring import evaluate_method
+    from sglora.experts.training import TrainSpec, read_snapshots, train_lora
+    from sglora.data.images import build_cache
+    from sglora.experts.lora import LoraSpec
 
     _, processor = backbone.load_clip(tiny_clip)
     manifest = tiny_world / "manifest.parquet"

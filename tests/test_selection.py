@@ -31,11 +31,11 @@ def cvaes(tmp_path_factory, tiny_repo):
 def test_seen_task_is_sampled_with_its_training_condition(tmp_path, mode, cvaes, tiny_repo, tiny_embeddings):
     """A seen task's samples come from exactly the condition its snapshots were trained with:
     under ``loo`` the task is not among its own experts."""
-    from sglora.candidates import load_candidates
-    from sglora.cvae import load_cvae
-    from sglora.generate import task_seed
-    from sglora.prior import training_conditions
-    from sglora.repository import Repository
+    from sglora.generator.candidates import load_candidates
+    from sglora.generator.cvae import load_cvae
+    from sglora.generator.sampling import task_seed
+    from sglora.generator.prior import training_conditions
+    from sglora.experts.repository import Repository
 
     out = tmp_path / "seen.safetensors"
     task = "scottish_terrier"
@@ -59,10 +59,10 @@ def test_seen_task_is_sampled_with_its_training_condition(tmp_path, mode, cvaes,
 
 
 def test_unseen_task_condition_is_the_aggregator_over_all_experts(tmp_path, cvaes, tiny_repo, tiny_embeddings):
-    from sglora.candidates import load_candidates
-    from sglora.embed import read_embeddings
-    from sglora.prior import semantic_prior
-    from sglora.repository import Repository
+    from sglora.generator.candidates import load_candidates
+    from sglora.backbone.embed import read_embeddings
+    from sglora.generator.prior import semantic_prior
+    from sglora.experts.repository import Repository
 
     out = tmp_path / "unseen.safetensors"
     assert main(["candidates", "--method", "sglora", "--tasks", "calla_lily", "--repository", str(tiny_repo),
@@ -90,7 +90,7 @@ def _select(tmp_path, tiny_clip, manifest, tiny_repo, tiny_embeddings, cvaes, na
 
 def _with_captions(src, dst, task, change):
     """A copy of a manifest whose ``task`` rows get ``change(list of caption lists)``."""
-    from sglora.manifest import make_manifest, write_manifest
+    from sglora.data.manifest import make_manifest, write_manifest
 
     rows = pq.read_table(src).to_pylist()
     mine = [r for r in rows if r["task"] == task]
@@ -104,12 +104,12 @@ def test_selection_does_not_look_at_test_tasks(tmp_path, tiny_world, tiny_clip, 
                                                monkeypatch):
     """Selection reads the validation task's rows only; changing a test task's captions
     changes nothing in selection.json; the scores are the validation task's own metrics."""
-    import sglora.evaluate as ev
-    from sglora.backbone import load_clip
-    from sglora.generate import SamplingSpec
-    from sglora.prior import PriorSpec
-    from sglora.repository import Repository
-    from sglora.selection import method_candidates
+    import sglora.evaluation.scoring as ev
+    from sglora.backbone.clip import load_clip
+    from sglora.generator.settings import SamplingSpec
+    from sglora.generator.settings import PriorSpec
+    from sglora.experts.repository import Repository
+    from sglora.evaluation.method_selection import method_candidates
 
     manifest = tiny_world / "manifest.parquet"
     asked = []
@@ -127,7 +127,7 @@ def test_selection_does_not_look_at_test_tasks(tmp_path, tiny_world, tiny_clip, 
     assert (tmp_path / "test_changed.json").read_bytes() == (tmp_path / "base.json").read_bytes()
     # a grid point's score is its candidates' metrics on the validation task, computed directly
     repo = Repository(tiny_repo)
-    from sglora.embed import read_embeddings
+    from sglora.backbone.embed import read_embeddings
 
     settings = base["scores"]["topk_weighted"][1]["settings"]
     vecs, _ = method_candidates("topk_weighted", settings, ["yorkshire_terrier"], repo.experts(),
@@ -140,7 +140,7 @@ def test_selection_does_not_look_at_test_tasks(tmp_path, tiny_world, tiny_clip, 
 
 def test_selection_picks_the_best_validation_score_and_candidates_use_it(tmp_path, tiny_world, tiny_clip, tiny_repo,
                                                                         tiny_embeddings, cvaes):
-    from sglora.candidates import load_candidates
+    from sglora.generator.candidates import load_candidates
 
     sel = _select(tmp_path, tiny_clip, tiny_world / "manifest.parquet", tiny_repo, tiny_embeddings, cvaes, "sel")
     for method, rows in sel["scores"].items():
@@ -157,7 +157,7 @@ def test_selection_picks_the_best_validation_score_and_candidates_use_it(tmp_pat
 
 def test_grid_refuses_unknown_settings():
     from sglora.io import SGLoraError
-    from sglora.selection import check_grid
+    from sglora.evaluation.method_selection import check_grid
 
     with pytest.raises(SGLoraError, match="selection.topk_weighted.temperature"):
         check_grid({"topk_weighted": {"temperature": [1.0]}})
@@ -168,9 +168,9 @@ def test_grid_refuses_unknown_settings():
 def test_identical_candidates_are_evaluated_once_with_the_same_results(tiny_world, tiny_clip, tiny_repo, monkeypatch):
     """Temperature-0 samples are identical rows: each distinct LoRA is evaluated once and
     every row still gets its own (identical) per-query results."""
-    import sglora.evaluate as ev
-    from sglora.backbone import load_clip
-    from sglora.repository import Repository
+    import sglora.evaluation.scoring as ev
+    from sglora.backbone.clip import load_clip
+    from sglora.experts.repository import Repository
 
     repo = Repository(tiny_repo)
     model, processor = load_clip(tiny_clip)
@@ -191,9 +191,9 @@ def test_identical_candidates_are_evaluated_once_with_the_same_results(tiny_worl
 def test_a_tasks_texts_are_tokenized_once_and_score_as_before(tiny_world, tiny_clip, tiny_repo, monkeypatch):
     """Scoring several LoRAs on a task tokenizes its captions once (in load_task), and the
     cached tokens give exactly the embeddings and ranks of tokenizing on every call."""
-    import sglora.backbone as bb
-    import sglora.evaluate as ev
-    from sglora.repository import Repository
+    import sglora.backbone.clip as bb
+    import sglora.evaluation.scoring as ev
+    from sglora.experts.repository import Repository
 
     repo = Repository(tiny_repo)
     model, processor = bb.load_clip(tiny_clip)

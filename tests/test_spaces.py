@@ -1,4 +1,4 @@
-"""LoRA spaces (sglora/spaces.py): the product-space merges against plain references,
+"""LoRA spaces (sglora/baselines/merging_spaces.py): the product-space merges against plain references,
 and a rank-K·r adapter that PEFT loads with the weighted average of the updates."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sglora.lora import Layout, LoraSpec, delta_weights, merged, save_adapter
-from sglora.spaces import adapter_spec, layout_rank, pad_rank, product_merge, svd_merge, with_rank
+from sglora.experts.lora import Layout, LoraSpec, delta_weights, merged, save_adapter
+from sglora.baselines.merging_spaces import adapter_spec, layout_rank, pad_rank, product_merge, svd_merge, with_rank
 
 
 def toy_layout(modules=("m.q_proj", "m.v_proj"), out_dim=6, in_dim=5, r=2) -> Layout:
@@ -70,7 +70,7 @@ def test_pad_rank_keeps_the_update():
 def test_rank_kr_adapter_loads_in_peft_and_merges_to_the_average(tiny_clip, tmp_path):
     from peft import PeftModel
 
-    from sglora.backbone import load_clip
+    from sglora.backbone.clip import load_clip
     from conftest import initial_lora as initial_vector
 
     spec = LoraSpec()
@@ -97,10 +97,10 @@ def test_rank_kr_adapter_loads_in_peft_and_merges_to_the_average(tiny_clip, tmp_
 
 def test_factor_space_is_the_paper_merge(tiny_repo, tiny_embeddings):
     from sglora.baselines.merging import merge
-    from sglora.embed import read_embeddings
-    from sglora.generate import PriorSpec
-    from sglora.repository import Repository
-    from sglora.spaces import space_candidates
+    from sglora.backbone.embed import read_embeddings
+    from sglora.generator.sampling import PriorSpec
+    from sglora.experts.repository import Repository
+    from sglora.baselines.merging_spaces import space_candidates
 
     repo = Repository(tiny_repo)
     experts, emb = repo.experts(), read_embeddings(tiny_embeddings)
@@ -117,7 +117,7 @@ def test_factor_space_is_the_paper_merge(tiny_repo, tiny_embeddings):
 @pytest.mark.parametrize("bad", ["weights", "space"])
 def test_errors_name_the_problem(bad):
     from sglora.io import SGLoraError
-    from sglora.spaces import merge_in_space
+    from sglora.baselines.merging_spaces import merge_in_space
 
     layout = toy_layout()
     with pytest.raises(SGLoraError, match="product merge" if bad == "weights" else "space"):
@@ -133,10 +133,10 @@ def test_frozen_a_trains_only_b_and_its_factor_average_is_the_update_average(tin
     import json
 
     from conftest import TINY_TRAIN
-    from sglora.backbone import load_clip
-    from sglora.expert import TrainSpec, read_snapshots, train_lora
+    from sglora.backbone.clip import load_clip
+    from sglora.experts.training import TrainSpec, read_snapshots, train_lora
     from conftest import initial_lora as initial_vector
-    from sglora.spaces import factor_pairs
+    from sglora.baselines.merging_spaces import factor_pairs
 
     spec = LoraSpec()
     snaps = {}
@@ -169,7 +169,7 @@ def test_space_table_rows_follow_the_method_and_space_order(tmp_path):
     each space with its paired difference to the factor space."""
     import json
 
-    from sglora.space_compare import space_table
+    from sglora.analyses.space_comparison import space_table
 
     rng = np.random.default_rng(4)
     ranks = {d: rng.integers(1, 6, size=(1, 10)).tolist() for d in ("i2t", "t2i")}

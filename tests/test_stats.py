@@ -1,11 +1,11 @@
-"""Bootstrap intervals (sglora.stats) against a plain loop written here on the same draws, and
+"""Bootstrap intervals (sglora.evaluation.stats) against a plain loop written here on the same draws, and
 their coverage on simulated groups whose true mean is known (with and without families)."""
 
 import numpy as np
 import pytest
 
 from sglora.io import SGLoraError
-from sglora.stats import bootstrap, group_stats, run_draws, run_hits, task_query_draws
+from sglora.evaluation.stats import bootstrap, group_stats, run_draws, run_hits, task_query_draws
 
 
 def reference(hits: dict[str, list[np.ndarray]], n_boot: int, seed: int, chunk: int,
@@ -146,13 +146,13 @@ def test_evaluate_keeps_per_query_ranks_and_runs(tmp_path, tiny_world, tiny_clip
     each sample from the candidates' info (absent: one run); a wrong count is named."""
     import json
 
-    from sglora.backbone import load_clip
-    from sglora.candidates import save_candidates
-    from sglora.evaluate import evaluate_method
+    from sglora.backbone.clip import load_clip
+    from sglora.generator.candidates import save_candidates
+    from sglora.evaluation.scoring import evaluate_method
     from peft import get_peft_model_state_dict
 
-    from sglora.lora import Layout, LoraSpec, add_lora
-    from sglora.metrics import recall_from_ranks
+    from sglora.experts.lora import Layout, LoraSpec, add_lora
+    from sglora.evaluation.metrics import recall_from_ranks
 
     model, _ = load_clip(tiny_clip)
     peft_model = add_lora(model, LoraSpec(rank=2, target_modules=["q_proj"]))  # the shared initialisation
@@ -273,7 +273,7 @@ def test_family_bootstrap_covers_where_the_task_bootstrap_does_not(F, m):
 
 
 def _power_loop(hits):
-    """The split of sglora.stats.power, written out with plain loops."""
+    """The split of sglora.evaluation.stats.power, written out with plain loops."""
     means, within = [], []
     for h in hits:
         q = [100.0 * sum(h[r][i] for r in range(len(h))) / len(h) for i in range(len(h[0]))]
@@ -310,7 +310,7 @@ def _power_families_loop(hits, families):
 
 
 def test_power_counts_families_under_the_family_bootstrap():
-    from sglora.stats import DETECTABLE, power, units_for
+    from sglora.evaluation.stats import DETECTABLE, power, units_for
 
     rng = np.random.default_rng(11)
     fam_p = rng.uniform(0.2, 0.6, 10)
@@ -340,7 +340,7 @@ def test_power_counts_families_under_the_family_bootstrap():
 
 
 def test_power_splits_the_variance_like_a_plain_loop():
-    from sglora.stats import power, units_for
+    from sglora.evaluation.stats import power, units_for
 
     rng = np.random.default_rng(4)
     # 40 tasks whose true hit rates spread (between-task SD 8 points), 2 runs x 60 queries each

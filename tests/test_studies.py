@@ -1,4 +1,4 @@
-"""The repository-size study (sglora/studies.py, workflow/studies/repository_size.smk)."""
+"""The repository-size study (sglora/analyses/studies.py, workflow/studies/repository_size.smk)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from sglora.io import SGLoraError
-from sglora.stats import group_stats
-from sglora.studies import StudySpec, experts_per_family, size_config, size_rows
+from sglora.evaluation.stats import group_stats
+from sglora.analyses.studies import StudySpec, experts_per_family, size_config, size_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

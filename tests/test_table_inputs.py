@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sglora.evaluate import summarize
+from sglora.evaluation.scoring import summarize
 from sglora.io import SGLoraError, write_json
-from sglora.tables import write_tables
+from sglora.analyses.tables import write_tables
 
 TASKS = ["t0", "t1", "t2"]
 GROUPS = {
@@ -105,7 +105,7 @@ def test_a_truncated_metrics_file_is_named(written):
 
 def test_the_table_set_is_written_as_a_whole(tmp_path):
     """A file of the set that cannot be written leaves every other file as it was, and no temporary."""
-    from sglora.tables import write_all
+    from sglora.analyses.tables import write_all
 
     (tmp_path / "a.md").write_text("old")
     (tmp_path / "blocked").write_text("a file, not a folder")

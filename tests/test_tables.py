@@ -1,4 +1,4 @@
-"""Tables from metric files in the real format (written by sglora.evaluate.summarize):
+"""Tables from metric files in the real format (written by sglora.evaluation.scoring.summarize):
 intervals in every cell, bold only where the paired interval against the runner-up excludes
 zero, the paired and diagnostic tables (with the minimum detectable difference), the
 selection and paper footnotes, and what the bootstrap resampled (families or tasks)."""
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from sglora.cli import main
-from sglora.evaluate import summarize
+from sglora.evaluation.scoring import summarize
 from sglora.io import SGLoraError, write_json
-from sglora.stats import DETECTABLE, group_stats, units_for
-from sglora.tables import group_families, load_group, write_tables
+from sglora.evaluation.stats import DETECTABLE, group_stats, units_for
+from sglora.analyses.tables import group_families, load_group, write_tables
 
 TASKS = ["t0", "t1", "t2", "t3", "t4", "t5"]
 N_IMG, N_CAP = 30, 2
@@ -194,7 +194,7 @@ def test_r1_bars_show_the_intervals_and_titles_do_not_overlap(metrics):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sglora.figures import r1_bars_figure
+    from sglora.analyses.figures import r1_bars_figure
 
     long = {g: {**spec, "title": "Embedded benchmark, cross-dataset (studio experts -> unseen sketch classes)"}
             for g, spec in GROUPS.items()}
@@ -292,7 +292,7 @@ def write_verdict_group(root: Path, sglora=sglora_by_task) -> dict[str, Path]:
 
 
 def test_verdicts_judge_each_task_on_its_own_interval_and_the_paired_table_counts_them(tmp_path):
-    from sglora.stats import task_differences
+    from sglora.evaluation.stats import task_differences
 
     metrics = write_verdict_group(tmp_path / "metrics")
     write_tables(metrics, tmp_path / "out", VERDICT_GROUP, n_boot=400)
@@ -304,7 +304,7 @@ def test_verdicts_judge_each_task_on_its_own_interval_and_the_paired_table_count
     losses = {c: sum(v[i] == "loss" for v in verdicts.values()) for i, c in enumerate(("i2t", "t2i"))}
     ties = {c: 6 - wins[c] - losses[c] for c in wins}
     assert md_row(md, "Wins / ties / losses") == [f"{wins[c]} / {ties[c]} / {losses[c]}" for c in ("i2t", "t2i")]
-    # each cell is the task's own paired difference (its queries and runs), as sglora.stats computes it
+    # each cell is the task's own paired difference (its queries and runs), as sglora.evaluation.stats computes it
     results = load_group(metrics, "verdicts", ["nearest_expert", "sglora"], TASKS)
     d = task_differences(results["sglora"], results["nearest_expert"], "t2i_r1", 400, 0, ("sglora", "nearest_expert"))
     assert md_row(md, "t2")[1].startswith(f"{d['t2'].estimate:+.2f} [{d['t2'].lo:+.2f}, {d['t2'].hi:+.2f}]")
@@ -326,7 +326,7 @@ def test_a_tasks_verdict_resamples_only_its_own_queries_and_runs(tmp_path):
     """Another task's numbers leave a task's interval as it was; a task whose runs differ but whose
     queries do not has a spread from its runs alone; a single-run difference has the SE of a paired
     mean over its queries (computed here: sqrt(var(d) / Q))."""
-    from sglora.stats import task_differences, verdict
+    from sglora.evaluation.stats import task_differences, verdict
 
     before = load_group(write_verdict_group(tmp_path / "a"), "verdicts", ["nearest_expert", "sglora"], TASKS)
     after = load_group(write_verdict_group(tmp_path / "b", lambda i, s: sglora_by_task(i, s) if i == 0 else 0.9),

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sglora.cli import main
-from sglora.manifest import make_manifest, write_manifest
+from sglora.data.manifest import make_manifest, write_manifest
 
 
 def edited_manifest(tiny_world, tmp_path, edit) -> str:

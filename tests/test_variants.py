@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from sglora.cli import main
-from sglora.cvae import CVAE, CVAESpec, load_cvae, save_cvae, train_cvae
-from sglora.prior import AUGMENT_TAU_FACTORS, augmented_conditions
+from sglora.generator.cvae import CVAE, load_cvae, save_cvae, train_cvae
+from sglora.generator.settings import CVAESpec
+from sglora.generator.prior import AUGMENT_TAU_FACTORS, augmented_conditions
 
 SPEC = dict(latent=3, hidden=16, cond_dim=8, epochs=4, lr=3e-3, batch_size=8, seed=0, device="cpu")
 
@@ -65,7 +66,7 @@ def test_augmented_conditions_equal_a_plain_loop_and_leave_the_expert_out():
 
 def _reference_default_training(x, idx, cm, cv, spec):
     """The paper's training loop, written out: the default (no variant) must train exactly so."""
-    from sglora.train import optimizer_step, seed_everything
+    from sglora.backbone.contrastive import optimizer_step, seed_everything
 
     seed_everything(spec.seed, 1)
     x, cm, cv = (torch.as_tensor(a, dtype=torch.float32) for a in (x, cm, cv))
@@ -156,10 +157,11 @@ def variant_cvaes(tmp_path_factory, tiny_repo):
 
 
 def test_sampling_passes_the_task_embedding_to_a_describe_cvae(variant_cvaes, tiny_repo, tiny_embeddings):
-    from sglora.embed import read_embeddings
-    from sglora.generate import sample_loras
-    from sglora.prior import PriorSpec, task_condition
-    from sglora.repository import Repository
+    from sglora.backbone.embed import read_embeddings
+    from sglora.generator.sampling import sample_loras
+    from sglora.generator.settings import PriorSpec
+    from sglora.generator.prior import task_condition
+    from sglora.experts.repository import Repository
 
     experts = Repository(tiny_repo).experts()
     emb = read_embeddings(tiny_embeddings)
@@ -176,7 +178,7 @@ def test_sampling_passes_the_task_embedding_to_a_describe_cvae(variant_cvaes, ti
 
 
 def test_variants_are_told_apart_by_their_settings(variant_cvaes):
-    from sglora.selection import TrainedCVAEs
+    from sglora.evaluation.method_selection import TrainedCVAEs
 
     store = TrainedCVAEs(list(variant_cvaes.values()))
     find = lambda **v: [d for _, d in store.variant("loo", 2, 0.1, **v)]  # noqa: E731
@@ -189,11 +191,11 @@ def test_variants_are_told_apart_by_their_settings(variant_cvaes):
 # --- the mean of the samples --------------------------------------------------------------
 
 def test_average_is_the_mean_of_the_samples_one_per_run(variant_cvaes, tiny_repo, tiny_embeddings):
-    from sglora.candidates import sglora_candidates
-    from sglora.embed import read_embeddings
-    from sglora.generate import SamplingSpec
-    from sglora.prior import PriorSpec
-    from sglora.repository import Repository
+    from sglora.generator.candidates import sglora_candidates
+    from sglora.backbone.embed import read_embeddings
+    from sglora.generator.settings import SamplingSpec
+    from sglora.generator.settings import PriorSpec
+    from sglora.experts.repository import Repository
 
     experts = Repository(tiny_repo).experts()
     emb = read_embeddings(tiny_embeddings)
@@ -244,9 +246,9 @@ def test_ablation_lists_every_point_with_the_chosen_and_the_paper_rows(tmp_path)
 
 def test_sglora_paper_samples_at_its_fixed_point_whatever_was_selected(variant_cvaes, tiny_repo, tiny_embeddings,
                                                                          tmp_path):
-    from sglora.candidates import load_candidates
-    from sglora.embed import read_embeddings
-    from sglora.repository import Repository
+    from sglora.generator.candidates import load_candidates
+    from sglora.backbone.embed import read_embeddings
+    from sglora.experts.repository import Repository
 
     experts = Repository(tiny_repo).experts()
     task = next(t for t in read_embeddings(tiny_embeddings) if t not in experts.tasks)
@@ -273,7 +275,7 @@ def test_sglora_paper_samples_at_its_fixed_point_whatever_was_selected(variant_c
 
 
 def test_tables_footnote_the_paper_rows_fixed_settings():
-    from sglora.tables import selection_note
+    from sglora.analyses.tables import selection_note
 
     note = selection_note({"sglora": {"condition": "all"}}, ["sglora", "sglora_paper"], {"condition": "loo", "k": 4})
     assert "SG-LoRA: condition=all" in note and "SG-LoRA (paper-faithful): fixed at the paper's settings" in note
@@ -282,12 +284,12 @@ def test_tables_footnote_the_paper_rows_fixed_settings():
 
 
 def test_noisy_expert_refuses_a_single_sglora_candidate(tiny_repo, tiny_embeddings):
-    from sglora.embed import read_embeddings
-    from sglora.generate import SamplingSpec
-    from sglora.generators import generator_candidates
+    from sglora.backbone.embed import read_embeddings
+    from sglora.generator.settings import SamplingSpec
+    from sglora.baselines.generator_baselines import generator_candidates
     from sglora.io import SGLoraError
-    from sglora.prior import PriorSpec
-    from sglora.repository import Repository
+    from sglora.generator.settings import PriorSpec
+    from sglora.experts.repository import Repository
 
     experts = Repository(tiny_repo).experts()
     emb = read_embeddings(tiny_embeddings)

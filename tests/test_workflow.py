@@ -130,7 +130,7 @@ def test_dag_writes_tables_and_figures(tiny_run):
     # every sample is a PEFT adapter folder with its metadata
     adapters = sorted((tiny_run / "samples" / "in_dataset").glob("*/sample_*"))
     assert len(adapters) == 2 * 2 * 3  # tasks x runs x samples
-    from sglora.lora import read_adapter
+    from sglora.experts.lora import read_adapter
 
     _, meta = read_adapter(adapters[0])
     assert {"seed", "run", "experts", "task"} <= set(meta) and abs(sum(e["alpha"] for e in meta["experts"]) - 1) < 1e-6
@@ -233,7 +233,7 @@ def test_generate_writes_a_loadable_adapter_that_changes_outputs(tiny_run, tmp_p
     import torch
     from peft import PeftModel
 
-    from sglora.backbone import load_clip, tokenize
+    from sglora.backbone.clip import load_clip, tokenize
 
     out = tmp_path / "zebra"
     cmd = [str(BIN / "sglora"), "generate", "a photo of a fox terrier", "--out", str(out), "--seed", "3",

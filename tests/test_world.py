@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from sglora.io import SGLoraError
-from sglora.world import (COLOURS, FAMILIES, MAX_FAMILIES, class_names, family_looks, family_of, generate_world,
+from sglora.data.world import (COLOURS, FAMILIES, MAX_FAMILIES, class_names, family_looks, family_of, generate_world,
                           world_families)
 
 
@@ -95,7 +95,7 @@ def test_a_family_caption_is_a_positive_of_every_image_of_its_family(tmp_path):
     its class, and a mentioned attribute must match."""
     import numpy as np
 
-    from sglora.world import pretraining_pairs
+    from sglora.data.world import pretraining_pairs
 
     generate_world(tmp_path, ["tiger lily", "water lily", "fox terrier"], images_per_class=30, test_per_class=5,
                    image_size=32, progress=False)
@@ -174,8 +174,8 @@ def test_made_up_names_share_their_family_word_and_collide_with_nothing(tmp_path
     """Members of a made-up family share its word; every made-up word is new (not a word of the
     world's texts, not another name), lower-case letters only, and the world's own tokenizer
     spells it without an unknown token."""
-    from sglora.tiny import clip_tokenizer
-    from sglora.world import pretraining_pairs
+    from sglora.backbone.tiny import clip_tokenizer
+    from sglora.data.world import pretraining_pairs
 
     fams = world_families(24, 8)
     assert list(fams)[:6] == list(FAMILIES)

@@ -17,7 +17,7 @@ from PIL import Image
 
 from conftest import ROOT
 from sglora.io import SGLoraError
-from sglora.world import (ALL_BACKGROUND_TONES, ALL_BACKGROUNDS, ALL_TEXTURES, COLOURS, PALETTE, class_look,
+from sglora.data.world import (ALL_BACKGROUND_TONES, ALL_BACKGROUNDS, ALL_TEXTURES, COLOURS, PALETTE, class_look,
                           family_looks, family_of, generate_world, hybrid_parts, world_families)
 
 #: A = terrier (colour, texture), B = lily (background, shape; the member "fire" bends it), and the other way round
@@ -128,7 +128,7 @@ def test_a_hybrid_of_a_family_beyond_the_world_size_is_an_error(tmp_path):
 def test_pretraining_knows_a_hybrid_by_its_name_and_b_family(tmp_path):
     """The backbone's pretraining pairs take hybrids: a caption naming the hybrid describes
     its images only; one naming its family (B, whose shape it has) describes every B image."""
-    from sglora.world import pretraining_pairs
+    from sglora.data.world import pretraining_pairs
 
     generate_world(tmp_path, [HYBRID, "tiger lily", MIRROR], images_per_class=30, test_per_class=5, image_size=32,
                    progress=False)

@@ -4,7 +4,7 @@ way bench_pipeline.py borrows miniatures.py).
 
 It has the real architecture (``Qwen2VLForConditionalGeneration``), Qwen's special
 tokens and chat template, and a PIL image processor, all saved with
-``save_pretrained``, so :func:`sglora.captioning.load_captioner` loads it exactly as it
+``save_pretrained``, so :func:`sglora.data.captioning.load_captioner` loads it exactly as it
 loads ``Qwen/Qwen2-VL-7B-Instruct``. Its output is gibberish; what the tests check is
 the plumbing (prompt, image tokens, batching, shards), not caption quality.
 """
@@ -146,13 +146,13 @@ def save_tiny_qwen2vl(out_dir: str | Path, texts: Iterable[str] | None = None, *
     prompt with three images stays short and CPU generation takes well under a second.
 
     The processor is saved as ``ImageOnlyQwen2VLProcessor`` (no torchvision needed):
-    load it with :func:`sglora.captioning.load_processor`, or call
-    :func:`sglora.captioning.register_image_only_processor` once before
+    load it with :func:`sglora.data.captioning.load_processor`, or call
+    :func:`sglora.data.captioning.register_image_only_processor` once before
     ``AutoProcessor.from_pretrained``.
     """
     from transformers import Qwen2VLImageProcessorPil
 
-    from sglora.captioning import register_image_only_processor
+    from sglora.data.captioning import register_image_only_processor
 
     patch = sizes.get("patch_size", 4)
     factor = patch * 2  # patch x spatial merge

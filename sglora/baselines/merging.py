@@ -17,8 +17,8 @@ import numpy as np
 
 from ..io import SGLoraError
 from ..methods import methods_where
-from ..prior import semantic_prior
-from ..repository import ExpertTable, Repository
+from ..generator.prior import semantic_prior
+from ..experts.repository import ExpertTable, Repository
 
 MERGING = tuple(methods_where(kind="merging"))
 #: the merging methods that read each expert's final snapshot from the repository (not mu_k)

@@ -46,11 +46,11 @@ def train_multitask(backbone: str, manifest: str | Path, tasks: list[str], valid
     ``validation`` tasks, and write it as a trained LoRA folder (``expert.write_lora``: the
     chosen snapshot alone) whose ``training.json`` records the tasks and every epoch's score
     (its ``training`` the run as trained: ``max(epochs)`` epochs)."""
-    from ..backbone import load_clip
+    from ..backbone.clip import load_clip
     from ..devices import pick_device
-    from ..evaluate import load_task
-    from ..expert import fit_lora, write_lora
-    from ..trainer_selection import best_row, score_vector
+    from ..evaluation.scoring import load_task
+    from ..experts.training import fit_lora, write_lora
+    from ..evaluation.trainer_selection import best_row, score_vector
 
     if not tasks or not validation:
         raise SGLoraError("train_multitask: needs the experts' tasks and the validation tasks")
@@ -75,15 +75,18 @@ def train_multitask(backbone: str, manifest: str | Path, tasks: list[str], valid
     return write_lora(out_dir, chosen, lora, run, backbone, "multitask", {"tasks": list(tasks), "selection": selection})
 
 
-def multitask_candidates(folder: str | Path, tasks: list[str]) -> tuple[dict[str, np.ndarray], object, dict]:
-    """The multi-task LoRA of ``folder`` (:func:`train_multitask`) as every task's candidate:
-    ``({task: 1 x D}, layout, info)``."""
-    from ..expert import read_snapshots
+def multitask_candidates(loras: list[str | Path], tasks: list[str]) -> tuple[dict[str, np.ndarray], object, dict, float]:
+    """The multi-task LoRA (``loras``: its one folder, :func:`train_multitask`) as every
+    task's candidate: ``({task: 1 x D}, layout, info, scaling)``."""
+    from ..experts.training import read_lora_spec, read_snapshots
     from ..io import read_json
 
+    if len(loras) != 1:
+        raise SGLoraError(f"multitask: --loras takes the multi-task LoRA's one folder, got {len(loras)}")
+    folder = loras[0]
     snaps, layout = read_snapshots(folder)
     trained = read_json(Path(folder) / "training.json")
     chosen = trained.get("selection", {}).get("chosen", {})
     info = {t: {"kind": "trained on the union of the experts' data", "experts": trained.get("tasks"),
                 "settings": chosen} for t in tasks}
-    return {t: snaps[-1:] for t in tasks}, layout, info
+    return {t: snaps[-1:] for t in tasks}, layout, info, read_lora_spec(folder).scaling

@@ -9,7 +9,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir)))  # the sglora package beside the Snakefile, installed or not
-from sglora.grid import cvae_training, cvae_variants, paper_point, sampling_section, selection_grid
+from sglora.generator.grid import cvae_training, cvae_variants, paper_point, sampling_section, selection_grid
 from sglora.methods import METHODS, methods_where
 
 # beside these rules, wherever the workflow is used from (also as a module of another project)
@@ -94,7 +94,7 @@ def _check_config():
             raise ValueError(f"config: datasets.{name}.root is required for kind {d['kind']!r}")
         if d["kind"] == "embedded" and d.get("options", {}).get("classes"):
             from sglora.io import SGLoraError
-            from sglora.world import check_classes
+            from sglora.data.world import check_classes
 
             size = {k: d["options"][k] for k in ("families", "members") if k in d["options"]}
             try:
@@ -157,7 +157,7 @@ GALLERY = config["evaluation"]["gallery"]
 BOOTSTRAP_UNIT = config["evaluation"]["bootstrap_unit"]
 SAMPLING = sampling_section(config)
 # SG-LoRA's grid (completed with the config's settings), its paper-faithful point, and the
-# CVAE trainings they need, by folder name (sglora/grid.py)
+# CVAE trainings they need, by folder name (sglora/generator/grid.py)
 GRID = selection_grid(config)
 PAPER_POINT = paper_point(config)
 CVAE_VARIANTS = cvae_variants(config)
@@ -267,7 +267,7 @@ def manifest(dataset):
 
 
 def image_cache(dataset):
-    """A dataset's uint8 image cache (rule image_cache, sglora/images.py)."""
+    """A dataset's uint8 image cache (rule image_cache, sglora/data/images.py)."""
     return f"{R}/data/{dataset}/image_cache"
 
 

@@ -1,4 +1,4 @@
-# Description controls (sglora/controls.py): SG-LoRA and Top-K LoRA Weighted of every unseen
+# Description controls (sglora/analyses/description_controls.py): SG-LoRA and Top-K LoRA Weighted of every unseen
 # group conditioned on another family's description, random world words, the bare template
 # and a paraphrase, each against the task's own description (config `controls: true`).
 

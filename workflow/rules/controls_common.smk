@@ -2,8 +2,8 @@
 
 
 def controls_methods(group):
-    """The methods of a group run under the controls (sglora/controls.py CONTROLLED)."""
-    from sglora.controls import CONTROLLED
+    """The methods of a group run under the controls (sglora/analyses/description_controls.py CONTROLLED)."""
+    from sglora.analyses.description_controls import CONTROLLED
 
     return [m for m in CONTROLLED if m in GROUPS[group]["methods"]]
 
@@ -28,7 +28,7 @@ def controls_world(group):
 
 
 def controls_spec(group):
-    """What the controls read of a group's config: its tasks' families (sglora.tables.group_families)
+    """What the controls read of a group's config: its tasks' families (sglora.analyses.tables.group_families)
     and title, so that adding a method to the group reruns no control."""
     keys = ("title", "dataset", "tasks", "families")
     return as_json({key: GROUPS[group][key] for key in keys if key in GROUPS[group]})
@@ -36,9 +36,9 @@ def controls_spec(group):
 
 def check_controls():
     """Fail before any job where a controlled group cannot take another family's descriptions."""
-    from sglora.controls import derangement
+    from sglora.analyses.description_controls import derangement
     from sglora.io import SGLoraError
-    from sglora.tables import group_families
+    from sglora.analyses.tables import group_families
 
     for g in controls_groups():
         try:

@@ -1,6 +1,6 @@
 # The image cache: each dataset's images decoded, resized and cropped once, as uint8 at
 # the backbone's input size. Every step that reads images streams batches from it
-# (sglora/images.py), so no step holds a task's images as float32 and no JPEG is decoded twice.
+# (sglora/data/images.py), so no step holds a task's images as float32 and no JPEG is decoded twice.
 
 
 rule image_cache:

@@ -141,7 +141,7 @@ candidates and as PEFT adapter folders (alpha of the experts used, run and seed 
 
 
 # The paper-faithful SG-LoRA beside the selected one: the same sampling, from the CVAEs of the
-# paper's point (sglora/grid.py paper_point: one condition per expert, no description in it,
+# paper's point (sglora/generator/grid.py paper_point: one condition per expert, no description in it,
 # temperature 1, every sample a candidate), fixed, not selected; candidates only.
 use rule sample_sglora as sample_sglora_paper with:
     input:

@@ -8,14 +8,14 @@
 # Each size is a complete run of the main Snakefile in <results>/experts-<N> (its own
 # cached DAG: rerunning the study after changing one size's settings reruns only what
 # changed there). The study's own outputs: <results>/repository_size.{md,json} and
-# <results>/figures/repository_size.{png,pdf}. Keys: sglora/studies.py StudySpec.
+# <results>/figures/repository_size.{png,pdf}. Keys: sglora/analyses/studies.py StudySpec.
 import sys
 from pathlib import Path
 
 import yaml
 from snakemake.utils import validate
 
-from sglora.studies import StudySpec
+from sglora.analyses.studies import StudySpec
 
 if not workflow.overwrite_configfiles:
 

@@ -17,7 +17,7 @@ every gate (module) and every (non-padding) token of the step.
 The gate makes the update input-dependent, so a trained MoLE *cannot be merged* into the
 weights the way every other method's LoRA is: it is evaluated with the gated modules in
 place (:func:`evaluate_mole`), writing the same per-task JSON as
-:func:`sglora.evaluate.evaluate_method`.
+:func:`sglora.evaluation.scoring.evaluate_method`.
 
 Cost: E_i(x) = B_i (A_i x) has rank r, so LayerNorm statistics and the gate logits are
 computed from the r-dimensional codes h_i = s A_i x (sums via column sums and the Gram

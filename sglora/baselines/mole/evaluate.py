@@ -14,13 +14,13 @@ from .model import mole_model
 def evaluate_mole(backbone: str, manifest: str | Path, tasks: list[str], mole_dir: str | Path, out_dir: str | Path,
                   group: str = "", threads: int | None = None, device: str = "auto",
                   cache: str | Path | None = None, gallery: int = 0) -> dict:
-    """Write ``out_dir/<task>.json`` for each task, as :func:`sglora.evaluate.evaluate_method`
+    """Write ``out_dir/<task>.json`` for each task, as :func:`sglora.evaluation.scoring.evaluate_method`
     does (method ``mole``, n = 1), with the gated modules in place (a MoLE is not mergeable).
     ``info`` holds the experts and the mean gate of each over the task's image tokens.
     ``device``: "auto" = CUDA when available; ``cache``: the dataset's image cache."""
     from tqdm import tqdm
 
-    from ...evaluate import load_task, score_queries, summarize
+    from ...evaluation.scoring import load_task, score_queries, summarize
 
     if threads:
         torch.set_num_threads(threads)

@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 
 from ...io import SGLoraError
-from ...lora import Layout
-from ...train import clip_loss
+from ...experts.lora import Layout
+from ...backbone.contrastive import clip_loss
 
 
 LN_EPS = 1e-5  #: LayerNorm epsilon (torch's default)
@@ -44,6 +44,7 @@ class MoLELinear(nn.Module):
         self.gate_count = 0.0
 
     def gate_parameters(self) -> list[nn.Parameter]:
+        """The gate's trainable parameters (layer norm and projection)."""
         return [self.ln_weight, self.ln_bias, self.proj_weight, self.proj_bias]
 
     def codes(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,6 +72,7 @@ class MoLELinear(nn.Module):
         return torch.softmax(self.logits_from_codes(self.codes(x)) / self.temperature, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen layer's output plus the gated mix of the experts' LoRA updates."""
         y = self.base(x)
         with torch.autocast(x.device.type, enabled=False):
             h = self.codes(x)
@@ -149,11 +151,13 @@ def balance_loss(modules: dict[str, MoLELinear]) -> torch.Tensor:
 
 
 def gate_state(modules: dict[str, MoLELinear]) -> dict[str, torch.Tensor]:
+    """The gates' weights of every MoLE layer, as a flat tensor dict for safetensors."""
     keys = ("ln_weight", "ln_bias", "proj_weight", "proj_bias")
     return {f"{name}.{k}": getattr(mod, k).detach().float().cpu().contiguous() for name, mod in modules.items() for k in keys}
 
 
 def load_gate_state(modules: dict[str, MoLELinear], state: dict[str, torch.Tensor], where: str = "") -> None:
+    """Load :func:`gate_state` weights into the MoLE layers; a missing key is an error naming ``where``."""
     with torch.no_grad():
         for name, mod in modules.items():
             for k in ("ln_weight", "ln_bias", "proj_weight", "proj_bias"):

@@ -10,12 +10,13 @@ import numpy as np
 import torch
 
 from ...io import SGLoraError, atomic_path, save_safetensors, write_json
-from ...lora import Layout
+from ...experts.lora import Layout
 from .layer import MoLELinear, attach_mole, gate_state, load_gate_state
 
 
 def save_mole(out_dir: str | Path, modules: dict[str, MoLELinear], vectors: np.ndarray, layout: Layout,
               info: dict) -> Path:
+    """Write a trained MoLE folder: gates.safetensors, experts.safetensors, config.json."""
     with atomic_path(out_dir, directory=True) as tmp:
         save_safetensors(tmp / "gates.safetensors", gate_state(modules))
         save_safetensors(tmp / "experts.safetensors", {"experts": np.asarray(vectors, dtype=np.float32)},
@@ -42,7 +43,7 @@ def load_mole(mole_dir: str | Path) -> tuple[dict[str, torch.Tensor], np.ndarray
 
 def mole_model(backbone: str, mole_dir: str | Path, device: str = "cpu"):
     """``(model, processor, modules, config)``: the backbone with the trained gated modules."""
-    from ...backbone import load_clip
+    from ...backbone.clip import load_clip
 
     state, vectors, layout, cfg = load_mole(mole_dir)
     model, processor = load_clip(backbone, device="cpu")

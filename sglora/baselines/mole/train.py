@@ -11,15 +11,15 @@ import torch
 
 from ...devices import pick_device
 from ...io import SGLoraError
-from ...train import optimizer_step, same_text_targets, seed_everything
+from ...backbone.contrastive import optimizer_step, same_text_targets, seed_everything
 from .config import MoLESpec
 from .layer import attach_mole, mole_loss
 from .model import save_mole
 
 
 def _task_data(manifest, tasks, processor, limit: int, rng: np.random.Generator) -> dict:
-    from ...backbone import tokenize
-    from ...expert import task_pairs
+    from ...backbone.clip import tokenize
+    from ...experts.training import task_pairs
 
     data, first = {}, 0
     for task in tasks:
@@ -40,7 +40,7 @@ class _Stream:
     batch with its pixels normalised on the device."""
 
     def __init__(self, data: dict, processor, cache, workers: int, device):
-        from ...images import ImageCache, Normalize, Schedule, TaskImages, loader
+        from ...data.images import ImageCache, Normalize, Schedule, TaskImages, loader
 
         paths = [p for d in data.values() for p in d["paths"]]
         images = TaskImages(paths, processor, ImageCache.open(cache, processor) if cache else None)
@@ -94,8 +94,8 @@ def train_mole(backbone: str, manifest: str | Path, tasks: list[str], repository
     (decoded on the fly without one) through a DataLoader with ``threads`` workers."""
     from tqdm import tqdm
 
-    from ...backbone import load_clip
-    from ...repository import Repository
+    from ...backbone.clip import load_clip
+    from ...experts.repository import Repository
 
     if not tasks:
         raise SGLoraError("train-mole: the list of training tasks is empty")

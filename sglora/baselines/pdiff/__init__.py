@@ -24,7 +24,7 @@ Both are a latent diffusion model over LoRA factor vectors:
   and off by default.
 
 Sampling draws N latents per task with a per-task seed and decodes them: the candidates
-file is written with :func:`sglora.candidates.save_candidates` like every other method's.
+file is written with :func:`sglora.generator.candidates.save_candidates` like every other method's.
 
 Modules: :mod:`.config` (``PDiffSpec``), :mod:`.layer` (the DDPM and the networks),
 :mod:`.model` (the model, its files and COND P-Diff's conditions), :mod:`.train`

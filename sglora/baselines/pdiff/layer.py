@@ -99,11 +99,13 @@ class ParamAutoencoder(nn.Module):
         self.channels = ch
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Parameter vectors -> latents."""
         if self.kind == "mlp":
             return self.encoder(x)
         return self.encoder(F.pad(x, (0, self.padded - self.dim))[:, None])
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents -> parameter vectors of the original size."""
         if self.kind == "mlp":
             return self.decoder(z)
         h = self.to_map(z).view(len(z), self.channels[-1], self.last)

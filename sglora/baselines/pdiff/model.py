@@ -39,9 +39,11 @@ class PDiff(nn.Module):
         self.register_buffer("cscale", torch.ones(max(cond_dim, 1)))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Parameter vectors in the model's normalised space."""
         return (x - self.shift) / self.scale
 
     def denormalize(self, x_n: torch.Tensor) -> torch.Tensor:
+        """Normalised vectors back in parameter space."""
         return x_n * self.scale + self.shift
 
     @torch.no_grad()
@@ -55,6 +57,7 @@ class PDiff(nn.Module):
 
     @torch.no_grad()
     def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Diffusion latents -> parameter vectors."""
         return self.denormalize(self.ae.decode(z * self.zscale + self.zshift))
 
     @torch.no_grad()
@@ -114,6 +117,7 @@ def task_conditions(tasks: list[str], repo_experts, embeddings: dict | None) -> 
 
 
 def save_pdiff(out_dir: str | Path, models: dict[str, PDiff], config: dict) -> Path:
+    """Write a trained P-diff folder: one safetensors file per model, config.json."""
     with atomic_path(out_dir, directory=True) as tmp:
         for name, m in models.items():
             save_safetensors(tmp / f"{name}.safetensors", m.state_dict())

@@ -16,9 +16,9 @@ def sample_pdiff(model_dir: str | Path, repository: str | Path, tasks: list[str]
     """Sample N LoRAs per task (seeded per task) and write a candidates file (method
     ``pdiff`` or ``cond_pdiff``). P-diff needs a model trained on the task; COND P-Diff
     samples any task with a text embedding (the paper evaluates seen tasks)."""
-    from ...candidates import save_candidates
-    from ...generate import task_seed
-    from ...repository import Repository
+    from ...generator.candidates import save_candidates
+    from ...generator.sampling import task_seed
+    from ...experts.repository import Repository
 
     models, cfg = load_pdiff(model_dir)
     repo = Repository(repository)

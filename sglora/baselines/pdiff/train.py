@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ...devices import pick_device
 from ...io import SGLoraError
-from ...train import optimizer_step, seed_everything
+from ...backbone.contrastive import optimizer_step, seed_everything
 from .config import PDiffSpec
 from .model import PDiff, fit_scale, save_pdiff, task_conditions
 
@@ -98,7 +98,7 @@ def train_pdiff(repository: str | Path, tasks: list[str], out_dir: str | Path, s
 
     Writes ``out_dir`` atomically: ``<name>.safetensors`` per model (name = the task for
     P-diff, ``cond_pdiff`` for COND P-Diff) and ``config.json`` (spec, tasks, histories)."""
-    from ...repository import Repository
+    from ...experts.repository import Repository
 
     if not tasks:
         raise SGLoraError("train-pdiff: the list of tasks is empty")

@@ -1,0 +1,1 @@
+"""What a run reports: tables, figures, premises, novelty, studies, the results page."""

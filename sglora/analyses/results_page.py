@@ -1,0 +1,121 @@
+"""The results page of a run (`docs/results.md` for the embedded default): the premises, every
+group's table and paired table, the time each kind of job took and what produced the numbers,
+assembled from the files the run wrote, so the page can never disagree with the run."""
+from __future__ import annotations
+
+import csv
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..io import SGLoraError, atomic_path, reading
+
+
+@dataclass(frozen=True)
+class RuleTime:
+    """Time of one kind of job (a rule) summed over its jobs, from Snakemake's benchmark files."""
+    rule: str
+    jobs: int
+    wall_s: float
+    cpu_s: float
+    max_rss_mb: float
+
+
+def rule_times(benchmarks: str | Path) -> list[RuleTime]:
+    """Sum every benchmark TSV under ``benchmarks`` by rule (its first path component), most CPU first."""
+    root = Path(benchmarks)
+    acc: dict[str, list[float]] = {}
+    for path in sorted(root.rglob("*.tsv")):
+        rule = path.relative_to(root).parts[0].removesuffix(".tsv")
+        with reading(path, "a Snakemake benchmark file"):
+            rows = list(csv.DictReader(path.read_text().splitlines(), delimiter="\t"))
+            wall = sum(float(r["s"]) for r in rows)
+            cpu = sum(float(r["cpu_time"]) for r in rows)
+            rss = max((float(r["max_rss"]) for r in rows if r["max_rss"] not in ("", "-")), default=0.0)
+        a = acc.setdefault(rule, [0, 0.0, 0.0, 0.0])
+        a[0] += 1
+        a[1] += wall
+        a[2] += cpu
+        a[3] = max(a[3], rss)
+    times = [RuleTime(rule, int(a[0]), a[1], a[2], a[3]) for rule, a in acc.items()]
+    return sorted(times, key=lambda t: (-t.cpu_s, t.rule))
+
+
+def render_times(times: list[RuleTime]) -> str:
+    """A Markdown table of :func:`rule_times`, with a total row."""
+    lines = ["| rule | jobs | job time (min) | CPU time (min) | largest max RSS (MB) |", "|---|---:|---:|---:|---:|"]
+    for t in times:
+        lines.append(f"| {t.rule} | {t.jobs} | {t.wall_s / 60:.1f} | {t.cpu_s / 60:.1f} | {t.max_rss_mb:.0f} |")
+    jobs, wall, cpu = sum(t.jobs for t in times), sum(t.wall_s for t in times), sum(t.cpu_s for t in times)
+    lines.append(f"| **all** | {jobs} | {wall / 60:.1f} | {cpu / 60:.1f} | |")
+    return "\n".join(lines)
+
+
+def provenance(threads: int) -> dict[str, str]:
+    """What produced a run's numbers: the code's commit, torch, the CPU capability or GPU, threads.
+
+    Numbers are byte-identical only where all of these match: another CPU capability
+    (AVX-512 vs AVX2) rounds differently and training takes another path."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {
+        "commit": _commit(),
+        "torch": torch.__version__,
+        "cpu capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": str(os.cpu_count()),
+        "gpu": gpu,
+        "threads per job": str(threads),
+    }
+
+
+def _commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--", "."],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    if out.returncode:
+        return "unknown (not a git checkout)"
+    return out.stdout.strip() + (" (with uncommitted changes to sglora/)" if dirty.stdout.strip() else "")
+
+
+def _read(path: Path, what: str) -> str:
+    with reading(path, what):
+        return path.read_text(encoding="utf-8").strip()
+
+
+def write_results_page(out: str | Path, title: str, tables: str | Path, groups: list[str], paired: list[str],
+                       premises: str | Path | None, benchmarks: str | Path | None, threads: int,
+                       source: str = "") -> None:
+    """Write the results page: provenance, premises, per group its table then its paired table
+    (read from ``tables/<group>.md`` and ``<group>.paired.md``), then the time per rule."""
+    tables = Path(tables)
+    missing = [g for g in groups if not (tables / f"{g}.md").is_file()]
+    if missing:
+        raise SGLoraError(f"{tables}: no table for the groups {missing} (expected <group>.md)")
+    parts = [f"# {title}", "",
+             "Written by the rule `results_page` from the run's own files"
+             + (f" ({source})" if source else "") + "; do not edit by hand: rerun the DAG.", ""]
+    parts += ["| produced with | |", "|---|---|"]
+    parts += [f"| {k} | {v} |" for k, v in provenance(threads).items()]
+    parts += ["", "Numbers are byte-identical only on the same CPU capability (or GPU), torch version and threads; "
+              "elsewhere rounding differs and training takes another path, like another training seed.", ""]
+    if premises:
+        parts += ["## Premises", "", _read(Path(premises), "the premises table"), ""]
+    for g in groups:
+        parts += [f"## Group `{g}`", "", _read(tables / f"{g}.md", f"the table of group {g}"), ""]
+        if g in paired:
+            parts += [_read(tables / f"{g}.paired.md", f"the paired table of group {g}"), ""]
+    if benchmarks and Path(benchmarks).is_dir():
+        parts += ["## Time per rule", "",
+                  "Summed over the run's Snakemake benchmark files (job time is each job's wall time; jobs ran "
+                  "side by side up to `--cores`).", "", render_times(rule_times(benchmarks)), ""]
+    with atomic_path(out) as tmp:
+        tmp.write_text("\n".join(parts).rstrip() + "\n", encoding="utf-8")

@@ -1,0 +1,1 @@
+"""The CLIP backbone: loading and encoding, the tiny offline CLIP, its pretraining, task embeddings."""

@@ -1,0 +1,1 @@
+"""The tasks: the embedded world, manifests, image caches, real datasets and captioning."""

@@ -1,0 +1,1 @@
+"""Scoring LoRAs on tasks, the metrics and statistics, choosing settings on validation tasks."""

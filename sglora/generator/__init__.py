@@ -1,0 +1,1 @@
+"""SG-LoRA's generator: the semantic prior, the CVAE, sampling LoRAs, candidates per method."""

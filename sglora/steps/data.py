@@ -1,0 +1,99 @@
+"""Steps of workflow/rules/data.smk: the embedded world, manifests of real datasets, captions, task checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated as A
+
+from ..io import SGLoraError
+from .registry import Manifests, step
+
+
+@step("world")
+def world(out: A[Path, "output folder"], seed: A[int, "world seed (family looks and images)"] = 0,
+          options: A[dict, "JSON datasets.<name>.options: domain, classes, images_per_class, test_per_class, "
+                           "image_size, template, families, members"] = None) -> dict:
+    """Generate one domain of the embedded benchmark's synthetic world (images, manifest, captions)."""
+    import inspect
+
+    from ..data.world import generate_world
+
+    known = set(inspect.signature(generate_world).parameters) - {"out_dir", "seed", "progress"}
+    unknown = sorted(set(options or {}) - known)
+    if unknown:
+        raise SGLoraError(f"datasets.<name>.options of an embedded world: {unknown} are not options; "
+                          f"expected some of {sorted(known)}")
+    return generate_world(out, seed=seed, **(options or {}))
+
+
+@step("manifest")
+def manifest(dataset: A[str, "dataset kind: coco, pets, flowers, flickr30k, cifar100"],
+             root: A[Path, "folder the dataset was unpacked into"], out: A[Path, "manifest Parquet file to write"],
+             options: A[dict, "JSON datasets.<name>.options: the adapter's options (docs/datasets.md)"] = None,
+             option: A[list[str], "one adapter option KEY=VALUE (JSON value, else a string); wins over --options",
+                       {"metavar": "KEY=VALUE"}] = (),
+             image_dir: A[Path | None, "where adapters that write images (cifar100) put them; the option image_dir "
+                                       "wins; others ignore it"] = None) -> dict:
+    """Build a task manifest (Parquet, one row per image) from a dataset in the layout its
+    authors distribute (docs/datasets.md), e.g. ``sglora manifest --dataset pets --root
+    data/oxford-iiit-pet --out pets.parquet --option max_images=50``."""
+    from ..data.datasets import adapter_options, bad_images, build_manifest
+    from ..data.manifest import write_manifest
+
+    options = dict(options or {})
+    options.update(parse_option(o) for o in option)
+    if image_dir and "image_dir" in adapter_options(dataset):
+        options.setdefault("image_dir", str(image_dir))
+    table = build_manifest(dataset, str(root), **options)
+    write_manifest(out, table)
+    return {"manifest": str(out), "rows": table.num_rows, "tasks": len(set(table.column("task").to_pylist())),
+            "bad_images": bad_images(table)}
+
+
+def parse_option(text: str) -> tuple[str, object]:
+    """``"max_images=5"`` -> ``("max_images", 5)``; a value that is not JSON stays a string."""
+    import json
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise SGLoraError(f"--option {text!r}: expected KEY=VALUE")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def _caption_device(kw: dict) -> str | None:
+    from ..data.captioning import parse_options
+
+    if kw["backend"] != "qwen2vl":
+        return None
+    return parse_options(kw["backend"], kw["options"] or {}).device or "auto"
+
+
+@step("caption", device=_caption_device)
+def caption(manifest: A[Path, "input manifest Parquet"],
+            out: A[Path, "output manifest Parquet (captions + provenance columns)"],
+            backend: A[str, "where captions come from (none: keep the dataset's captions, add provenance columns)",
+                       {"choices": ["qwen2vl", "synthetic", "none"]}],
+            shard_dir: A[Path, "folder for resumable caption shards"],
+            options: A[dict, "JSON datasets.<name>.captioner.options: model, demonstrations, captions_per_image, "
+                             "temperature, ... (docs/datasets.md)"] = None) -> dict:
+    """Fill the captions of a manifest. Backends: qwen2vl (in-context captioning,
+    supplementary Figure 6: instruction, two demonstrations, target), synthetic (captions
+    read from the Parquet file named by the option captions_file), none (keep the dataset's
+    captions). Work is split into shards under --shard-dir that a rerun skips."""
+    from ..data.captioning import caption_manifest
+
+    return caption_manifest(manifest, out, backend, shard_dir, **(options or {}))
+
+
+@step("check-tasks")
+def check_tasks(manifest: Manifests, wanted: A[dict, 'JSON {"config key": {"dataset": ["task", ...]}}'],
+                out: A[Path, "JSON summary: images per task and split"]) -> dict:
+    """Check that every configured expert and evaluation task exists in its dataset with
+    captioned train and test images, before any training starts."""
+    from ..data.manifest import write_task_check
+
+    counts = write_task_check({d: str(p) for d, p in manifest.items()}, wanted, out)
+    return {d: len(t) for d, t in counts.items()}

@@ -1,0 +1,53 @@
+"""Steps of workflow/rules/report.smk: tables, figures and the results page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated as A
+
+from .registry import SPLIT, Groups, Metrics, Out, Threads, step
+
+
+@step("tables", show=lambda res: None)
+def tables(metrics: Metrics, groups: Groups, out: A[Path, "tables folder"],
+           selection: A[Path | None, "selection.json: its 'chosen' settings are footnoted"] = None,
+           bootstrap: A[int, "bootstrap replicates of the 95% intervals"] = 2000,
+           paper: A[dict | None, "JSON: the sglora_paper row's fixed settings (footnoted)"] = None,
+           bootstrap_unit: A[str, "what a bootstrap replicate draws first: family (families, then their tasks) or task",
+                             {"choices": ["family", "task"]}] = "family",
+           embedded: A[list[str], "embedded datasets (their tasks' families: the family word)"] = (),
+           group_selections: A[dict[str, Path], "the selection.json of each group with its own validation tasks "
+                                                "(footnoted under its tables instead of --selection)",
+                               {"metavar": "GROUP=FILE"}] = None) -> None:
+    """Write the metric tables (CSV, Markdown, LaTeX) from the metric folders."""
+    from ..analyses.tables import read_selection, write_tables
+
+    write_tables(metrics, out, groups, selection=read_selection(selection) if selection else None, n_boot=bootstrap,
+                 paper=paper, embedded=embedded or (), unit=bootstrap_unit,
+                 group_selections={g: read_selection(f) for g, f in (group_selections or {}).items()})
+
+
+@step("results-page", show=lambda res: None)
+def results_page(out: Out, title: A[str, "the page's title"], tables: A[Path, "tables folder"],
+                 groups: A[list[str], "groups, in order (comma-separated)", SPLIT],
+                 paired: A[list[str], "groups that have a paired table (comma-separated)", SPLIT] = (),
+                 premises: A[Path | None, "premises.md"] = None,
+                 benchmarks: A[Path | None, "the run's Snakemake benchmark folder"] = None,
+                 threads: Threads = None, source: A[str, "what the page is the results of (a config file)"] = "") -> None:
+    """Write a run's results page (premises, tables, paired tables, time per rule, provenance)."""
+    from ..analyses.results_page import write_results_page
+
+    write_results_page(out, title, tables, list(groups), list(paired), premises, benchmarks, threads or 1, source)
+
+
+@step("figures", show=lambda res: None)
+def figures(repository: A[Path, "expert repository folder"], metrics: Metrics,
+            candidates: A[dict[str, Path], "candidates files", {"metavar": "GROUP/METHOD=FILE"}],
+            loras: A[dict[str, Path], "the unseen groups' Oracle LoRA folders", {"metavar": "DATASET/TASK=DIR"}],
+            groups: Groups, out: A[Path, "figures folder"],
+            samples_group: A[str, "group whose first task the samples t-SNE shows (Figure 10)"] = "") -> None:
+    """Draw the figures (t-SNE of expert LoRAs, of samples, R@1 bars)."""
+    from ..analyses.figures import write_figures
+
+    write_figures(out, repository=repository, metrics=metrics, candidates=candidates, loras=loras or {},
+                  groups=groups, samples_group=samples_group or None)
