@@ -27,10 +27,10 @@ include: "workflow/rules/loras.smk"
 include: "workflow/rules/sglora.smk"
 include: "workflow/rules/baselines.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/controls_common.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/generators_common.smk"
 include: "workflow/rules/generators.smk"
-include: "workflow/rules/controls_common.smk"
 include: "workflow/rules/controls.smk"
 
 

@@ -59,6 +59,19 @@ def test_the_page_holds_every_table_word_for_word(run):
     assert "(config.yaml)" in page
 
 
+def test_a_groups_controls_table_follows_its_paired_table(run):
+    (run / "tables" / "in_dataset.controls.md").write_text("**Description controls: in_dataset**\n\n| control |\n")
+    out = run / "results.md"
+    write_results_page(out, "Results", run / "tables", ["in_dataset", "seen"], ["in_dataset"], run / "premises.md",
+                       None, threads=1, controls=["in_dataset"])
+    page = out.read_text()
+    order = [page.index(s) for s in ["**In-dataset**", "**SG-LoRA minus", "**Description controls", "**Seen**"]]
+    assert order == sorted(order)
+    write_results_page(out, "Results", run / "tables", ["in_dataset"], ["in_dataset"], run / "premises.md", None,
+                       threads=1)
+    assert "Description controls" not in out.read_text()  # only the groups named
+
+
 def test_a_missing_table_is_named_and_nothing_is_written(run):
     out = run / "results.md"
     with pytest.raises(SGLoraError, match=r"cross_dataset"):

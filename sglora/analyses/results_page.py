@@ -93,9 +93,10 @@ def _read(path: Path, what: str) -> str:
 
 def write_results_page(out: str | Path, title: str, tables: str | Path, groups: list[str], paired: list[str],
                        premises: str | Path | None, benchmarks: str | Path | None, threads: int,
-                       source: str = "") -> None:
-    """Write the results page: provenance, premises, per group its table then its paired table
-    (read from ``tables/<group>.md`` and ``<group>.paired.md``), then the time per rule."""
+                       source: str = "", controls: list[str] = ()) -> None:
+    """Write the results page: provenance, premises, per group its table, its paired table and
+    its description controls (read from ``tables/<group>.md``, ``<group>.paired.md`` and
+    ``<group>.controls.md``), then the time per rule."""
     tables = Path(tables)
     missing = [g for g in groups if not (tables / f"{g}.md").is_file()]
     if missing:
@@ -113,6 +114,8 @@ def write_results_page(out: str | Path, title: str, tables: str | Path, groups: 
         parts += [f"## Group `{g}`", "", _read(tables / f"{g}.md", f"the table of group {g}"), ""]
         if g in paired:
             parts += [_read(tables / f"{g}.paired.md", f"the paired table of group {g}"), ""]
+        if g in controls:
+            parts += [_read(tables / f"{g}.controls.md", f"the controls table of group {g}"), ""]
     if benchmarks and Path(benchmarks).is_dir():
         parts += ["## Time per rule", "",
                   "Summed over the run's Snakemake benchmark files (job time is each job's wall time; jobs ran "

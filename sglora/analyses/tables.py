@@ -334,7 +334,7 @@ def _se_note(rows: list[dict], cols: list[str], results: dict[str, dict[str, dic
         note += (f" For an SE <= {TARGET_SE:.1f} for every method this group needs about {count}. Of the spread of "
                  f"{worst[0]['label']}'s {split.unit} means ({COL_NAMES[worst[1]]}), {100 * split.between_share:.0f}% "
                  f"is between {'families' if split.unit == 'family' else 'tasks'}, which more test images per task "
-                 "cannot remove (sglora.stats.power).")
+                 "cannot remove (sglora.evaluation.stats.power).")
     return note
 
 

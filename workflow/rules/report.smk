@@ -114,6 +114,7 @@ default config publishes it as docs/results.md, so the docs never disagree with 
     input:
         tables=[f"{R}/tables/{g}.md" for g in GROUPS],
         paired=[f"{R}/tables/{g}.paired.md" for g in paired_groups()],
+        controls=[f"{R}/tables/{g}.controls.md" for g in controls_groups()],
         premises=f"{R}/premises/premises.md",
         figures=[f"{R}/figures/{name}.png" for name in FIGURES],
     output:
@@ -126,11 +127,12 @@ default config publishes it as docs/results.md, so the docs never disagree with 
         title=config.get("results_page", {}).get("title", "Results"),
         groups=",".join(GROUPS),
         paired=",".join(paired_groups()),
+        controls=",".join(controls_groups()),
         tables=lambda w, input: parent(input.tables[0]),
         benchmarks=f"{R}/benchmarks",
         source=" ".join(os.path.relpath(f) for f in workflow.overwrite_configfiles) or "config.yaml",
         threads=THREADS,
     shell:
         "sglora results-page --out {output:q} --title {params.title:q} --tables {params.tables:q} "
-        "--groups {params.groups:q} --paired {params.paired:q} --premises {input.premises:q} "
+        "--groups {params.groups:q} --paired {params.paired:q} --controls {params.controls:q} --premises {input.premises:q} "
         "--benchmarks {params.benchmarks:q} --threads {params.threads} --source {params.source:q} > {log:q} 2>&1"
