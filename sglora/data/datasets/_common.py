@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from ...io import SGLoraError
+from ..manifest import describe
 
 log = logging.getLogger("sglora.data.datasets")
 
@@ -144,3 +145,9 @@ def bad_images(table: pa.Table) -> list[str]:
     raw = (table.schema.metadata or {}).get(BAD_IMAGES_KEY)
     return json.loads(raw) if raw else []
 
+
+def class_row(dataset: str, task: str, name: str, template: str, image_path: Path, split: str) -> dict:
+    """A manifest row of an image labelled with one class and no captions of its own (its
+    class's description stands for them)."""
+    return dict(dataset=dataset, task=task, task_name=name, class_name=name, description=describe(name, template),
+                image_path=str(image_path), captions=[], split=split)

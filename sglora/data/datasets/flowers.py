@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 
 from ...io import SGLoraError, unique_slugs
-from ..manifest import DEFAULT_TEMPLATE, describe, make_manifest
-from ._common import check_limit, filter_images, require_file, require_root, select_names, with_bad_images
+from ..manifest import DEFAULT_TEMPLATE, make_manifest
+from ._common import check_limit, class_row, filter_images, require_file, require_root, select_names, with_bad_images
 
 CLASS_NAMES = [
     "pink primrose", "hard-leaved pocket orchid", "canterbury bells", "sweet pea",
@@ -98,17 +98,6 @@ def build(
                 per_class.setdefault(name, []).append(image_no)
         for name, numbers in per_class.items():
             for image_no in numbers[: max_images or None]:
-                rows.append(
-                    dict(
-                        dataset="flowers",
-                        task=slugs[name],
-                        task_name=name,
-                        class_name=name,
-                        description=describe(name, template),
-                        image_path=str(root / "jpg" / f"image_{image_no:05d}.jpg"),
-                        captions=[],
-                        split=split,
-                    )
-                )
+                rows.append(class_row("flowers", slugs[name], name, template, root / "jpg" / f"image_{image_no:05d}.jpg", split))
     rows, bad = filter_images(rows, on_bad_image)
     return with_bad_images(make_manifest(rows), bad)

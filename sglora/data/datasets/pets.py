@@ -14,8 +14,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from ...io import SGLoraError, unique_slugs
-from ..manifest import DEFAULT_TEMPLATE, describe, make_manifest
-from ._common import check_limit, filter_images, read_text, require_root, select_names, with_bad_images
+from ..manifest import DEFAULT_TEMPLATE, make_manifest
+from ._common import check_limit, class_row, filter_images, read_text, require_root, select_names, with_bad_images
 
 SPLIT_FILES = {"train": "trainval.txt", "test": "test.txt"}
 FIELDS = "Image CLASS-ID SPECIES BREED-ID"
@@ -96,17 +96,6 @@ def build(
                 per_breed.setdefault(name, []).append(stem)
         for name, stems in per_breed.items():
             for stem in sorted(stems, key=_number_order)[: max_images or None]:
-                rows.append(
-                    dict(
-                        dataset="pets",
-                        task=slugs[name],
-                        task_name=name,
-                        class_name=name,
-                        description=describe(name, template),
-                        image_path=str(root / "images" / f"{stem}.jpg"),
-                        captions=[],
-                        split=split,
-                    )
-                )
+                rows.append(class_row("pets", slugs[name], name, template, root / "images" / f"{stem}.jpg", split))
     rows, bad = filter_images(rows, on_bad_image)
     return with_bad_images(make_manifest(rows), bad)
