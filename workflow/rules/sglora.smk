@@ -207,41 +207,6 @@ rule candidates_validation_oracle:
         "sglora candidates --method oracle --loras {input:q} --out {output:q} > {log:q} 2>&1"
 
 
-rule evaluate_validation:
-    """Zero-Shot CLIP or the Oracle on the validation tasks, for the premises' headroom."""
-    input:
-        candidates=lambda w: [f"{R}/premises/validation/oracle.safetensors"] if w.method == "oracle" else [],
-        manifest=manifest(VALIDATION["dataset"]),
-        checks=[check_file(VALIDATION["dataset"], t) for t in VALIDATION["tasks"]],
-        backbone=backbone_input(),
-        images=image_cache(VALIDATION["dataset"]),
-    output:
-        directory(validation_metrics("{method}")),
-    log:
-        f"{R}/logs/premises/evaluate_{{method}}.log",
-    benchmark:
-        f"{R}/benchmarks/premises/evaluate_{{method}}.tsv"
-    wildcard_constraints:
-        method="zero_shot|oracle",
-    conda:
-        "../../envs/sglora.yaml"
-    threads: THREADS
-    resources:
-        **heavy_resources("evaluate", mem_mb=4000, runtime=30),
-    params:
-        tasks=",".join(VALIDATION["tasks"]),
-        candidates=lambda w, input: f"--candidates {shlex.quote(input.candidates[0])}" if input.candidates else "",
-        lora=as_json(config["lora"]),
-        backbone=backbone_param,
-        device=config["device"],
-        gallery=GALLERY,
-    shell:
-        "sglora evaluate --backbone {params.backbone:q} --manifest {input.manifest:q} --tasks {params.tasks:q} "
-        "--method {wildcards.method:q} --group validation {params.candidates} --lora {params.lora:q} "
-        "--image-cache {input.images:q} --gallery {params.gallery} --device {params.device:q} --out {output:q} "
-        "--threads {threads} > {log:q} 2>&1"
-
-
 rule premises:
     """The benchmark's premises on the validation tasks: description-nearest expert in the
 task's family, Oracle headroom, family transfer. On embedded worlds a failed premise
