@@ -232,8 +232,8 @@ def _renamed(state: dict, names: dict[str, str]) -> dict:
 def save_cvae(out_dir: str | Path, model: CVAE, extra: dict) -> None:
     """``model.safetensors`` (weights and normalisation, in the checkpoint format of the
     module docstring) + ``config.json``, atomically. The variant keys (``augment``,
-    ``describe``, and ``embed_dim``) are written only when on: a default CVAE's
-    ``config.json`` is that of the first release, and an old one reads as the default."""
+    ``describe``, and ``embed_dim``) are written only when on: a paper-faithful CVAE's
+    ``config.json`` holds only the keys every CVAE has, and one without them reads as off."""
     spec = asdict(model.spec)
     for key, off in CVAE_VARIANT_OFF.items():
         if spec[key] == off:
