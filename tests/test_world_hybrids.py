@@ -125,24 +125,21 @@ def test_a_hybrid_of_a_family_beyond_the_world_size_is_an_error(tmp_path):
         generate_world(tmp_path, [f"fire {made_up} lily"], images_per_class=2, test_per_class=1, progress=False)
 
 
-def test_pretraining_knows_a_hybrid_by_its_name_and_b_family(tmp_path):
-    """The backbone's pretraining pairs take hybrids: a caption naming the hybrid describes
-    its images only; one naming its family (B, whose shape it has) describes every B image."""
+def test_pretraining_never_sees_a_hybrid(tmp_path):
+    """The backbone's pretraining pairs leave hybrids out: a world with hybrids gives the
+    same pairs (images, captions, tokenizer texts, what each caption says) as the world
+    without them, so adding the between group changes no backbone and no other result."""
     from sglora.data.world import pretraining_pairs
 
-    generate_world(tmp_path, [HYBRID, "tiger lily", MIRROR], images_per_class=30, test_per_class=5, image_size=32,
-                   progress=False)
-    pairs = pretraining_pairs([tmp_path])
-    caps = {r["image_path"]: r for r in pq.read_table(tmp_path / "captions.parquet").to_pylist()}
-    idx = np.arange(len(pairs.images))
-    pos = pairs.describes(idx, idx).numpy()
-    classes = [caps[p]["class_name"] for p in pairs.images]
-    for j, path in enumerate(pairs.images):
-        said = caps[path]
-        if said["coarse_count"] is None and said["coarse_position"] is None:
-            expect = [said["coarse_name"] in (c, family_of(c)) for c in classes]
-            assert list(pos[:, j]) == expect, said["coarse_caption"]
-    assert {caps[p]["coarse_name"] for p in pairs.images} >= {HYBRID, "lily", "terrier"}
+    kw = dict(images_per_class=30, test_per_class=5, image_size=32, progress=False)
+    generate_world(tmp_path / "with", ["tiger lily", HYBRID, "fox terrier", MIRROR], **kw)
+    generate_world(tmp_path / "without", ["tiger lily", "fox terrier"], **kw)
+    with_, without = pretraining_pairs([tmp_path / "with"]), pretraining_pairs([tmp_path / "without"])
+    assert len(without.images) == 2 * 25
+    assert [p.replace("/with/", "/without/") for p in with_.images] == without.images
+    assert (with_.texts, with_.vocab) == (without.texts, without.vocab)
+    assert np.array_equal(with_.said, without.said) and np.array_equal(with_.truth, without.truth)
+    assert not any(HYBRID in t or MIRROR in t for t in with_.vocab)
 
 
 # --- the default config's between group ----------------------------------------------------------

@@ -507,13 +507,12 @@ class PretrainingPairs:
 
 def pretraining_pairs(worlds: list[str | Path]) -> PretrainingPairs:
     """The training pairs of ``worlds`` (folders written by ``generate_world``): every train
-    image with its coarse caption."""
+    image of a class of the world with its coarse caption. A hybrid's images and captions are
+    left out: the backbone never sees a hybrid (a between-family task is new to it, as to
+    the experts), and adding hybrids to a world changes no pair, so no other result."""
     import pyarrow.parquet as pq
 
     names = {n: i for i, n in enumerate(list(_largest_world()) + list(_class_index()))}  # ids of any world's names
-
-    def name_id(name):  # a hybrid's name gets the next free id
-        return names.setdefault(name, len(names))
     counts, sizes, positions = list(COUNTS), list(SIZES), list(POSITIONS)
 
     def idx(values, v):
@@ -523,14 +522,16 @@ def pretraining_pairs(worlds: list[str | Path]) -> PretrainingPairs:
     for world in worlds:
         split = {r["image_path"]: r["split"] for r in pq.read_table(Path(world) / "manifest.raw.parquet").to_pylist()}
         for r in pq.read_table(Path(world) / "captions.parquet").to_pylist():
+            if hybrid_parts(r["class_name"]):
+                continue
             vocab += list(r["captions"]) + [r["coarse_caption"]]
             if split[r["image_path"]] != "train":
                 continue
             images.append(r["image_path"])
             texts.append(r["coarse_caption"])
-            said.append([name_id(r["coarse_name"]), idx(counts, r["coarse_count"]), idx(sizes, r["coarse_size"]),
+            said.append([names[r["coarse_name"]], idx(counts, r["coarse_count"]), idx(sizes, r["coarse_size"]),
                          idx(positions, r["coarse_position"])])
-            truth.append([name_id(r["class_name"]), names[r["family"]], counts.index(r["count"]), sizes.index(r["size"]),
+            truth.append([names[r["class_name"]], names[r["family"]], counts.index(r["count"]), sizes.index(r["size"]),
                           positions.index(r["position"])])
     return PretrainingPairs(images, texts, vocab, np.array(said, np.int64).reshape(-1, 4),
                             np.array(truth, np.int64).reshape(-1, 5))

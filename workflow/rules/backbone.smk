@@ -3,7 +3,8 @@
 
 rule pretrain_backbone:
     """Pretrain the small CLIP of the embedded benchmark on coarse captions of all classes
-of every embedded dataset (it knows class names, not a task's fine details)."""
+of every embedded dataset (it knows class names, not a task's fine details); never on a
+hybrid of the between group."""
     input:
         expand(f"{R}/data/{{dataset}}/world/captions.parquet", dataset=EMBEDDED),
     output:
