@@ -92,3 +92,21 @@ def test_the_batches_are_dealt_from_the_config_alone(tmp_path):
     single = planned_loras(cfg, tmp_path)
     assert all(rule.startswith("train_lora/") and len(outs) == 1 for rule, outs in single.items())
     assert sorted(p for outs in single.values() for p in outs) == sorted(everything)
+
+
+def test_the_paper_presets_train_one_lora_per_job_and_the_embedded_configs_batch():
+    """The choice is the config's (the Snakefile cannot see the executor): every paper preset
+    says `lora_batches: 0` (GPU jobs that spread over a cluster); the embedded configs leave
+    it unset, so their LoRAs train in batches."""
+    presets = sorted((ROOT / "config").glob("*.yaml"))
+    assert len(presets) > 10
+    for path in presets:
+        cfg = yaml.safe_load(path.read_text())
+        if path.name == "tiny.yaml":
+            assert "lora_batches" not in cfg
+        else:
+            assert cfg["backbone"].get("pretrained") and cfg["lora_batches"] == 0, path.name
+    for path in [ROOT / "config.yaml", *sorted((ROOT / "config/embedded").glob("*.yaml"))]:
+        assert "lora_batches" not in yaml.safe_load(path.read_text()), path.name
+    rules = (ROOT / "workflow/rules/loras_common.smk").read_text()
+    assert 'config.get("lora_batches", 2)' in rules and "local_exec" not in rules

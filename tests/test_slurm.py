@@ -45,9 +45,12 @@ COMMANDS = ["munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "sinfo"
 LOCAL = {"world", "check_tasks", "assemble", "candidates_oracle", "candidates_validation_oracle", "candidates_multitask", "candidates_merging", "candidates_pdiff",
          "sample_sglora", "sample_sglora_paper", "export_cvae", "selection_summary", "tables", "figures", "candidates_generator",
          "ablation", "results_page", "controls_table", "all"}  # fmt: skip
-REMOTE = {"caption", "pretrain_backbone", "image_cache", "train_lora", "train_multitask", "train_cvae", "select", "premises", "train_mole",
+REMOTE = {"caption", "pretrain_backbone", "image_cache", "train_multitask", "train_cvae", "select", "premises", "train_mole",
           "train_pdiff", "embed", "evaluate", "evaluate_validation", "novelty", "spaces_select", "spaces_evaluate", "select_training",
           "controls"}  # fmt: skip
+# ... and tiny.yaml's LoRAs, in batches (lora_batches unset: at most 2 per reader, workflow/rules/loras_common.smk)
+REMOTE |= {f"train_lora_{reader}_{k}" for reader in ("experts", "oracles_in_dataset", "oracles_cross_dataset")
+           for k in (0, 1)} | {"train_lora_validation_0"}
 
 
 def _which(cmd: str) -> str | None:

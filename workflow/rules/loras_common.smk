@@ -14,11 +14,13 @@
 # as it reran every LoRA. A change of a reader's tasks reruns the batches of that reader
 # whose task list changes (a task appended: one batch; a task removed or inserted: the
 # batches of the tasks after it) and no batch of another reader: only LoRAs are retrained
-# whose reader reruns anyway. `lora_batches: 0`: one job per LoRA (rule train_lora), the
-# default where jobs go to a cluster executor (they spread over nodes). Switching between
-# the two retrains the LoRAs (their jobs' params differ).
+# whose reader reruns anyway. `lora_batches: 0`: one job per LoRA (rule train_lora), what
+# the paper presets set (their LoRAs train for minutes on a GPU each, and the jobs spread
+# over a cluster's GPUs). The setting is read from the config only: which executor runs the
+# jobs is not known while the Snakefile is read. Switching between the two retrains the
+# LoRAs (their jobs' params differ).
 
-LORA_BATCHES = config.get("lora_batches", 2 if workflow.local_exec else 0)
+LORA_BATCHES = config.get("lora_batches", 2)
 
 
 def lora_readers():
