@@ -57,6 +57,7 @@ localrules:
     ablation,
     results_page,
     controls_table,
+    caption_quality,
     all,
 
 

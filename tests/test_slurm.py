@@ -44,7 +44,7 @@ COMMANDS = ["munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "sinfo"
 # Rules of config/tiny.yaml's DAG, by where they must run.
 LOCAL = {"world", "check_tasks", "assemble", "candidates_oracle", "candidates_validation_oracle", "candidates_multitask", "candidates_merging", "candidates_pdiff",
          "sample_sglora", "sample_sglora_paper", "export_cvae", "selection_summary", "tables", "figures", "candidates_generator",
-         "ablation", "results_page", "controls_table", "all"}  # fmt: skip
+         "ablation", "results_page", "controls_table", "caption_quality", "all"}  # fmt: skip
 REMOTE = {"caption", "pretrain_backbone", "image_cache", "train_multitask", "train_cvae", "select", "premises", "train_mole",
           "train_pdiff", "embed", "evaluate", "evaluate_validation", "novelty", "spaces_select", "spaces_evaluate", "select_training",
           "controls"}  # fmt: skip

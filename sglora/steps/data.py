@@ -97,3 +97,40 @@ def check_tasks(manifest: Manifests, wanted: A[dict, 'JSON {"config key": {"data
 
     counts = write_task_check({d: str(p) for d, p in manifest.items()}, wanted, out)
     return {d: len(t) for d, t in counts.items()}
+
+
+@step("caption-quality")
+def caption_quality(datasets: A[dict, 'JSON {"<dataset>": {"manifest": captioned manifest, "truth": the world\'s '
+                                      'captions.parquet, "shard_dir": caption shards, "backend": ..., "options": {...}}}'],
+                    out: A[Path, "CSV: one row per dataset and attribute"],
+                    markdown: A[Path, "Markdown table (written beside --out, both or neither)"]) -> dict:
+    """How often the captions of embedded worlds state the truth about their image, per
+    attribute (class name, colour, texture, background, size, position, count), beside chance
+    and the world's own captions; and the share of generations the caption filter rejected."""
+    import csv
+    import io
+
+    from ..analyses.tables import write_all
+    from ..data.captioning.config import DEFAULT_MODEL
+    from ..data.captioning.quality import quality_table
+    from ..data.captioning.shards import shard_folder
+
+    if Path(out).parent != Path(markdown).parent:
+        raise SGLoraError(f"caption-quality: {out} and {markdown} must be in one folder")
+    specs = {}
+    for name, spec in datasets.items():
+        missing = [k for k in ("manifest", "truth", "backend") if k not in spec]
+        if missing:
+            raise SGLoraError(f"caption-quality --datasets: {name!r} lacks {missing}")
+        backend, options = spec["backend"], spec.get("options") or {}
+        model = {"synthetic": "synthetic (the world's own captions)", "none": "the dataset"}.get(
+            backend, options.get("model", DEFAULT_MODEL))
+        shards = shard_folder(spec["shard_dir"], backend, options) if spec.get("shard_dir") else None
+        specs[name] = {"manifest": spec["manifest"], "truth": spec["truth"], "shards": shards, "model": model}
+    rows, text = quality_table(specs)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_all(Path(out).parent, {Path(out).name: buf.getvalue(), Path(markdown).name: text})
+    return {"datasets": len(specs), "rows": len(rows)}

@@ -5,6 +5,7 @@ import shlex
 import socket
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from snakemake.utils import validate
 
@@ -310,6 +311,7 @@ def all_outputs():
             f"{R}/tables/ablation.md",
             RESULTS_PAGE,
         ]
+        + ([f"{R}/captioning/quality.md"] if EMBEDDED else [])
     )
 
 
@@ -356,12 +358,37 @@ def caption_backend(w):
     return config["datasets"][w.dataset].get("captioner", {}).get("backend", "none")
 
 
+def caption_shards(dataset):
+    """The caption step's resumable shards of a dataset (sglora/data/captioning/shards.py)."""
+    return f"{R}/data/{dataset}/caption_shards"
+
+
+def world_truth(dataset):
+    """An embedded world's captions.parquet: every image's class, attributes and own captions."""
+    return f"{R}/data/{dataset}/world/captions.parquet"
+
+
 def caption_options(w):
     cap = config["datasets"][w.dataset].get("captioner", {})
     opts = dict(cap.get("options", {}))
     if cap.get("backend") == "synthetic":
-        opts.setdefault("captions_file", f"{R}/data/{w.dataset}/world/captions.parquet")
+        opts.setdefault("captions_file", world_truth(w.dataset))
     return as_json(opts)
+
+
+def caption_quality_datasets(wildcards=None):
+    """The --datasets of caption_quality: each embedded world's captioned manifest, truth, shards and captioner."""
+    out = {}
+    for d in EMBEDDED:
+        w = SimpleNamespace(dataset=d)
+        out[d] = {
+            "manifest": manifest(d),
+            "truth": world_truth(d),
+            "shard_dir": caption_shards(d),
+            "backend": caption_backend(w),
+            "options": json.loads(caption_options(w)),
+        }
+    return as_json(out)
 
 
 def wanted_tasks():

@@ -58,10 +58,30 @@ rule caption:
     params:
         backend=caption_backend,
         options=caption_options,
-        shards=lambda w: f"{R}/data/{w.dataset}/caption_shards",
+        shards=lambda w: caption_shards(w.dataset),
     shell:
         "sglora caption --manifest {input:q} --out {output:q} --backend {params.backend:q} "
         "--shard-dir {params.shards:q} --options {params.options:q} > {log:q} 2>&1"
+
+
+rule caption_quality:
+    """How often the embedded worlds' captions state the truth about their images, per
+attribute, beside chance and the worlds' own captions; and what the caption filter rejected."""
+    input:
+        manifests=[manifest(d) for d in EMBEDDED],
+        truth=[world_truth(d) for d in EMBEDDED],
+    output:
+        md=f"{R}/captioning/quality.md",
+        csv=f"{R}/captioning/quality.csv",
+    log:
+        f"{R}/logs/caption_quality.log",
+    conda:
+        "../../envs/sglora.yaml"
+    params:
+        datasets=caption_quality_datasets,
+    shell:
+        "sglora caption-quality --datasets {params.datasets:q} --out {output.csv:q} "
+        "--markdown {output.md:q} > {log:q} 2>&1"
 
 
 rule check_tasks:
