@@ -72,6 +72,19 @@ def test_a_groups_controls_table_follows_its_paired_table(run):
     assert "Description controls" not in out.read_text()  # only the groups named
 
 
+def test_the_caption_quality_follows_the_premises(run):
+    (run / "quality.md").write_text("**Caption quality** (share of captions)\n\n| attribute |\n")
+    out = run / "results.md"
+    write_results_page(out, "Results", run / "tables", ["in_dataset"], ["in_dataset"], run / "premises.md", None,
+                       threads=1, captions=run / "quality.md")
+    page = out.read_text()
+    order = [page.index(s) for s in ["**Benchmark premises**", "## Captions", "**Caption quality**", "**In-dataset**"]]
+    assert order == sorted(order)
+    with pytest.raises(SGLoraError, match="caption quality"):
+        write_results_page(out, "Results", run / "tables", ["in_dataset"], [], None, None, threads=1,
+                           captions=run / "absent.md")
+
+
 def test_a_missing_table_is_named_and_nothing_is_written(run):
     out = run / "results.md"
     with pytest.raises(SGLoraError, match=r"cross_dataset"):

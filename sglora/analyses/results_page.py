@@ -93,10 +93,11 @@ def _read(path: Path, what: str) -> str:
 
 def write_results_page(out: str | Path, title: str, tables: str | Path, groups: list[str], paired: list[str],
                        premises: str | Path | None, benchmarks: str | Path | None, threads: int,
-                       source: str = "", controls: list[str] = ()) -> None:
-    """Write the results page: provenance, premises, per group its table, its paired table and
-    its description controls (read from ``tables/<group>.md``, ``<group>.paired.md`` and
-    ``<group>.controls.md``), then the time per rule."""
+                       source: str = "", controls: list[str] = (), captions: str | Path | None = None) -> None:
+    """Write the results page: provenance, premises, the caption quality (``captions``: its
+    Markdown table), per group its table, its paired table and its description controls
+    (read from ``tables/<group>.md``, ``<group>.paired.md`` and ``<group>.controls.md``), then
+    the time per rule."""
     tables = Path(tables)
     missing = [g for g in groups if not (tables / f"{g}.md").is_file()]
     if missing:
@@ -110,6 +111,8 @@ def write_results_page(out: str | Path, title: str, tables: str | Path, groups: 
               "elsewhere rounding differs and training takes another path, like another training seed.", ""]
     if premises:
         parts += ["## Premises", "", _read(Path(premises), "the premises table"), ""]
+    if captions:
+        parts += ["## Captions", "", _read(Path(captions), "the caption quality table"), ""]
     for g in groups:
         parts += [f"## Group `{g}`", "", _read(tables / f"{g}.md", f"the table of group {g}"), ""]
         if g in paired:

@@ -34,13 +34,14 @@ def results_page(out: Out, title: A[str, "the page's title"], tables: A[Path, "t
                  premises: A[Path | None, "premises.md"] = None,
                  benchmarks: A[Path | None, "the run's Snakemake benchmark folder"] = None,
                  threads: Threads = None, source: A[str, "what the page is the results of (a config file)"] = "",
-                 controls: A[list[str], "groups that have a description controls table (comma-separated)", SPLIT] = ()
-                 ) -> None:
-    """Write a run's results page (premises, tables, paired and controls tables, time per rule, provenance)."""
+                 controls: A[list[str], "groups that have a description controls table (comma-separated)", SPLIT] = (),
+                 captions: A[Path | None, "the caption quality table (captioning/quality.md)"] = None) -> None:
+    """Write a run's results page (premises, caption quality, tables, paired and controls
+    tables, time per rule, provenance)."""
     from ..analyses.results_page import write_results_page
 
     write_results_page(out, title, tables, list(groups), list(paired), premises, benchmarks, threads or 1, source,
-                       controls=list(controls))
+                       controls=list(controls), captions=captions)
 
 
 @step("figures", show=lambda res: None)

@@ -117,6 +117,7 @@ default config publishes it as docs/results.md, so the docs never disagree with 
         controls=[f"{R}/tables/{g}.controls.md" for g in controls_groups()],
         premises=f"{R}/premises/premises.md",
         figures=[f"{R}/figures/{name}.png" for name in FIGURES],
+        captions=[f"{R}/captioning/quality.md"] if EMBEDDED else [],
     output:
         RESULTS_PAGE,
     log:
@@ -132,7 +133,9 @@ default config publishes it as docs/results.md, so the docs never disagree with 
         benchmarks=f"{R}/benchmarks",
         source=" ".join(os.path.relpath(f) for f in workflow.overwrite_configfiles) or "config.yaml",
         threads=THREADS,
+        captions=lambda w, input: f"--captions {shlex.quote(input.captions[0])}" if input.captions else "",
     shell:
         "sglora results-page --out {output:q} --title {params.title:q} --tables {params.tables:q} "
         "--groups {params.groups:q} --paired {params.paired:q} --controls {params.controls:q} --premises {input.premises:q} "
-        "--benchmarks {params.benchmarks:q} --threads {params.threads} --source {params.source:q} > {log:q} 2>&1"
+        "--benchmarks {params.benchmarks:q} --threads {params.threads} --source {params.source:q} {params.captions} "
+        "> {log:q} 2>&1"
