@@ -154,5 +154,20 @@ def test_the_step_writes_the_csv_and_the_markdown_with_the_filters_share(world, 
     rows = list(csv.DictReader(out.open()))
     assert [r["attribute"] for r in rows] == list(ATTRIBUTES) and {r["truth"] for r in rows} == {"1.0"}
     text = md.read_text()
-    assert "synthetic" in text and "rejected 0 of 0 generations" in text
+    assert "backend `synthetic`): no model wrote them" in text and "rejected" not in text
     assert len(re.findall(r"^\| (class name|colour|texture|background|size|position|count) \|", text, re.M)) == 7
+
+
+def test_a_models_captions_say_what_the_filter_rejected(world, tmp_path):
+    from sglora.data.captioning.quality import quality_table
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    schema = pa.schema([("captions", pa.list_(pa.string())), ("rejected", pa.int64())])
+    pq.write_table(pa.Table.from_pylist([{"captions": ["a", "b", "c"], "rejected": 1}], schema=schema),
+                   shards / "shard-00000-x.parquet")
+    spec = {"manifest": captioned(world, tmp_path), "truth": world / "captions.parquet", "backend": "qwen2vl",
+            "model": "results/embedded/captioner", "shards": shards}
+    rows, text = quality_table({"world": spec})
+    assert "captions by `results/embedded/captioner`; the caption filter rejected 1 of 4 generations (25.0 %)" in text
+    assert {(r["backend"], r["rejected"], r["generated"]) for r in rows} == {("qwen2vl", 1, 4)}

@@ -123,10 +123,10 @@ def caption_quality(datasets: A[dict, 'JSON {"<dataset>": {"manifest": captioned
         if missing:
             raise SGLoraError(f"caption-quality --datasets: {name!r} lacks {missing}")
         backend, options = spec["backend"], spec.get("options") or {}
-        model = {"synthetic": "synthetic (the world's own captions)", "none": "the dataset"}.get(
-            backend, options.get("model", DEFAULT_MODEL))
+        model = options.get("model", DEFAULT_MODEL) if backend == "qwen2vl" else None
         shards = shard_folder(spec["shard_dir"], backend, options) if spec.get("shard_dir") else None
-        specs[name] = {"manifest": spec["manifest"], "truth": spec["truth"], "shards": shards, "model": model}
+        specs[name] = {"manifest": spec["manifest"], "truth": spec["truth"], "backend": backend, "model": model,
+                       "shards": shards}
     rows, text = quality_table(specs)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")

@@ -148,20 +148,28 @@ def rejected_share(shard_folder: str | Path | None) -> tuple[int, int]:
 
 def quality_table(datasets: dict[str, dict]) -> tuple[list[dict], str]:
     """CSV rows and Markdown of the caption quality of ``datasets``: name -> ``{manifest,
-    truth, shards (the shard folder or null), model (who wrote the captions)}``."""
+    truth, backend, model (the captioning model of backend qwen2vl), shards (its shard
+    folder, for what the filter rejected)}``."""
     rows, lines = [], ["**Caption quality** (share of captions that state the truth about their image; "
                        "`sglora/data/captioning/quality.py`)", ""]
     for name, spec in datasets.items():
         quality = caption_quality(spec["manifest"], spec["truth"])
-        rejected, generated = rejected_share(spec.get("shards"))
-        share = rejected / generated if generated else 0.0
-        lines += [f"*{name}*: captions by `{spec.get('model', '?')}`; the caption filter rejected "
-                  f"{rejected} of {generated} generations ({100 * share:.1f} %).", "",
+        backend = spec["backend"]
+        rejected, generated = rejected_share(spec.get("shards")) if backend == "qwen2vl" else (0, 0)
+        if backend == "qwen2vl":
+            share = rejected / generated if generated else 0.0
+            said = (f"captions by `{spec['model']}`; the caption filter rejected {rejected} of {generated} "
+                    f"generations ({100 * share:.1f} %).")
+        else:
+            said = ("the world's own captions, looked up (backend `synthetic`): no model wrote them, so these "
+                    "shares are the ceiling a captioner is measured against, not a result."
+                    if backend == "synthetic" else f"the dataset's own captions (backend `{backend}`).")
+        lines += [f"*{name}*: {said}", "",
                   "| attribute | values | chance | states the truth | states a wrong value | ground-truth captions |",
                   "|---|---:|---:|---:|---:|---:|"]
         for q in quality:
-            rows.append({"dataset": name, "model": spec.get("model", ""), **asdict(q), "rejected": rejected,
-                         "generated": generated})
+            rows.append({"dataset": name, "backend": backend, "model": spec.get("model") or "", **asdict(q),
+                         "rejected": rejected, "generated": generated})
             lines.append(f"| {q.attribute} | {q.values} | {100 * q.chance:.1f} % | {100 * q.truth:.1f} % | "
                          f"{100 * q.wrong:.1f} % | {100 * q.truth_ground:.1f} % |")
         lines.append("")
