@@ -6,7 +6,7 @@ rule pretrain_backbone:
 of every embedded dataset (it knows class names, not a task's fine details); never on a
 hybrid of the between group."""
     input:
-        expand(f"{R}/data/{{dataset}}/world/captions.parquet", dataset=EMBEDDED),
+        [world_truth(d) for d in EMBEDDED],
     output:
         directory(f"{R}/backbone"),
     log:

@@ -89,12 +89,16 @@ def _synthetic_state(opts: CaptionOptions):
     return lookup, file_sha256(path)[:16]
 
 
+def _folder(shard_dir: str | Path, settings: dict) -> Path:
+    return Path(shard_dir) / json_hash(settings)
+
+
 def shard_folder(shard_dir: str | Path, backend: str, options: dict) -> Path | None:
     """The folder under ``shard_dir`` that holds the shards of captioning with ``backend``
     and ``options`` (named by the hash of what decides the captions); ``None`` for backend none."""
     if backend == "none":
         return None
-    return Path(shard_dir) / json_hash(_settings(backend, parse_options(backend, options)))
+    return _folder(shard_dir, _settings(backend, parse_options(backend, options)))
 
 
 def caption_manifest(
@@ -118,7 +122,7 @@ def caption_manifest(
         return dict(images=0, shards=0, shards_done=0, shards_skipped=0, rejected=0, incomplete=[])
     units = _units(table, opts)
     settings = _settings(backend, opts)
-    folder = Path(shard_dir) / json_hash(settings)  # shard_folder's
+    folder = _folder(shard_dir, settings)
     write_json(folder / "settings.json", settings)
     shards = [units[i : i + opts.shard_size] for i in range(0, len(units), opts.shard_size)]
     state = None
