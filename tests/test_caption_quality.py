@@ -142,7 +142,7 @@ def test_a_manifest_of_another_world_is_an_error_naming_both_files(world, tmp_pa
         caption_quality(manifest, manifest)
 
 
-def test_the_step_writes_the_csv_and_the_markdown_with_the_filters_share(world, tmp_path):
+def test_the_step_writes_the_csv_and_the_markdown_and_says_who_wrote_the_captions(world, tmp_path):
     from sglora.cli import main
 
     manifest = captioned(world, tmp_path)
