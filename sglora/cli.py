@@ -23,6 +23,7 @@ import typing
 from . import steps
 from .devices import tune_allocator
 from .io import SGLoraError, Settings, json_object
+from .warm import delegate
 
 
 def _unpack(hint) -> tuple[type, str, dict]:
@@ -99,9 +100,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     steps' settings classes, and torch with most of them, are not imported)."""
     p = argparse.ArgumentParser(prog="sglora", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="STEP")
-    for name, fn in steps.STEPS.items():
-        if only in steps.STEPS and name != only:
-            continue
+    for name, fn in ((n, f) for n, f in steps.STEPS.items() if only not in steps.STEPS or n == only):
         doc = inspect.getdoc(fn) or name
         sp = sub.add_parser(name, help=doc.split("\n\n")[0].replace("\n", " ").replace("%", "%%"), description=doc)
         sp.set_defaults(step=fn)
@@ -118,8 +117,7 @@ def device_setting(args: argparse.Namespace) -> str | None:
 
 
 def step_device(argv: list[str]):
-    """The torch device the step ``argv`` (``["train-lora", ...]``) would run on, without
-    running it."""
+    """The torch device the step ``argv`` (``["train-lora", ...]``) would run on, unrun."""
     from .devices import pick_device
 
     setting = device_setting(build_parser(argv[0] if argv else None).parse_args(argv))
@@ -139,9 +137,12 @@ def claim_gpu(args: argparse.Namespace):
     return slot
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run ``sglora <step> ...``; returns the exit status (2 on an error the step reports)."""
+def main(argv: list[str] | None = None, warm: bool = True) -> int:
+    """Run ``sglora <step> ...`` (with ``warm``, in a child of the run's warm server if there is
+    one: :mod:`sglora.warm`); returns the exit status (2 on an error the step reports)."""
     argv = sys.argv[1:] if argv is None else argv
+    if warm and (code := delegate(argv, run=main, prepare=build_parser)) is not None:
+        return code
     args = build_parser(argv[0] if argv else None).parse_args(argv)
     tune_allocator()
     try:
@@ -150,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     except SGLoraError as err:
         print(f"sglora {args.command}: error: {err}", file=sys.stderr)
         return 2
-    text = args.step.show(result) if args.step.show else json.dumps(result, default=str)
-    if text is not None:
+    if (text := args.step.show(result) if args.step.show else json.dumps(result, default=str)) is not None:
         print(text)
     return 0
 

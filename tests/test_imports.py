@@ -2,7 +2,8 @@
 
 Layers, top to bottom (a module imports only from its own layer or below):
 
-    cli, __main__   argument parsing only (sglora/cli.py)
+    cli, __main__   argument parsing (sglora/cli.py) and warm starts (sglora/warm.py: a job's
+                    process hands its command to a server that forks from the CLI)
     steps           one typed function per pipeline step, one module per rules file (sglora/steps/)
     stages          one subpackage per stage of the method: data, backbone, experts, generator,
                     baselines, evaluation, analyses
@@ -76,7 +77,7 @@ def graph() -> dict[str, set[str]]:
 def layer(name: str) -> int | None:
     """The layer of a module, ``None`` when it belongs to none."""
     parts = name.split(".")
-    if name in ("sglora.cli", "sglora.__main__"):
+    if name in ("sglora.cli", "sglora.__main__", "sglora.warm"):
         return CLI
     if parts[:2] == ["sglora", "steps"]:
         return STEPS
@@ -142,7 +143,7 @@ def test_the_library_never_imports_snakemake():
 def test_cli_only_parses_arguments():
     lines = (PACKAGE / "cli.py").read_text().splitlines()
     assert len(lines) <= 160, f"sglora/cli.py has {len(lines)} lines; step logic belongs in sglora/steps/"
-    assert graph()["sglora.cli"] <= {"sglora.steps", "sglora.io", "sglora.backbone.clip", "sglora.devices"}
+    assert graph()["sglora.cli"] <= {"sglora.steps", "sglora.io", "sglora.backbone.clip", "sglora.devices", "sglora.warm"}
 
 
 def test_python_m_sglora_works_like_sglora():

@@ -251,6 +251,40 @@ onstart:
         problems = impossible_requests(len(visible_gpus()), memory_mb(), limit) if workflow.local_exec else []
         if problems:
             raise ValueError("config asks for more than this machine has:\n  " + "\n  ".join(problems))
+        start_warm_server()
+
+
+onsuccess:
+    stop_warm_server()
+
+
+onerror:
+    stop_warm_server()
+
+
+WARM = {}  # the run's warm server (sglora/warm.py), started by onstart
+
+
+def start_warm_server():
+    """On a local run, start the server that the jobs' `sglora` processes fork from, so
+    they import torch and transformers once per run instead of once per job (config
+    `warm_start`; SGLORA_WARM=0 in the environment turns it off too)."""
+    if not workflow.local_exec or not config.get("warm_start", True) or os.environ.get("SGLORA_WARM") == "0":
+        return
+    from sglora.warm import WARM_ENV, start
+
+    server, where = start()
+    if server is None:
+        print(f"note: {where}; every job imports torch itself", file=sys.stderr)
+        return
+    WARM.update(server=server, path=where)
+    os.environ[WARM_ENV] = where
+
+
+def stop_warm_server():
+    from sglora.warm import stop
+
+    stop(WARM.get("server"), WARM.get("path"))
 
 
 def as_json(obj):
