@@ -24,6 +24,8 @@ for _batch, (_dataset, _tasks) in lora_batches().items():
         conda:
             "../../envs/sglora.yaml"
         threads: THREADS
+        # the experts first: the repository gates the CVAEs, selection, sampling and the controls
+        priority: 10 if _batch.startswith("experts_") else 0
         resources:
             **lora_batch_resources(len(_tasks)),
         params:
