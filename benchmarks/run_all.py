@@ -22,7 +22,7 @@ import _common as C
 
 HERE = Path(__file__).resolve().parent
 #: run order: cheap first; generation and pipeline read results/embedded
-ORDER = ["world", "cvae", "lora_batches", "eval", "generation", "repository", "images", "gpu", "pipeline"]
+ORDER = ["world", "cvae", "lora_batches", "warm", "eval", "generation", "repository", "images", "gpu", "pipeline"]
 
 
 def scripts() -> list[Path]:

@@ -130,7 +130,11 @@ def delegate(argv: list[str], run=None, prepare=None) -> int | None:
     for line in reader:
         word, _, value = line.partition(" ")
         if word == "exit":
-            return int(value)
+            code, cpu, rss = value.split()
+            # Snakemake's benchmark file measures this process only: say what the child used
+            print(f"sglora: ran in warm child {child}: {float(cpu):.1f} CPU-s, max RSS {float(rss):.0f} MB "
+                  "(shared with the server)", file=sys.stderr)
+            return int(code)
     print(f"sglora: the warm child {child} ended without an exit status (killed?)", file=sys.stderr)
     return 1
 
@@ -202,7 +206,11 @@ def _run_child(conn: socket.socket, request: dict, fds: list[int], run) -> None:
             atexit._run_exitfuncs()
             sys.stdout.flush()
             sys.stderr.flush()
-            conn.sendall(f"exit {code}\n".encode())
+            import resource
+
+            own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+            conn.sendall(f"exit {code} {cpu:.3f} {own.ru_maxrss / 1024:.1f}\n".encode())
         finally:
             os._exit(code if isinstance(code, int) and 0 <= code < 256 else 1)
 

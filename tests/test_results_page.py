@@ -25,7 +25,7 @@ def run(tmp_path) -> Path:
     (tmp_path / "premises.md").write_text("**Benchmark premises**\n\n| premise | value |\n")
     bench(tmp_path / "benchmarks/train_lora/world/a.tsv", 20.0, 30.0, 700.0)
     bench(tmp_path / "benchmarks/train_lora/world/b.tsv", 40.0, 90.0, 735.5)
-    bench(tmp_path / "benchmarks/assemble.tsv", 12.0, 3.0, 350.0)
+    bench(tmp_path / "benchmarks/assemble.tsv", 72.0, 3.0, 350.0)  # a warm job: little CPU in its own process
     return tmp_path
 
 
@@ -34,7 +34,7 @@ def test_rule_times_sum_each_rules_jobs(run):
     assert set(times) == {"train_lora", "assemble"}
     lora = times["train_lora"]
     assert (lora.jobs, lora.wall_s, lora.cpu_s, lora.max_rss_mb) == (2, 60.0, 120.0, 735.5)
-    assert [t.rule for t in rule_times(run / "benchmarks")] == ["train_lora", "assemble"]  # most CPU first
+    assert [t.rule for t in rule_times(run / "benchmarks")] == ["assemble", "train_lora"]  # most job time first
 
 
 def test_the_page_holds_every_table_word_for_word(run):
@@ -50,7 +50,7 @@ def test_the_page_holds_every_table_word_for_word(run):
     order = [page.index(s) for s in ["**Benchmark premises**", "**In-dataset**", "**SG-LoRA minus", "**Seen**"]]
     assert order == sorted(order)
     assert "| train_lora | 2 | 1.0 | 2.0 | 736 |" in page
-    assert "| **all** | 3 | 1.2 | 2.0 | |" in page
+    assert "| **all** | 3 | 2.2 | 2.0 | |" in page
     import torch
 
     assert f"| cpu capability | {torch.backends.cpu.get_cpu_capability()} |" in page
