@@ -96,3 +96,16 @@ def test_a_broken_benchmark_file_is_named(run):
     (run / "benchmarks/assemble.tsv").write_text(HEADER + "12.0\tx\n")
     with pytest.raises(SGLoraError, match=r"assemble\.tsv"):
         rule_times(run / "benchmarks")
+
+
+def test_a_warm_job_counts_its_childs_cpu_and_memory_from_its_log(run):
+    """Snakemake measured only a warm job's own process; its log's last line adds the child."""
+    logs = run / "logs"
+    (logs / "train_lora/world").mkdir(parents=True)
+    (logs / "train_lora/world/a.log").write_text("training...\nsglora: ran in warm child 4242: 95.5 CPU-s, max RSS "
+                                                 "812 MB (shared with the server)\n")
+    (logs / "assemble.log").write_text("assembled in its own process\n")
+    times = {t.rule: t for t in rule_times(run / "benchmarks", logs)}
+    assert (times["train_lora"].cpu_s, times["train_lora"].max_rss_mb) == (120.0 + 95.5, 812.0)
+    assert (times["assemble"].cpu_s, times["assemble"].max_rss_mb) == (3.0, 350.0)
+    assert {t.rule: t.cpu_s for t in rule_times(run / "benchmarks")}["train_lora"] == 120.0  # no logs: as measured

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import platform
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,21 @@ class RuleTime:
     max_rss_mb: float
 
 
-def rule_times(benchmarks: str | Path) -> list[RuleTime]:
-    """Sum every benchmark TSV under ``benchmarks`` by rule (its first path component), most job time first."""
+#: the last line of a warm job's log (sglora/warm.py): what its child used
+WARM_USAGE = re.compile(r"^sglora: ran in warm child \d+: ([0-9.]+) CPU-s, max RSS ([0-9.]+) MB", re.M)
+
+
+def warm_usage(log: Path) -> tuple[float, float] | None:
+    """``(CPU seconds, max RSS MB)`` of the warm child that ran a job, from its log; ``None``
+    when the job ran in its own process (or has no log)."""
+    found = WARM_USAGE.findall(log.read_text(errors="replace")) if log.is_file() else []
+    return (float(found[-1][0]), float(found[-1][1])) if found else None
+
+
+def rule_times(benchmarks: str | Path, logs: str | Path | None = None) -> list[RuleTime]:
+    """Sum every benchmark TSV under ``benchmarks`` by rule (its first path component), most
+    job time first. A job that ran in a warm child (its log ``logs/<same path>.log`` says so)
+    counts the child's CPU and RSS as well: Snakemake measured only the job's own process."""
     root = Path(benchmarks)
     acc: dict[str, list[float]] = {}
     for path in sorted(root.rglob("*.tsv")):
@@ -34,6 +48,9 @@ def rule_times(benchmarks: str | Path) -> list[RuleTime]:
             wall = sum(float(r["s"]) for r in rows)
             cpu = sum(float(r["cpu_time"]) for r in rows)
             rss = max((float(r["max_rss"]) for r in rows if r["max_rss"] not in ("", "-")), default=0.0)
+        child = warm_usage(Path(logs) / path.relative_to(root).with_suffix(".log")) if logs else None
+        if child:
+            cpu, rss = cpu + child[0], max(rss, child[1])
         a = acc.setdefault(rule, [0, 0.0, 0.0, 0.0])
         a[0] += 1
         a[1] += wall
@@ -93,7 +110,8 @@ def _read(path: Path, what: str) -> str:
 
 def write_results_page(out: str | Path, title: str, tables: str | Path, groups: list[str], paired: list[str],
                        premises: str | Path | None, benchmarks: str | Path | None, threads: int,
-                       source: str = "", controls: list[str] = (), captions: str | Path | None = None) -> None:
+                       source: str = "", controls: list[str] = (), captions: str | Path | None = None,
+                       logs: str | Path | None = None) -> None:
     """Write the results page: provenance, premises, the caption quality (``captions``: its
     Markdown table), per group its table, its paired table and its description controls
     (read from ``tables/<group>.md``, ``<group>.paired.md`` and ``<group>.controls.md``), then
@@ -122,9 +140,8 @@ def write_results_page(out: str | Path, title: str, tables: str | Path, groups: 
     if benchmarks and Path(benchmarks).is_dir():
         parts += ["## Time per rule", "",
                   "Summed over the run's Snakemake benchmark files (job time is each job's wall time; jobs ran "
-                  "side by side up to `--cores`). On a local run with warm starts (`docs/pipeline.md`) a job's "
-                  "work runs in a child of the warm server, outside the process Snakemake measures: the CPU and "
-                  "RSS columns then count only the job's own process (its log gives the child's CPU); the job "
-                  "time is right either way.", "", render_times(rule_times(benchmarks)), ""]
+                  "side by side up to `--cores`). A job that ran in a child of the warm server (`docs/pipeline.md`) "
+                  "adds the child's CPU and RSS from its log (Snakemake measured only the job's own process).",
+                  "", render_times(rule_times(benchmarks, logs)), ""]
     with atomic_path(out) as tmp:
         tmp.write_text("\n".join(parts).rstrip() + "\n", encoding="utf-8")

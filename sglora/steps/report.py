@@ -33,6 +33,7 @@ def results_page(out: Out, title: A[str, "the page's title"], tables: A[Path, "t
                  paired: A[list[str], "groups that have a paired table (comma-separated)", SPLIT] = (),
                  premises: A[Path | None, "premises.md"] = None,
                  benchmarks: A[Path | None, "the run's Snakemake benchmark folder"] = None,
+                 logs: A[Path | None, "the run's log folder (a warm job's log says what its child used)"] = None,
                  threads: Threads = None, source: A[str, "what the page is the results of (a config file)"] = "",
                  controls: A[list[str], "groups that have a description controls table (comma-separated)", SPLIT] = (),
                  captions: A[Path | None, "the caption quality table (captioning/quality.md)"] = None) -> None:
@@ -41,7 +42,7 @@ def results_page(out: Out, title: A[str, "the page's title"], tables: A[Path, "t
     from ..analyses.results_page import write_results_page
 
     write_results_page(out, title, tables, list(groups), list(paired), premises, benchmarks, threads or 1, source,
-                       controls=list(controls), captions=captions)
+                       controls=list(controls), captions=captions, logs=logs)
 
 
 @step("figures", show=lambda res: None)

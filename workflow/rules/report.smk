@@ -131,11 +131,12 @@ default config publishes it as docs/results.md, so the docs never disagree with 
         controls=",".join(controls_groups()),
         tables=lambda w, input: parent(input.tables[0]),
         benchmarks=f"{R}/benchmarks",
+        logs=f"{R}/logs",
         source=" ".join(os.path.relpath(f) for f in workflow.overwrite_configfiles) or "config.yaml",
         threads=THREADS,
         captions=lambda w, input: f"--captions {shlex.quote(input.captions[0])}" if input.captions else "",
     shell:
         "sglora results-page --out {output:q} --title {params.title:q} --tables {params.tables:q} "
         "--groups {params.groups:q} --paired {params.paired:q} --controls {params.controls:q} --premises {input.premises:q} "
-        "--benchmarks {params.benchmarks:q} --threads {params.threads} --source {params.source:q} {params.captions} "
+        "--benchmarks {params.benchmarks:q} --logs {params.logs:q} --threads {params.threads} --source {params.source:q} {params.captions} "
         "> {log:q} 2>&1"
