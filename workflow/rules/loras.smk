@@ -21,11 +21,11 @@ for _batch, (_dataset, _tasks) in lora_batches().items():
             f"{R}/logs/train_lora/batches/{_batch}.log",
         benchmark:
             f"{R}/benchmarks/train_lora/batches/{_batch}.tsv"
+        # the experts first: the repository gates the CVAEs, selection, sampling and the controls
+        priority: 10 if _batch.startswith("experts_") else 0
         conda:
             "../../envs/sglora.yaml"
         threads: THREADS
-        # the experts first: the repository gates the CVAEs, selection, sampling and the controls
-        priority: 10 if _batch.startswith("experts_") else 0
         resources:
             **lora_batch_resources(len(_tasks)),
         params:
