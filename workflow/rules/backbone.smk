@@ -41,6 +41,8 @@ rule embed:
         f"{R}/logs/embed.log",
     benchmark:
         f"{R}/benchmarks/embed.tsv"
+    # gates assemble, and with it the CVAEs, selection, sampling and the controls
+    priority: 30
     conda:
         "../../envs/sglora.yaml"
     resources:

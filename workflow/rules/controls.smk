@@ -22,6 +22,7 @@ their evaluation, in one job."""
         f"{R}/logs/controls/{{group}}.log",
     benchmark:
         f"{R}/benchmarks/controls/{{group}}.tsv"
+    priority: 5
     conda:
         "../../envs/sglora.yaml"
     threads: THREADS

@@ -15,6 +15,8 @@ processor (the cache is keyed by its settings: another backbone gets its own).""
         f"{R}/logs/image_cache/{{dataset}}.log",
     benchmark:
         f"{R}/benchmarks/image_cache/{{dataset}}.tsv"
+    # every training job waits for a cache, and embed (which gates the repository) for all of them
+    priority: 40
     conda:
         "../../envs/sglora.yaml"
     threads: THREADS

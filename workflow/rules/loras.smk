@@ -82,6 +82,8 @@ rule assemble:
         f"{R}/logs/assemble.log",
     benchmark:
         f"{R}/benchmarks/assemble.tsv"
+    # gates the CVAEs, selection, sampling and the controls
+    priority: 30
     conda:
         "../../envs/sglora.yaml"
     params:

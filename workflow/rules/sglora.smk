@@ -16,6 +16,8 @@ variant (condition, k, tau, and augment, describe when the grid has them) and on
         f"{R}/benchmarks/train_cvae/{{variant}}/run{{run}}.tsv"
     wildcard_constraints:
         run=r"\d+",
+    # SG-LoRA's chain (CVAEs, selection, the controls) is the DAG's longest: before the Oracles
+    priority: 5
     conda:
         "../../envs/sglora.yaml"
     threads: THREADS
@@ -47,6 +49,7 @@ rule select:
         f"{R}/benchmarks/select/{{method}}.tsv"
     wildcard_constraints:
         method="|".join(SELECTABLE),
+    priority: 5
     conda:
         "../../envs/sglora.yaml"
     threads: THREADS
