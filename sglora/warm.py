@@ -240,14 +240,18 @@ def server_main(argv: list[str], run, prepare) -> int:
     p.add_argument("--socket", required=True, help="the Unix socket to listen on")
     p.add_argument("--parent", type=int, help="stop when this process (the Snakemake run) has exited")
     p.add_argument("--ready", help="a file written once the server accepts jobs")
+    p.add_argument("--folder", help="the server's folder (start()'s): removed if the parent exits first")
     args = p.parse_args(argv)
-    return serve(args.socket, run, prepare, args.parent, args.ready)
+    return serve(args.socket, run, prepare, args.parent, args.ready, args.folder)
 
 
-def serve(path: str | Path, run, prepare, parent: int | None = None, ready: str | Path | None = None) -> int:
+def serve(path: str | Path, run, prepare, parent: int | None = None, ready: str | Path | None = None,
+          folder: str | Path | None = None) -> int:
     """Serve warm starts on the Unix socket ``path`` until ``parent`` (a pid) exits or a
     SIGTERM arrives: each job's child calls ``run(argv, warm=False)``. ``prepare()`` runs
-    once after the imports; ``ready``: a file written once the server accepts jobs."""
+    once after the imports; ``ready``: a file written once the server accepts jobs;
+    ``folder``: removed when the server stops because ``parent`` has gone (killed: nobody
+    else will; a SIGTERM comes from :func:`stop`, which removes it)."""
     path = str(path)
     server_env = dict(os.environ)  # before the imports: some set variables (TORCHINDUCTOR_CACHE_DIR)
     preload()
@@ -279,6 +283,10 @@ def serve(path: str | Path, run, prepare, parent: int | None = None, ready: str 
             os.unlink(path)
         except FileNotFoundError:
             pass
+    if folder and not stopping:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 
@@ -328,7 +336,7 @@ def start(folder: str | Path | None = None, wait: float = 0.0):
     env.update({k: "1" for k in PER_JOB[:6]})  # the imports run on one thread; each child sets its own
     with open(folder / "server.log", "w") as log:
         proc = subprocess.Popen(["sglora", "warm-server", "--socket", str(path), "--parent", str(os.getpid()),
-                                 "--ready", str(ready)], env=env, stdin=subprocess.DEVNULL,
+                                 "--ready", str(ready), "--folder", str(folder)], env=env, stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=log, start_new_session=True)
     deadline = time.monotonic() + wait
     while wait and not ready.exists():
