@@ -80,16 +80,23 @@ def digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def main(argv=None) -> int:
-    ap = C.parser(__doc__)
+def arguments(doc: str, argv, loras: int, training: dict) -> tuple:
+    """The command line of a benchmark that trains LoRAs of config.yaml's world: ``(args,
+    config, LoRAs per side, training section (device cpu, ``training`` on top unless
+    --quick: 2 epochs), rounds)``."""
+    ap = C.parser(doc)
     ap.add_argument("--config", default=str(C.ROOT / "config.yaml"))
-    ap.add_argument("--loras", type=int, default=None, help="LoRAs trained on each side (default 6; --quick 2)")
+    ap.add_argument("--loras", type=int, default=None, help=f"LoRAs trained on each side (default {loras}; --quick 2)")
     ap.set_defaults(threads=1)
     args = ap.parse_args(argv)
     cfg = yaml.safe_load(Path(args.config).read_text())
-    n = args.loras or (2 if args.quick else 6)
-    training = dict(cfg["training"], device="cpu") | ({"epochs": 2, "snapshots": 2} if args.quick else {})
-    rounds = 1 if args.quick else 2
+    n = args.loras or (2 if args.quick else loras)
+    section = dict(cfg["training"], device="cpu") | ({"epochs": 2, "snapshots": 2} if args.quick else training)
+    return args, cfg, n, section, 1 if args.quick else 2
+
+
+def main(argv=None) -> int:
+    args, cfg, n, training, rounds = arguments(__doc__, argv, 6, {})
 
     info = C.machine(args.threads)
     rep = C.Report("lora_batches", quick=args.quick)

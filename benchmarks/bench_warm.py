@@ -27,10 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 import _common as C
-from bench_lora_batches import digest, setup
+from bench_lora_batches import arguments, digest, setup
 
 from sglora import warm
 
@@ -55,16 +53,7 @@ def run(argvs: list[list[str]], env: dict, server: int | None) -> tuple[float, f
 
 
 def main(argv=None) -> int:
-    ap = C.parser(__doc__)
-    ap.add_argument("--config", default=str(C.ROOT / "config.yaml"))
-    ap.add_argument("--loras", type=int, default=None, help="tasks (default 4; --quick 2)")
-    ap.set_defaults(threads=1)
-    args = ap.parse_args(argv)
-    cfg = yaml.safe_load(Path(args.config).read_text())
-    n = args.loras or (2 if args.quick else 4)
-    training = dict(cfg["training"], device="cpu") | ({"epochs": 2, "snapshots": 2} if args.quick else
-                                                      {"epochs": 10, "snapshots": 5})
-    rounds = 1 if args.quick else 2
+    args, cfg, n, training, rounds = arguments(__doc__, argv, 4, {"epochs": 10, "snapshots": 5})
 
     info = C.machine(args.threads)
     rep = C.Report("warm", quick=args.quick)
@@ -72,16 +61,9 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="sgw-bench-"))
     env = {k: v for k, v in os.environ.items() if k != warm.WARM_ENV}
     env.update(PYTHONPATH=str(C.ROOT), HF_HUB_OFFLINE="1", PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}")
-    env.update({k: str(args.threads) for k in warm.PER_JOB[:6]})
-    saved = dict(os.environ)  # the server takes the environment of the process that starts it: the jobs'
-    os.environ.clear()
-    os.environ.update({k: v for k, v in env.items() if k not in warm.PER_JOB})
+    env.update({k: str(args.threads) for k in warm.THREAD_VARS})
     (tmp / "server").mkdir()
-    try:
-        proc, path = warm.start(tmp / "server", wait=300)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    proc, path = warm.start(tmp / "server", wait=300, env={k: v for k, v in env.items() if k not in warm.PER_JOB})
     if proc is None:
         raise SystemExit(f"bench_warm: {path}")
     try:

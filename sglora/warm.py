@@ -38,9 +38,11 @@ import time
 from pathlib import Path
 
 WARM_ENV = "SGLORA_WARM"  #: the server's socket; "0" or unset: every job runs in its own process
-#: set by Snakemake per job (shell.py): the thread counts and the job's temporary folder
-PER_JOB = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-           "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "TMPDIR", "TMP", "TEMP", "TEMPDIR")
+#: set by Snakemake per job (shell.py): the thread counts ...
+THREAD_VARS = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+#: ... and the job's temporary folder
+PER_JOB = THREAD_VARS + ("TMPDIR", "TMP", "TEMP", "TEMPDIR")
 #: set by the shell that runs a job's command line, different in every shell
 SHELL_VARS = ("PWD", "OLDPWD", "SHLVL", "_")
 #: modules a step imports lazily, imported once by the server
@@ -95,7 +97,7 @@ def delegate(argv: list[str], run=None, prepare=None) -> int | None:
     if argv[:1] == ["warm-server"]:
         return server_main(argv[1:], run, prepare)
     path = os.environ.get(WARM_ENV, "")
-    if not path or path == "0" or (argv and argv[0] in ("-h", "--help")) or not argv:
+    if not path or path == "0" or not argv or argv[0] in ("-h", "--help"):
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -321,19 +323,20 @@ def _handle(conn: socket.socket, listener: socket.socket, server_identity: dict,
         conn.close()
 
 
-def start(folder: str | Path | None = None, wait: float = 0.0):
+def start(folder: str | Path | None = None, wait: float = 0.0, env: dict | None = None):
     """Start ``sglora warm-server`` for this process (the Snakemake run); returns ``(process,
     socket path)``. The socket appears once the server has done its imports; a job that
     starts before then runs in its own process. ``wait``: seconds to wait for that (a test's
-    choice; the workflow does not wait) -- ``(None, reason)`` if it did not come up."""
+    choice; the workflow does not wait) -- ``(None, reason)`` if it did not come up.
+    ``env``: the environment the jobs will have, but for the per-job variables (default this
+    process's): a job whose environment differs is declined."""
     import subprocess
     import tempfile
 
     folder = Path(folder or tempfile.mkdtemp(prefix="sglora-warm-"))
     path, ready = folder / "server.sock", folder / "ready"
-    env = dict(os.environ)
-    env.pop(WARM_ENV, None)
-    env.update({k: "1" for k in PER_JOB[:6]})  # the imports run on one thread; each child sets its own
+    env = {k: v for k, v in (os.environ if env is None else env).items() if k != WARM_ENV}
+    env.update({k: "1" for k in THREAD_VARS})  # the imports run on one thread; each child sets its own
     with open(folder / "server.log", "w") as log:
         proc = subprocess.Popen(["sglora", "warm-server", "--socket", str(path), "--parent", str(os.getpid()),
                                  "--ready", str(ready), "--folder", str(folder)], env=env, stdin=subprocess.DEVNULL,

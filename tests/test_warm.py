@@ -29,20 +29,13 @@ def job_env(**extra) -> dict:
     """A Snakemake job's environment: the run's, plus the per-job thread variables."""
     env = {"PATH": f"{BIN}:/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": HOME,
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return env | {k: "1" for k in warm.PER_JOB[:6]} | extra
+    return env | {k: "1" for k in warm.THREAD_VARS} | extra
 
 
 @pytest.fixture(scope="module")
 def server():
     folder = Path(tempfile.mkdtemp(prefix="sgw-"))  # a Unix socket's path must stay short
-    saved = dict(os.environ)  # the server takes the environment of the process that starts it
-    os.environ.clear()
-    os.environ.update({k: v for k, v in job_env().items() if k not in warm.PER_JOB})
-    try:
-        proc, path = warm.start(folder, wait=120)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    proc, path = warm.start(folder, wait=120, env={k: v for k, v in job_env().items() if k not in warm.PER_JOB})
     assert proc is not None, path
     yield path
     warm.stop(proc, path)

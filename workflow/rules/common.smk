@@ -269,10 +269,10 @@ def start_warm_server():
     """On a local run, start the server that the jobs' `sglora` processes fork from, so
     they import torch and transformers once per run instead of once per job (config
     `warm_start`; SGLORA_WARM=0 in the environment turns it off too)."""
-    if not workflow.local_exec or not config.get("warm_start", True) or os.environ.get("SGLORA_WARM") == "0":
-        return
     from sglora.warm import WARM_ENV, start
 
+    if not workflow.local_exec or not config.get("warm_start", True) or os.environ.get(WARM_ENV) == "0":
+        return
     server, where = start()
     if server is None:
         print(f"note: {where}; every job imports torch itself", file=sys.stderr)
