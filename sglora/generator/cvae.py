@@ -190,7 +190,9 @@ def train_cvae(snapshots: np.ndarray, expert_index: np.ndarray, cond_mu: np.ndar
         cm = torch.cat([cm[:, None], torch.as_tensor(pools[0], dtype=torch.float32).to(device)], 1)
         cv = torch.cat([cv[:, None], torch.as_tensor(pools[1], dtype=torch.float32).to(device)], 1)
         pick = torch.Generator().manual_seed(spec.seed + 1_000_003)
-    opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
+    # fused: one pass over each parameter per step instead of seven elementwise ops; the
+    # (D x hidden) layers make Adam a quarter of a CPU step otherwise (same update, other rounding)
+    opt = torch.optim.Adam(model.parameters(), lr=spec.lr, fused=True)
     gen = torch.Generator().manual_seed(spec.seed)
     history = []
     bar = tqdm(range(spec.epochs), desc="cvae", disable=not progress)
