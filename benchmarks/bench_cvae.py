@@ -36,10 +36,10 @@ GPU_TBPS = 2.0  # memory bandwidth
 GPU_BYTES_PER_PARAM = 44  # weights read ~3x (forward, two backward GEMMs), grad written, Adam reads 4 and writes 3 fp32
 
 
-def child(dim: int, spec: dict, batch: int, steps: int, threads: int) -> dict:
+def child(dim: int, spec: dict, batch: int, steps: int, threads: int, fused: bool = True) -> dict:
     import torch
 
-    from sglora.generator.cvae import CVAE, cvae_parameters
+    from sglora.generator.cvae import CVAE, cvae_optimizer, cvae_parameters
     from sglora.generator.settings import CVAESpec
 
     torch.set_num_threads(threads)
@@ -48,7 +48,7 @@ def child(dim: int, spec: dict, batch: int, steps: int, threads: int) -> dict:
     baseline = C.rss_mb()
     model = CVAE(dim, spec)
     n_params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
+    opt = cvae_optimizer(model, spec.lr, fused=fused)
     x = torch.randn(batch, dim) * 0.01
     mu = torch.randn(batch, dim) * 0.01
     var = torch.rand(batch, dim) * 1e-4
@@ -67,9 +67,9 @@ def child(dim: int, spec: dict, batch: int, steps: int, threads: int) -> dict:
             "step_s": C.median(times), "steps": steps, "baseline_mb": baseline, "peak_mb": C.peak_rss_mb()}
 
 
-def run_child(dim, spec, batch, steps, threads) -> dict:
+def run_child(dim, spec, batch, steps, threads, fused=True) -> dict:
     cmd = [sys.executable, __file__, "--child", json.dumps({"dim": dim, "spec": spec, "batch": batch, "steps": steps,
-                                                            "threads": threads})]
+                                                            "threads": threads, "fused": fused})]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"cvae child (D={dim}) failed:\n{proc.stderr[-4000:]}")
@@ -150,6 +150,20 @@ def main(argv=None) -> int:
                     note=f"estimate, not measured: FLOPs at {GPU_TFLOPS:.0f} TFLOP/s + ~{GPU_BYTES_PER_PARAM} B/param "
                          f"of weight, grad and Adam traffic at {GPU_TBPS:.0f} TB/s; paper-scale training "
                          f"~{epoch_steps * full.epochs * gpu_ms / 6e4:.2g} min")
+    # cvae_optimizer's fused Adam against the plain one at the embedded size, side by side in
+    # this run: each in its own child, sides alternated (A B, B A; one round with --quick)
+    steps = plans[-1][2]
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for order in ((True, False),) if args.quick else ((True, False), (False, True)):
+        for fused in order:
+            times[fused].append(run_child(emb, spec_json, batch, steps, args.threads, fused)["step_s"])
+    fused_s, plain_s = C.median(times[True]), C.median(times[False])
+    print(f"embedded: step with fused Adam {fused_s * 1e3:.1f} ms, plain Adam {plain_s * 1e3:.1f} ms", flush=True)
+    rep.add("embedded: training step with the plain (unfused) Adam", plain_s * 1e3, "ms",
+            note=f"median of {len(times[False])} children")
+    rep.add("embedded: step time, fused Adam / plain Adam", fused_s / plain_s, "x",
+            note=f"train_cvae's cvae_optimizer (fused) against torch.optim.Adam's default on the CPU; "
+                 f"median of {len(times[True])} children each, alternated", headline=True)
     rep.note(f"config.yaml's cvae widths: hidden {spec['hidden']}, cond_dim {spec['cond_dim']}, latent {spec['latent']}")
     if batch != 64:
         rep.note(f"batch {batch} instead of 64" + (" (--quick)" if args.quick else ""))

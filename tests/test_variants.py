@@ -73,7 +73,7 @@ def _reference_default_training(x, idx, cm, cv, spec):
     idx = torch.as_tensor(idx, dtype=torch.long)
     model = CVAE(x.shape[1], spec)
     model.fit_normalization(x)
-    opt = torch.optim.Adam(model.parameters(), lr=spec.lr, fused=True)  # as train_cvae: one fused pass per step
+    opt = torch.optim.Adam(model.parameters(), lr=spec.lr, fused=True)  # cvae_optimizer: Adam, fused
     gen = torch.Generator().manual_seed(spec.seed)
     for epoch in range(spec.epochs):
         model.train()
