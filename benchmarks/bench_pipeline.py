@@ -193,7 +193,8 @@ def main(argv=None) -> int:
                          "45 for config/embedded/decisive.yaml's results/embedded_decisive)")
     args = ap.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
-    results_rel = (args.results or yaml.safe_load((C.ROOT / "config.yaml").read_text())["results"]).rstrip("/")
+    default_rel = yaml.safe_load((C.ROOT / "config.yaml").read_text())["results"].rstrip("/")
+    results_rel = (args.results or default_rel).rstrip("/")
     res = C.ROOT / results_rel
     bench_dir = res / "benchmarks"
     C.require([bench_dir], "bench_pipeline")
@@ -334,7 +335,7 @@ def main(argv=None) -> int:
     if args.wall is None and logs and not logs[-1]["finished"]:
         complete = False  # a run of results/embedded is still going
     if wall is not None:
-        label = "default DAG" if results_rel == "results/embedded" else f"DAG of {results_rel}"
+        label = "default DAG" if results_rel == default_rel else f"DAG of {results_rel}"
         rep.add(f"{label} end to end, wall time", wall / 60, "min", f"< {args.target:g}",
                 wall < args.target * 60 if complete else None,
                 headline=True, note=src if complete else f"the DAG is not complete (run in progress or stopped); {src}")
