@@ -11,8 +11,9 @@ pending only by provenance -- params or code changed since the run -- and none b
 modification time, with `--rerun-triggers mtime`, said in a note), against the time of the
 work itself (the sum of the `s` column of results/embedded/benchmarks/**/*.tsv).
 
-(b) The default DAG end to end, by rule: from the Snakemake `benchmark:` .tsv files
-(rule = the path's first component under benchmarks/), and from the job start/finish
+(b) The default DAG end to end, by rule: from the Snakemake `benchmark:` .tsv files, summed
+as the results page sums them (rule = the path's first component under benchmarks/; a job
+that ran in a warm child adds the child's CPU from its log), and from the job start/finish
 lines of the Snakemake logs, which also cover rules without a `benchmark:` directive.
 Total wall time: `--wall SECONDS` if given, else from .snakemake/log/: the latest run of
 results/embedded plus the earlier runs back to the one that started the DAG (rule
@@ -24,7 +25,6 @@ preset), one repetition of each command.
 
 from __future__ import annotations
 
-import csv
 import re
 import subprocess
 import sys
@@ -36,6 +36,8 @@ from pathlib import Path
 import yaml
 
 import _common as C
+
+from sglora.analyses.results_page import rule_times
 
 TARGET_WALL_S = 15 * 60
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -96,21 +98,6 @@ def bench_rule(path: str | Path) -> str:
     parts = Path(path).parts
     rel = parts[len(parts) - 1 - parts[::-1].index("benchmarks") + 1:] if "benchmarks" in parts else parts[-1:]
     return rel[0] if len(rel) > 1 else Path(rel[-1]).stem
-
-
-def tsv_by_rule(bench_dir: Path) -> dict[str, dict]:
-    rules: dict[str, dict] = {}
-    for f in sorted(bench_dir.rglob("*.tsv")):
-        rule = bench_rule(f)
-        with open(f) as fh:
-            rows = list(csv.DictReader(fh, delimiter="\t"))
-        for row in rows:
-            r = rules.setdefault(rule, {"jobs": 0, "s": 0.0, "cpu_time": 0.0, "max_rss": 0.0})
-            r["jobs"] += 1
-            r["s"] += float(row["s"])
-            r["cpu_time"] += float(row.get("cpu_time") or 0)
-            r["max_rss"] = max(r["max_rss"], float(row.get("max_rss") or 0))
-    return rules
 
 
 _STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
@@ -203,7 +190,9 @@ def main(argv=None) -> int:
     rep = C.Report("pipeline", quick=args.quick)
     C.print_machine("bench_pipeline: Snakemake overhead and the default DAG by rule", info, args.quick)
 
-    by_rule = tsv_by_rule(bench_dir)
+    # the results page's sums (its warm jobs' children's CPU and RSS included, from their logs)
+    by_rule = {t.rule: {"jobs": t.jobs, "s": t.wall_s, "cpu_time": t.cpu_s, "max_rss": t.max_rss_mb}
+               for t in rule_times(bench_dir, res / "logs")}
     work = sum(r["s"] for r in by_rule.values())
     print(f"work: {work:.0f} s in {sum(r['jobs'] for r in by_rule.values())} benchmarked jobs", flush=True)
 
@@ -316,7 +305,8 @@ def main(argv=None) -> int:
         lj = log_rules.get(rule, [])
         if t:
             rep.add(f"rule {rule}", t["s"], "s",
-                    note=f"{t['jobs']} job(s), benchmark .tsv; cpu {t['cpu_time']:.0f} s; max RSS {t['max_rss']:.0f} MB"
+                    note=f"{t['jobs']} job(s), benchmark .tsv; cpu {t['cpu_time']:.0f} s (warm children's from their logs); "
+                         f"max RSS {t['max_rss']:.0f} MB"
                          + (f"; log: {sum(lj):.0f} s" if lj else ""))
         else:
             rep.add(f"rule {rule}", float(sum(lj)), "s",
