@@ -26,8 +26,10 @@ Why it looks the way it does:
 - The world's size is an option: ``families`` and ``members`` per family. The six named
   families below are the first; further family words and member prefixes are made-up
   words (``world_families``), and families that need more colours, textures or
-  backgrounds to keep their looks apart get them (``family_looks``). The default (6 x 6)
-  is exactly the world it always was.
+  backgrounds to keep their looks apart get them (``family_looks``). Families 7 to 16 get
+  silhouettes unlike every other at 48 pixels (``SILHOUETTES``): with look-alike shapes
+  (regular polygons and stars) a 12-family world's text space grouped look-alike families
+  together and failed its premises. The default (6 x 6) is exactly the world it always was.
 
 Everything is seeded; the same seed gives byte-identical PNG and Parquet files.
 """
@@ -104,14 +106,48 @@ def made_up_word(key: str, taken: set[str]) -> str:
 
 
 def _shape_of(index: int) -> str:
-    """The shape of family ``index``: the named families' six, then polygons (5, 6, 7, ...
-    sides) and stars (4, 6, 7, ... points) in turn."""
+    """The shape of family ``index``: the named families' six, then the ten silhouettes of
+    ``SILHOUETTES`` (families 7 to 16: each unlike every other at the world's image size,
+    ``tests/test_world.py``), then regular polygons (5, 6, 7, ... sides) and stars (4, 6, 7,
+    ... points) in turn. Past 16 families, shapes become hard to tell apart at 48 pixels
+    (a heptagon is nearly a disc): a world that large relies on its looks, and its premises
+    say whether its text space still groups a family's members."""
     named = [shape for shape, _ in FAMILIES.values()]
     if index < len(named):
         return named[index]
-    j = index - len(named)
+    if index < len(named) + len(SILHOUETTES):
+        return list(SILHOUETTES)[index - len(named)]
+    j = index - len(named) - len(SILHOUETTES)
     points = 4 + j // 2
     return f"polygon{5 + j // 2}" if j % 2 == 0 else f"star{points + (points >= 5)}"
+
+
+def _heart(n: int = 24) -> list[tuple[float, float]]:
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    x, y = 16 * np.sin(t) ** 3, 13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)
+    return [(float(a) / 17, float(-b - 2.5) / 15) for a, b in zip(x, y)]
+
+
+def _crescent(n: int = 12) -> list[tuple[float, float]]:
+    outer = [(np.cos(a), np.sin(a)) for a in np.linspace(np.pi / 3, 5 * np.pi / 3, n)]
+    inner = [(0.5 + 0.866 * np.cos(a), 0.866 * np.sin(a)) for a in np.linspace(3 * np.pi / 2, np.pi / 2, n)[1:-1]]
+    return [(float(x), float(y)) for x, y in outer + inner]
+
+
+#: outlines of the shapes of families 7 to 16, in units of the object's radius (x right,
+#: y down), chosen to differ from each other and from the named families' at 48 pixels
+SILHOUETTES: dict[str, list[tuple[float, float]]] = {
+    "crescent": _crescent(),
+    "arrow": [(-1, -0.3), (0.1, -0.3), (0.1, -0.85), (1, 0), (0.1, 0.85), (0.1, 0.3), (-1, 0.3)],
+    "hourglass": [(-0.8, -1), (0.8, -1), (0.15, 0), (0.8, 1), (-0.8, 1), (-0.15, 0)],
+    "ell": [(-0.9, -1), (-0.25, -1), (-0.25, 0.35), (0.9, 0.35), (0.9, 1), (-0.9, 1)],
+    "tee": [(-1, -1), (1, -1), (1, -0.4), (0.3, -0.4), (0.3, 1), (-0.3, 1), (-0.3, -0.4), (-1, -0.4)],
+    "bar": [(-1, -0.33), (1, -0.33), (1, 0.33), (-1, 0.33)],
+    "heart": _heart(),
+    "chevron": [(-1, -0.9), (-0.5, -0.9), (0, 0.15), (0.5, -0.9), (1, -0.9), (0, 1)],
+    "semicircle": [(float(np.cos(a)), float(0.5 + np.sin(a))) for a in np.linspace(np.pi, 2 * np.pi, 13)],
+    "bolt": [(-0.15, -1), (0.65, -1), (0.15, -0.2), (0.6, -0.2), (-0.45, 1), (-0.15, 0.15), (-0.6, 0.15)],
+}
 
 
 @lru_cache(maxsize=1)
@@ -359,6 +395,9 @@ def _shape_points(kind: str, variant: int, cx: float, cy: float, r: float) -> li
     if kind == "diamond":
         w = r * (0.55 + 0.04 * variant)
         return [(cx, cy - r), (cx + w, cy), (cx, cy + r), (cx - w, cy)]
+    if kind in SILHOUETTES:  # families 7 to 16: stretched by the member, as the polygons
+        sx, sy = 1.0 + 0.05 * variant, 1.0 - 0.03 * variant
+        return [(cx + r * sx * x, cy + r * sy * y) for x, y in SILHOUETTES[kind]]
     if kind.startswith("polygon"):  # made-up families: regular polygons, stretched by the member
         sides, sx, sy = int(kind[7:]), 1.0 + 0.05 * variant, 1.0 - 0.03 * variant
         return [(cx + r * sx * np.cos(a), cy + r * sy * np.sin(a))
