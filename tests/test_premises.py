@@ -115,3 +115,95 @@ def test_the_premises_read_no_test_task(tmp_path):
         assert not named(job) & test_tasks and validation <= named(job), job
     (oracle,) = [j for j in feeding if j["rule"] == "candidates_validation_oracle"]
     assert sorted(oracle["input"]) == sorted(f"{results}/loras/{cfg['validation']['dataset']}/{t}" for t in validation)
+
+
+def _embeddings(path, rows):
+    """A task embedding table in embed's format from ``(dataset, task name, text vector)``."""
+    import pyarrow as pa
+
+    from sglora.io import write_table
+
+    schema = pa.schema([("dataset", pa.string()), ("task", pa.string()), ("task_name", pa.string()),
+                        ("description", pa.string()), ("text_embedding", pa.list_(pa.float32(), 2)),
+                        ("visual_embedding", pa.list_(pa.float32(), 2))])
+    write_table(path, pa.Table.from_pylist([{"dataset": d, "task": n.replace(" ", "_"), "task_name": n,
+                                              "description": f"a photo of a {n}", "text_embedding": v,
+                                              "visual_embedding": [1.0, 0.0]} for d, n, v in rows], schema=schema))
+    return path
+
+
+def test_the_description_premise_stops_a_failing_world_before_any_lora(tmp_path):
+    """From the embedding table alone: a validation task whose nearest expert is of another
+    family fails the premise; on an embedded dataset that is an error naming the value and
+    the task, and no file is written; not enforced, the file says the same numbers."""
+    from sglora.analyses.premises import run_description_premises
+
+    emb = _embeddings(tmp_path / "emb.parquet", [
+        ("world", "fox terrier", [1.0, 0.0]), ("world", "bull terrier", [0.9, 0.2]),
+        ("world", "calla lily", [0.0, 1.0]), ("world", "peace lily", [0.2, 0.9]),
+        ("world", "cairn terrier", [0.95, 0.1]),  # validation: nearest fox_terrier (in family)
+        ("world", "easter lily", [0.8, 0.3]),  # validation: nearest bull_terrier (another family)
+    ])
+    experts = ["fox_terrier", "bull_terrier", "calla_lily", "peace_lily"]
+    tasks = ["cairn_terrier", "easter_lily"]
+    out = tmp_path / "descriptions.json"
+    with pytest.raises(SGLoraError, match=r"before any LoRA.*validation tasks\): 0.50 < 0.90(?s:.*)easter_lily -> bull_terrier"):
+        run_description_premises(emb, "world", experts, tasks, {"world"}, PremiseSpec(), out)
+    assert not out.exists()
+    res = run_description_premises(emb, "world", experts, tasks, {"world"}, PremiseSpec(enforce=False), out)
+    assert json.loads(out.read_text())["nearest"]["validation"]["share"] == res["nearest"]["validation"]["share"] == 0.5
+    assert res["nearest"]["loo"]["share"] == 1.0 and not res["enforced"]
+    # a dataset without families (not embedded): the premise is not defined, nothing is enforced
+    res = run_description_premises(emb, "world", experts, tasks, set(), PremiseSpec(), out)
+    assert res["nearest"]["validation"]["share"] is None and not res["enforced"]
+    with pytest.raises(SGLoraError, match=r"no embedding of the tasks \['zebra'\]"):
+        run_description_premises(emb, "world", experts, ["zebra"], {"world"}, PremiseSpec(), out)
+
+
+def test_the_description_premise_agrees_with_the_full_check(tmp_path, tiny_world, tiny_clip, tiny_repo, tiny_embeddings):
+    """Measured from the embedding table before the LoRAs, premise 1 is what the full check
+    measures from the repository after them."""
+    from sglora.analyses.premises import run_description_premises
+    from sglora.backbone.embed import read_embeddings
+    from sglora.experts.repository import Repository
+
+    repo = Repository(tiny_repo)
+    emb = read_embeddings(tiny_embeddings)
+    families = {t: task_family(r["task_name"]) for t, r in emb.items()}
+    tasks = ["yorkshire_terrier", "calla_lily"]
+    zs = _metrics(tmp_path, "validation", "zero_shot", {t: 10.0 for t in tasks})
+    full = check_premises(tiny_clip, tiny_world / "manifest.parquet", emb, repo.experts(), repo.layout, repo.lora.scaling,
+                          {"validation": tasks, "transfer": []}, families, {"validation": (zs, zs)},
+                          PremiseSpec(enforce=False), False)
+    early = run_description_premises(tiny_embeddings, "world", repo.experts().tasks, tasks, {"world"},
+                                     PremiseSpec(enforce=False), tmp_path / "d.json")
+    for part in ("validation", "loo"):
+        assert early["nearest"][part]["share"] == full["nearest"][part]["share"]
+        assert ({t: r["nearest"] for t, r in early["nearest"][part]["tasks"].items()}
+                == {t: r["nearest"] for t, r in full["nearest"][part]["tasks"].items()})
+
+
+def test_every_lora_waits_for_the_description_premise(tmp_path):
+    """In config.yaml's DAG every LoRA-training job reads the description premise's file, whose
+    job reads the embeddings and names validation and expert tasks only; with
+    ``premises.enforce: false`` nothing waits for it."""
+    import yaml
+
+    from conftest import ROOT
+    from test_presets import dry_run_jobs
+
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    results = tmp_path / "results"
+    cfg["results"] = str(results)
+    gate = f"{results}/premises/descriptions.json"
+    test_tasks = {t for g in cfg["groups"].values() if g.get("unseen", True) for t in g["tasks"]}
+    jobs = dry_run_jobs(cfg, tmp_path)
+    trainers = [j for j in jobs if j["rule"].startswith(("train_lora", "select_training"))]
+    assert trainers and all(gate in j["input"] for j in trainers), [j["rule"] for j in trainers if gate not in j["input"]]
+    (early,) = [j for j in jobs if j["rule"] == "premises_descriptions"]
+    assert early["input"] == [f"{results}/tasks/embeddings.parquet"]
+    named = set(early["shell"].replace(",", " ").replace("'", " ").split())
+    assert not named & test_tasks and set(cfg["validation"]["tasks"]) <= named
+    cfg["premises"] = {**(cfg.get("premises") or {}), "enforce": False}
+    jobs = dry_run_jobs(cfg, tmp_path)
+    assert not [j for j in jobs if j["rule"] == "premises_descriptions" or gate in j["input"]]

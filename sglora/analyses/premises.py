@@ -65,6 +65,16 @@ def nearest_in_family(queries: dict[str, np.ndarray], query_family: dict[str, st
     return {"share": share, "tasks": rows}
 
 
+def nearest_parts(queries: dict[str, np.ndarray], families: dict[str, str | None], keys: np.ndarray,
+                  expert_tasks: list[str]) -> dict:
+    """Premise 1 on both sets: the validation tasks (``queries``) against the experts, and
+    each expert against the others (leave-one-out conditions)."""
+    expert_family = [families.get(t) for t in expert_tasks]
+    return {"validation": nearest_in_family(queries, families, keys, expert_tasks, expert_family),
+            "loo": nearest_in_family(dict(zip(expert_tasks, keys)), dict(zip(expert_tasks, expert_family)), keys,
+                                     expert_tasks, expert_family)}
+
+
 def _primary(m: dict) -> float:
     return m["accuracy"] if "accuracy" in m else 0.5 * (m["i2t_r1"] + m["t2i_r1"])
 
@@ -101,14 +111,20 @@ def family_transfer(model, processor, manifest: str | Path, tasks: list[str], fa
             "other_family": float(np.mean([r["other_family"] for r in rows.values()])) if rows else None}
 
 
-def verdicts(result: dict, spec: PremiseSpec) -> list[dict]:
-    """One line per premise: name, value, threshold, passed (None = not defined here)."""
+def nearest_verdicts(nearest: dict, spec: PremiseSpec) -> list[dict]:
+    """The verdict lines of premise 1 (``nearest_parts``'s result)."""
     out = []
-    for name, part in (("nearest expert in family (validation tasks)", result["nearest"]["validation"]),
-                       ("nearest expert in family (leave-one-out conditions)", result["nearest"]["loo"])):
+    for name, part in (("nearest expert in family (validation tasks)", nearest["validation"]),
+                       ("nearest expert in family (leave-one-out conditions)", nearest["loo"])):
         share = part["share"]
         out.append({"premise": name, "value": share, "threshold": spec.nearest_in_family,
                     "passed": None if share is None else share >= spec.nearest_in_family})
+    return out
+
+
+def verdicts(result: dict, spec: PremiseSpec) -> list[dict]:
+    """One line per premise: name, value, threshold, passed (None = not defined here)."""
+    out = nearest_verdicts(result["nearest"], spec)
     for group, h in result["headroom"].items():
         out.append({"premise": f"Oracle minus Zero-Shot R@1 ({group})", "value": h["gain"], "threshold": spec.oracle_gain,
                     "passed": h["gain"] >= spec.oracle_gain})
@@ -130,7 +146,7 @@ def render_premises(result: dict) -> str:
     miss = [f"{t} -> {r['nearest']}" for part in result["nearest"].values() for t, r in part["tasks"].items()
             if not r["in_family"]]
     lines += ["", "Description-nearest expert of another family: " + (", ".join(miss) if miss else "none") + "."]
-    ft = result["family_transfer"]
+    ft = result.get("family_transfer", {"tasks": 0})
     if ft["tasks"]:
         lines.append(f"Experts on the validation tasks of their dataset: same family {ft['same_family']:.2f}, other families "
                      f"{ft['other_family']:.2f} R@1 (mean of I2T and T2I), same family better on {ft['wins']}/{ft['tasks']}.")
@@ -164,14 +180,7 @@ def check_premises(backbone: str, manifest: str | Path, embeddings: dict[str, di
     keys = experts.embedding(modality)
     expert_family = [families.get(t) for t in experts.tasks]
     queries = {t: embeddings[t][key] for t in tasks["validation"]}
-    result = {
-        "nearest": {
-            "validation": nearest_in_family(queries, families, keys, experts.tasks, expert_family),
-            "loo": nearest_in_family(dict(zip(experts.tasks, keys)), dict(zip(experts.tasks, expert_family)), keys,
-                                     experts.tasks, expert_family),
-        },
-        "headroom": {},
-    }
+    result = {"nearest": nearest_parts(queries, families, keys, experts.tasks), "headroom": {}}
     for name, (zs_dir, or_dir) in sorted(metrics.items()):
         measured = sorted(p.stem for p in Path(zs_dir).glob("*.json"))
         zs = {t: json.loads((Path(zs_dir) / f"{t}.json").read_text())["mean"] for t in measured}
@@ -212,3 +221,36 @@ def run_premises(backbone: str, manifest: str | Path, repository: str | Path, em
     with atomic_path(markdown) as tmp:
         tmp.write_text(render_premises(res))
     return res
+
+
+def run_description_premises(embeddings: str | Path, experts_dataset: str, experts: list[str], tasks: list[str],
+                             embedded: set[str], spec: PremiseSpec, out: str | Path, modality: str = "textual") -> dict:
+    """The premise that needs only the backbone and the task descriptions (description-nearest
+    expert in the task's family, on the validation tasks and leave-one-out over the experts),
+    measured from the task embeddings before any LoRA is trained, so a world that fails it
+    stops the run in minutes rather than after its LoRAs. Writes ``out`` (JSON); on an
+    embedded experts' dataset (or with ``spec.enforce``) a failure is an error and writes
+    nothing. The ``premises`` step measures the same premise again, from the repository, with
+    the others."""
+    from ..backbone.embed import read_embeddings
+    from ..io import write_json
+
+    key = "text_embedding" if modality == "textual" else "visual_embedding"
+    emb = read_embeddings(embeddings)
+    mine = read_embeddings(embeddings, experts_dataset)
+    missing = [t for t in experts if t not in mine] + [t for t in tasks if t not in emb]
+    if missing:
+        raise SGLoraError(f"{embeddings}: no embedding of the tasks {missing} (experts of dataset {experts_dataset!r} "
+                          "or validation tasks)")
+    families = {t: (task_family(r["task_name"]) if r["dataset"] in embedded else None) for t, r in emb.items()}
+    families |= {t: (task_family(mine[t]["task_name"]) if experts_dataset in embedded else None) for t in experts}
+    keys = np.stack([mine[t][key] for t in experts])
+    result = {"nearest": nearest_parts({t: emb[t][key] for t in tasks}, families, keys, list(experts))}
+    result["verdicts"] = nearest_verdicts(result["nearest"], spec)
+    result["enforced"] = spec.enforce if spec.enforce is not None else experts_dataset in embedded
+    failed = failures(result)
+    if result["enforced"] and failed:
+        raise SGLoraError("the benchmark's premises do not hold, so it cannot test SG-LoRA (checked on the task "
+                          "descriptions, before any LoRA is trained): " + "; ".join(failed) + "\n" + render_premises(result))
+    write_json(out, result)
+    return result

@@ -167,6 +167,22 @@ def premises(backbone: Backbone, manifest: A[Path, "task manifest of the experts
                         out, markdown, modality=prior.modality, device=device, cache=image_cache, gallery=gallery)
 
 
+@step("premises-descriptions", show=_show_premises)
+def premises_descriptions(embeddings: A[Path, "task embedding table"],
+                          experts_dataset: A[str, "the experts' dataset name"],
+                          experts: A[list[str], "the expert tasks (comma-separated)", SPLIT],
+                          tasks: A[list[str], "the validation tasks (comma-separated): the premises read no test task", SPLIT],
+                          out: A[Path, "descriptions.json"], premises: PremiseSpec,
+                          embedded: A[list[str], "embedded datasets (their classes have families)"] = (),
+                          prior: PriorSpec = DEFAULT) -> dict:
+    """Check the premise that needs only the task descriptions (description-nearest expert in
+    the task's family) before any LoRA is trained; on embedded worlds a failure is an error."""
+    from ..analyses.premises import run_description_premises
+
+    return run_description_premises(embeddings, experts_dataset, list(experts), list(tasks), set(embedded), premises,
+                                    out, modality=prior.modality)
+
+
 def _show_generated(res: dict | list[dict]) -> str:
     lines = []
     for one in res if isinstance(res, list) else [res]:

@@ -373,6 +373,15 @@ def premise_headroom():
     return any(spec["unseen"] and {"zero_shot", "oracle"} <= set(spec["methods"]) for spec in GROUPS.values())
 
 
+def premise_gate():
+    """The description premises' file as an input of every LoRA-training job when a failed
+    premise stops the run (embedded experts' dataset, or premises.enforce): a world whose
+    descriptions fail the premise then stops before any LoRA is trained ([] otherwise)."""
+    enforce = (config.get("premises") or {}).get("enforce")
+    gate = EXPERTS["dataset"] in EMBEDDED if enforce is None else enforce
+    return [f"{R}/premises/descriptions.json"] if gate else []
+
+
 def premise_transfer_tasks():
     """The validation tasks on which family transfer is measured: those of the experts' dataset."""
     return VALIDATION["tasks"] if VALIDATION["dataset"] == EXPERTS["dataset"] else []

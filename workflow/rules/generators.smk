@@ -166,6 +166,7 @@ task's own pairs and scored on its test split. Every expert and Oracle then trai
         images=image_cache(VALIDATION["dataset"]),
         checks=[check_file(VALIDATION["dataset"], t) for t in VALIDATION["tasks"]],
         backbone=backbone_input(),
+        gate=premise_gate(),
     output:
         f"{R}/selection/training.json",
     log:

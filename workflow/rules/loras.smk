@@ -15,6 +15,7 @@ for _batch, (_dataset, _tasks) in lora_batches().items():
             backbone=backbone_input(),
             images=image_cache(_dataset),
             trainer=lambda w: trainer_selection_input(w),
+            gate=premise_gate(),
         output:
             [directory(lora_dir(_dataset, t)) for t in _tasks],
         log:
@@ -50,6 +51,7 @@ if not LORA_BATCHES:
             backbone=backbone_input(),
             images=lambda w: image_cache(w.dataset),
             trainer=lambda w: trainer_selection_input(w),
+            gate=premise_gate(),
         output:
             directory(f"{R}/loras/{{dataset}}/{{task}}"),
         log:

@@ -210,6 +210,35 @@ rule candidates_validation_oracle:
         "sglora candidates --method oracle --loras {input:q} --out {output:q} > {log:q} 2>&1"
 
 
+rule premises_descriptions:
+    """The premise that needs only the backbone and the task descriptions (description-nearest
+expert in the task's family, on the validation tasks and leave-one-out over the experts), before
+any LoRA is trained: where a failed premise stops the run, every LoRA job waits for it."""
+    input:
+        f"{R}/tasks/embeddings.parquet",
+    output:
+        f"{R}/premises/descriptions.json",
+    log:
+        f"{R}/logs/premises_descriptions.log",
+    benchmark:
+        f"{R}/benchmarks/premises_descriptions.tsv"
+    # gates the LoRAs
+    priority: 30
+    conda:
+        "../../envs/sglora.yaml"
+    params:
+        experts_dataset=EXPERTS["dataset"],
+        experts=",".join(EXPERTS["tasks"]),
+        tasks=",".join(VALIDATION["tasks"]),
+        embedded=EMBEDDED,
+        prior=as_json(config["prior"]),
+        premises=as_json(config.get("premises")),
+    shell:
+        "sglora premises-descriptions --embeddings {input:q} --experts-dataset {params.experts_dataset:q} "
+        "--experts {params.experts:q} --tasks {params.tasks:q} --embedded {params.embedded:q} --prior {params.prior:q} "
+        "--premises {params.premises:q} --out {output:q} > {log:q} 2>&1"
+
+
 rule premises:
     """The benchmark's premises on the validation tasks: description-nearest expert in the
 task's family, Oracle headroom, family transfer. On embedded worlds a failed premise
