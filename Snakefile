@@ -34,6 +34,17 @@ include: "workflow/rules/generators.smk"
 include: "workflow/rules/controls.smk"
 
 
+# Training replicates (config replicates: R > 1, sglora/evaluation/replicates.py): this run is
+# replicate 0; replicates 1 .. R-1 are this workflow again, as modules, each in
+# <results>/replicates/<k> with every training seed moved and its rules named replicate_<k>_*;
+# the rule tables_pooled pools their tables.
+for _k in range(1, REPLICATES):
+    _module, _prefix = f"replicate_{_k}", f"replicate_{_k}_"
+    workflow.module(_module, snakefile="Snakefile", config=replicate_config(config, _k))
+
+    use rule * from _module as _prefix*
+
+
 # Light rules run where snakemake runs (on a cluster: the submit host), never as cluster jobs.
 localrules:
     world,
@@ -59,11 +70,13 @@ localrules:
     controls_table,
     caption_quality,
     all,
+    tables_pooled,
 
 
 rule all:
     default_target: True
     input:
         all_outputs(),
+        [f for k in range(1, REPLICATES) for f in getattr(rules, f"replicate_{k}_all").input],
         analysis_outputs(),
         controls_outputs(),

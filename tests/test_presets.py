@@ -279,7 +279,7 @@ def dry_run_jobs(cfg: dict, tmp_path: Path, *args: str, env: dict | None = None)
     assert proc.returncode == 0, out[-3000:]
     jobs = []
     for line in out.splitlines():
-        if head := re.match(r"(?:local)?rule (\w+):$", line):
+        if head := re.match(r"(?:local)?(?:rule|checkpoint) (\w+):$", line):
             jobs.append({"rule": head.group(1), "wildcards": "", "resources": {}, "input": [], "shell": ""})
         elif jobs and (m := re.match(r"\s+(wildcards|resources|input): (.*)$", line)):
             jobs[-1][m.group(1)] = (dict(kv.split("=", 1) for kv in m.group(2).split(", ") if "=" in kv)

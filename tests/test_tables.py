@@ -365,3 +365,37 @@ def test_a_group_with_its_own_validation_tasks_footnotes_their_settings(metrics,
         assert ("Settings chosen on the group's own validation tasks (v0, v1): SG-LoRA: condition=all, "
                 "temperature=0.0.") in text and "condition=loo" not in text, name
     assert "Settings chosen on the validation tasks: SG-LoRA: condition=loo" in (tmp_path / "t" / "tie.md").read_text()
+
+
+def test_the_paired_table_says_whether_the_target_half_width_is_met(tmp_path):
+    """With evaluation.target_half_width the paired table states the half-width of SG-LoRA minus
+    the nearest expert (that of its own paired interval) and, where it is wider, the units a
+    group would need (it shrinks as 1 / sqrt(units)); without the setting it says nothing."""
+    from sglora.evaluation.stats import GroupStats
+
+    metrics = write_verdict_group(tmp_path / "metrics")
+    results = load_group(metrics, "verdicts", VERDICT_GROUP["verdicts"]["methods"], TASKS)
+    stats = {c: group_stats(results, c, 400, 0) for c in ("i2t_r1", "t2i_r1")}
+    halves = [(stats[c].difference("sglora", "nearest_expert").hi - stats[c].difference("sglora", "nearest_expert").lo) / 2
+              for c in ("i2t_r1", "t2i_r1")]
+    for target, met in ((max(halves) + 0.01, True), (min(halves) / 3, False)):
+        write_tables(metrics, tmp_path / str(target), VERDICT_GROUP, n_boot=400, unit="task", target=target)
+        paired = (tmp_path / str(target) / "verdicts.paired.md").read_text()
+        said = re.search(r"no wider than ±(\d+\.\d\d) on I2T R@1 / T2I R@1\. Here ±(\d+\.\d\d) / ±(\d+\.\d\d): (.*)", paired)
+        assert said, paired
+        assert [said.group(i) for i in (2, 3)] == [f"{h:.2f}" for h in halves]
+        if met:
+            assert said.group(4) == "met."
+        else:
+            need = units_for(max(halves), 6, target)
+            assert said.group(4) == f"missed; about {need} tasks like these would meet it (the group has 6)."
+            assert need > 6 * 8  # a third of the half-width takes about nine times the units
+    write_tables(metrics, tmp_path / "none", VERDICT_GROUP, n_boot=400, unit="task")
+    assert "Target" not in (tmp_path / "none" / "verdicts.paired.md").read_text()
+    # families: counted as families
+    fams = GroupStats("i2t_r1", {"sglora": 1.0, "nearest_expert": 0.0},
+                      {"sglora": np.linspace(-2, 4, 401), "nearest_expert": np.zeros(401)}, 4, ["a", "a", "b", "b"])
+    from sglora.analyses.tables import target_note
+
+    note = target_note({"i2t_r1": fams}, ["i2t_r1"], 1.0)
+    assert note.endswith(f"missed; about {units_for((fams.difference('sglora', 'nearest_expert').hi - fams.difference('sglora', 'nearest_expert').lo) / 2, 2, 1.0)} families like these would meet it (the group has 2).")

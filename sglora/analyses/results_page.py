@@ -111,11 +111,11 @@ def _read(path: Path, what: str) -> str:
 def write_results_page(out: str | Path, title: str, tables: str | Path, groups: list[str], paired: list[str],
                        premises: str | Path | None, benchmarks: str | Path | None, threads: int,
                        source: str = "", controls: list[str] = (), captions: str | Path | None = None,
-                       logs: str | Path | None = None) -> None:
+                       logs: str | Path | None = None, pooled: str | Path | None = None, replicates: int = 1) -> None:
     """Write the results page: provenance, premises, the caption quality (``captions``: its
     Markdown table), per group its table, its paired table and its description controls
-    (read from ``tables/<group>.md``, ``<group>.paired.md`` and ``<group>.controls.md``), then
-    the time per rule."""
+    (read from ``tables/<group>.md``, ``<group>.paired.md`` and ``<group>.controls.md``), the
+    same tables pooled over training replicates (``pooled``: their folder), then the time per rule."""
     tables = Path(tables)
     missing = [g for g in groups if not (tables / f"{g}.md").is_file()]
     if missing:
@@ -125,6 +125,8 @@ def write_results_page(out: str | Path, title: str, tables: str | Path, groups: 
              + (f" ({source})" if source else "") + "; do not edit by hand: rerun the DAG.", ""]
     parts += ["| produced with | |", "|---|---|"]
     parts += [f"| {k} | {v} |" for k, v in provenance(threads).items()]
+    parts += [f"| training replicates | {replicates}" + (" (one training of every model: training noise is in no interval)"
+                                                          if replicates == 1 else " (pooled below)") + " |"]
     parts += ["", "Numbers are byte-identical only on the same CPU capability (or GPU), torch version and threads; "
               "elsewhere rounding differs and training takes another path, like another training seed.", ""]
     if premises:
@@ -137,6 +139,16 @@ def write_results_page(out: str | Path, title: str, tables: str | Path, groups: 
             parts += [_read(tables / f"{g}.paired.md", f"the paired table of group {g}"), ""]
         if g in controls:
             parts += [_read(tables / f"{g}.controls.md", f"the controls table of group {g}"), ""]
+    if pooled:
+        parts += ["## Pooled over the training replicates", "",
+                  "The groups above are replicate 0's (this run's own training). Below, every mean and interval is "
+                  "pooled over the training replicates (the same world and tasks, every training rerun under other "
+                  "seeds: `sglora/evaluation/replicates.py`), and each paired difference lists each replicate's own "
+                  "verdict. A verdict is only as strong as it is here.", ""]
+        for g in groups:
+            parts += [f"### Group `{g}`, pooled", "", _read(Path(pooled) / f"{g}.md", f"the pooled table of group {g}"), ""]
+            if g in paired:
+                parts += [_read(Path(pooled) / f"{g}.paired.md", f"the pooled paired table of group {g}"), ""]
     if benchmarks and Path(benchmarks).is_dir():
         parts += ["## Time per rule", "",
                   "Summed over the run's Snakemake benchmark files (job time is each job's wall time; jobs ran "

@@ -31,8 +31,8 @@ import numpy as np
 from ..io import SGLoraError, atomic_path, read_json
 from ..methods import METHODS, label
 from ..paper import PAPER_TABLES
-from ..evaluation.stats import (DETECTABLE, N_BOOT, VERDICTS, GroupStats, family_labels, group_stats, n_runs, power, run_hits,
-                    task_differences, units_for, verdict)
+from ..evaluation.stats import (DETECTABLE, N_BOOT, VERDICTS, GroupStats, family_labels, group_stats, n_runs,
+                                pooled_group_stats, power, run_hits, task_differences, units_for, verdict)
 
 RETRIEVAL_COLS = ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"]
 COL_NAMES = {"i2t_r1": "I2T R@1", "i2t_r5": "I2T R@5", "i2t_r10": "I2T R@10", "t2i_r1": "T2I R@1",
@@ -179,13 +179,18 @@ def method_label(method: str, per_task: dict[str, dict]) -> str:
 
 
 def summarize_group(results: dict[str, dict[str, dict]], n_boot: int = N_BOOT, seed: int = 0,
-                    families: dict[str, str] | None = None) -> tuple[list[dict], list[str], dict[str, GroupStats]]:
+                    families: dict[str, str] | None = None,
+                    pool: list[dict[str, dict[str, dict]]] = ()) -> tuple[list[dict], list[str], dict[str, GroupStats]]:
     """Rows ``{method, label, kind, n, runs, <metric>, <metric>_lo, _hi, _se[, _std]}`` (the
     mean over tasks, its interval and standard error, the spread over samples) and each
     metric's :class:`~sglora.evaluation.stats.GroupStats` (for paired differences). ``families``: task ->
-    family (:func:`group_families`; None: the task bootstrap)."""
+    family (:func:`group_families`; None: the task bootstrap). ``pool``: the results of further
+    training replicates: means and intervals pooled with ``results`` (replicate 0)."""
     cols = metric_cols(results)
-    stats = {c: group_stats(results, c, n_boot, seed, families) for c in cols}
+    if pool:
+        stats = {c: pooled_group_stats([results, *pool], c, n_boot, seed, families) for c in cols}
+    else:
+        stats = {c: group_stats(results, c, n_boot, seed, families) for c in cols}
     rows = []
     for m, per_task in results.items():
         n = max(r["n"] for r in per_task.values())
@@ -195,7 +200,7 @@ def summarize_group(results: dict[str, dict[str, dict]], n_boot: int = N_BOOT, s
             iv = stats[c].interval(m)
             row.update({c: iv.estimate, f"{c}_lo": iv.lo, f"{c}_hi": iv.hi, f"{c}_se": iv.se})
             if n > 1:
-                row[f"{c}_std"] = float(np.mean([r["std"][c] for r in per_task.values()]))
+                row[f"{c}_std"] = float(np.mean([r["std"][c] for res in [results, *pool] for r in res[m].values()]))
         rows.append(row)
     return rows, cols, stats
 
@@ -338,6 +343,27 @@ def _se_note(rows: list[dict], cols: list[str], results: dict[str, dict[str, dic
     return note
 
 
+def target_note(stats: dict[str, GroupStats], cols: list[str], target: float, method: str = "sglora",
+                against: str = "nearest_expert") -> str:
+    """Whether the paired 95% interval of ``method`` minus ``against`` is as narrow as the
+    ``target`` half-width (percent points) on the group's R@1 columns (or accuracy), and where
+    it is not, about how many independent units (families, or tasks) like the group's own
+    would make it so: the half-width falls as 1 / sqrt(units) (:func:`units_for`)."""
+    primary = [c for c in primary_cols(cols) if c in stats]
+    halves = [(stats[c].difference(method, against).hi - stats[c].difference(method, against).lo) / 2 for c in primary]
+    first = stats[primary[0]]
+    families = first.families is not None and len(set(first.families)) < first.tasks
+    units = len(set(first.families)) if families else first.tasks
+    unit = "families" if families else "tasks"
+    names = " / ".join(COL_NAMES[c] for c in primary)
+    text = (f"Target (evaluation.target_half_width): a paired 95% interval of {label(method)} − {label(against)} no "
+            f"wider than ±{target:.2f} on {names}. Here ±" + " / ±".join(f"{h:.2f}" for h in halves))
+    if max(halves) <= target:
+        return text + ": met."
+    need = units_for(max(halves), units, target)
+    return text + f": missed; about {need} {unit} like these would meet it (the group has {units})."
+
+
 #: The small-sample widening of the replicates (:func:`sglora.evaluation.stats.widening`), in the captions.
 WIDENED = "widened by sqrt(n/(n-1)) for the n units drawn first"
 
@@ -403,21 +429,28 @@ def render_paired(rows: list[dict], cols: list[str], stats: dict[str, GroupStats
     others = [r for r in rows if r["method"] != method and r["kind"] in ("mean", "single")]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method", "label"] + [f"{c}{x}" for c in cols for x in ("", "_lo", "_hi", "_se", "_mdd")])
+    trainings = len(stats[cols[0]].trainings)
+    w.writerow(["method", "label"] + [f"{c}{x}" for c in cols for x in ("", "_lo", "_hi", "_se", "_mdd")]
+               + ([f"{c}_replicate_verdicts" for c in cols] if trainings else []))
     md = [f"**{title}: {name} minus each method**", "",
           "| Method | " + " | ".join(COL_NAMES[c] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
     for r in others:
         diffs = [stats[c].difference(method, r["method"]) for c in cols]
+        each = [[verdict(t.difference(method, r["method"])) for t in stats[c].trainings] for c in cols]
         w.writerow([r["method"], r["label"]] + [f"{v:.4f}" for d in diffs
-                                                for v in (d.estimate, d.lo, d.hi, d.se, d.detectable)])
+                                                for v in (d.estimate, d.lo, d.hi, d.se, d.detectable)]
+                   + ([" ".join(v) for v in each] if trainings else []))
         md.append(f"| {name} − {r['label']} | " + " | ".join(
             f"{d.estimate:+.2f} [{d.lo:+.2f}, {d.hi:+.2f}]" + ("*" if d.excludes_zero() else "")
-            + f" (MDD {d.detectable:.2f})" for d in diffs) + " |")
+            + f" (MDD {d.detectable:.2f})" + (f"; each replicate: {', '.join(v)}" if v else "")
+            for d, v in zip(diffs, each)) + " |")
     md += ["", f"Cells: difference of the means [paired 95% bootstrap interval, {WIDENED}; resampled: "
            f"{stats[cols[0]].resampled}; "
            "the same draws for both methods, except each method's runs, drawn on their own]. *: the interval excludes "
            f"0. MDD: the minimum detectable difference, {DETECTABLE:.2f} x the paired SE (z 0.975 + z 0.80): a true "
-           "difference this large is resolved with 80% power at the 5% level; a smaller one may go unseen."]
+           "difference this large is resolved with 80% power at the 5% level; a smaller one may go unseen."
+           + (f" Each replicate: the verdict (win, tie or loss: its own interval above, across or below 0) of each of "
+              f"the {trainings} training replicates alone, in order." if trainings else "")]
     for line in notes:
         md += ["", line] if line else []
     return {"csv": buf.getvalue(), "md": "\n".join(md) + "\n"}
@@ -519,7 +552,8 @@ def per_task_table(results: dict[str, dict[str, dict]], cols: list[str]) -> str:
 
 def write_tables(metrics: dict[str, str | Path], out_dir: str | Path, groups: dict, selection: dict | None = None,
                  n_boot: int = N_BOOT, seed: int = 0, paper: dict | None = None, embedded: Collection[str] = (),
-                 unit: str = "family", group_selections: dict[str, dict] | None = None) -> None:
+                 unit: str = "family", group_selections: dict[str, dict] | None = None,
+                 target: float | None = None, pool: list[dict[str, str | Path]] = ()) -> None:
     """For each group: ``<group>.{csv,md,tex}``, ``<group>.per_task.md``, ``<group>.diagnostic.md``;
     where the group has SG-LoRA, ``<group>.paired.{csv,md}``; where it also has the nearest
     expert, ``<group>.verdicts.{csv,md}`` (:func:`task_verdicts`), counted in the paired table. A group's ``paper`` key
@@ -531,11 +565,18 @@ def write_tables(metrics: dict[str, str | Path], out_dir: str | Path, groups: di
     ``embedded``: the embedded datasets) or "task". ``metrics``: ``"<group>/<method>"`` ->
     metric folder (:func:`load_group`). ``group_selections``: group -> the settings chosen on
     that group's own validation tasks (config ``groups.<g>.validation``), footnoted instead of
-    ``selection`` under its tables."""
+    ``selection`` under its tables. ``target``: the half-width the paired interval of SG-LoRA
+    minus the nearest expert should reach, noted under the paired tables (:func:`target_note`).
+    ``pool``: the metric folders of training replicates 1, 2, ... (keyed as ``metrics``, which
+    is replicate 0): then only ``<group>.{csv,md,tex}`` and ``<group>.paired.{csv,md}`` are
+    written, every mean and interval pooled over the replicates
+    (:func:`sglora.evaluation.stats.pooled_group_stats`), each replicate's verdict beside each
+    paired difference."""
     if unit not in BOOTSTRAP_UNITS:
         raise SGLoraError(f"evaluation.bootstrap_unit: {unit!r}; expected one of {list(BOOTSTRAP_UNITS)}")
     # every metrics file of every group is read and checked, and every table made, before any is written
     loaded = {group: load_group(metrics, group, g["methods"], g["tasks"]) for group, g in groups.items()}
+    pooled = {group: [load_group(m, group, g["methods"], g["tasks"]) for m in pool] for group, g in groups.items()}
     files: dict[str, str] = {}
 
     def write(name: str, text: str) -> None:
@@ -544,7 +585,7 @@ def write_tables(metrics: dict[str, str | Path], out_dir: str | Path, groups: di
     for group, g in groups.items():
         results = loaded[group]
         families = group_families(g, embedded, group) if unit == "family" else None
-        rows, cols, stats = summarize_group(results, n_boot, seed, families)
+        rows, cols, stats = summarize_group(results, n_boot, seed, families, pooled[group])
         marks = best_marks(rows, cols, stats)
         own = (group_selections or {}).get(group)
         own_tasks = ", ".join(g.get("validation", {}).get("tasks", []))
@@ -552,18 +593,24 @@ def write_tables(metrics: dict[str, str | Path], out_dir: str | Path, groups: di
         notes = [_se_note(rows, cols, results, families),
                  selection_note(selection if own is None else own, g["methods"], paper, on), paper_note(g)]
         title, resampled = g.get("title", group), stats[cols[0]].resampled
+        if pool:
+            title += f", pooled over {len(pool) + 1} training replicates"
         for ext, text in render(rows + paper_rows(g.get("paper") or None, cols), cols, title, marks, notes,
                                 resampled).items():
             write(f"{group}.{ext}", text)
-        judged = "sglora" in results and VERDICT_AGAINST in results
+        judged = "sglora" in results and VERDICT_AGAINST in results and not pool
         verdicts = task_verdicts(results, cols, n_boot=n_boot, seed=seed) if judged else None
         if verdicts:
             for ext, text in render_verdicts(verdicts, title).items():
                 write(f"{group}.verdicts.{ext}", text)
         if "sglora" in results:
             extra = [verdicts_note(verdicts, group)] if verdicts else []
+            if target is not None and VERDICT_AGAINST in results:
+                extra.append(target_note(stats, cols, target, against=VERDICT_AGAINST))
             for ext, text in render_paired(rows, cols, stats, title, notes=extra + notes[1:2]).items():
                 write(f"{group}.paired.{ext}", text)
+        if pool:
+            continue
         write(f"{group}.diagnostic.md", render_diagnostic(rows, diagnostic_rows(results, cols), cols, title, notes[1:2],
                                                           resampled))
         write(f"{group}.per_task.md", f"**{title}: per task**\n\n" + per_task_table(results, cols)

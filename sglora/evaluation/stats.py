@@ -37,7 +37,7 @@ error built from the replicates carries it.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Iterator, Sequence
 
@@ -213,9 +213,10 @@ def task_query_draws(n_queries: Sequence[int], n_boot: int = N_BOOT, seed: int =
 
 
 def run_draws(method: str, n_runs: int, n_boot: int = N_BOOT, seed: int = 0,
-              chunk: int = CHUNK) -> Iterator[np.ndarray]:
-    """Chunks of ``runs[b, i]``: the i-th run drawn in replicate b (the method's own stream)."""
-    rng = np.random.default_rng([seed, zlib.crc32(method.encode())])
+              chunk: int = CHUNK, stream: int = 0) -> Iterator[np.ndarray]:
+    """Chunks of ``runs[b, i]``: the i-th run drawn in replicate b (the method's own stream;
+    ``stream`` > 0: another one, for the runs of another training replicate)."""
+    rng = np.random.default_rng([seed, zlib.crc32(method.encode())] + ([stream] if stream else []))
     for start in range(0, n_boot, chunk):
         c = min(chunk, n_boot - start)
         yield np.zeros((c, 1), np.int64) if n_runs == 1 else rng.integers(0, n_runs, size=(c, n_runs))
@@ -227,12 +228,13 @@ def estimate(hits: list[np.ndarray]) -> float:
 
 
 def bootstrap(hits: dict[str, list[np.ndarray]], n_boot: int = N_BOOT, seed: int = 0, chunk: int = CHUNK,
-              families: Sequence | None = None) -> dict[str, np.ndarray]:
+              families: Sequence | None = None, stream: int = 0) -> dict[str, np.ndarray]:
     """Replicates (``n_boot``,) of each method's group mean (percent), on shared family, task
     and query draws, each one's deviation from their mean scaled by :func:`widening` of the
     units drawn first (one factor for all methods, so paired differences scale alike).
     ``hits``: method -> :func:`run_hits` (same tasks and query counts for all); ``families``:
-    the family of each task (None: tasks drawn as independent units)."""
+    the family of each task (None: tasks drawn as independent units); ``stream``: the runs'
+    draws (:func:`run_draws`; the family, task and query draws depend on ``seed`` only)."""
     methods = list(hits)
     n_q = [h.shape[1] for h in hits[methods[0]]]
     for m in methods:
@@ -246,7 +248,7 @@ def bootstrap(hits: dict[str, list[np.ndarray]], n_boot: int = N_BOOT, seed: int
         for t, h in enumerate(hits[m]):
             arr[:, t * qmax : t * qmax + h.shape[1]] = h
         flat[m] = arr
-    runs = {m: run_draws(m, len(flat[m]), n_boot, seed, chunk) for m in methods}
+    runs = {m: run_draws(m, len(flat[m]), n_boot, seed, chunk, stream) for m in methods}
     out = {m: np.empty(n_boot) for m in methods}
     start = 0
     for tasks, queries, valid in task_query_draws(n_q, n_boot, seed, chunk, families):
@@ -271,6 +273,41 @@ def bootstrap(hits: dict[str, list[np.ndarray]], n_boot: int = N_BOOT, seed: int
     return out
 
 
+def pooled_bootstrap(hits: list[dict[str, list[np.ndarray]]], n_boot: int = N_BOOT, seed: int = 0,
+                     chunk: int = CHUNK, families: Sequence | None = None) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Replicates of each method's group mean pooled over training replicates (``hits``: one
+    :func:`run_hits` map per training replicate, the same tasks and test queries in each).
+
+    A bootstrap replicate draws the training replicates first (R of R), then, shared by all of
+    them and by every method, the families, tasks and test queries (the replicates are the
+    same tasks trained again: crossed, not nested), then each method's runs within each
+    training replicate (its own stream). Its value is the mean over the drawn training
+    replicates. The part that the first draw adds (the deviation from the mean over all R at
+    the same inner draws) is widened by :func:`widening` of R, as the families are. With R = 2
+    that part rests on one difference between two trainings: an interval that holds over
+    two replicates still says little about a third.
+
+    Returns the pooled replicates and each training replicate's own (:func:`bootstrap`, for
+    its own verdicts)."""
+    own = [bootstrap(h, n_boot, seed, chunk, families, stream=k) for k, h in enumerate(hits)]
+    if len(own) == 1:
+        return own[0], own
+    methods = list(hits[0])
+    for k, h in enumerate(hits[1:], 1):
+        if list(h) != methods:
+            raise SGLoraError(f"pooled bootstrap: training replicate {k} has methods {list(h)}, replicate 0 {methods}")
+    n = len(own)
+    drawn = np.random.default_rng([seed, n, 0x5EED]).integers(0, n, size=(n_boot, n))
+    rows = np.arange(n_boot)[:, None]
+    out = {}
+    for m in methods:
+        stacked = np.stack([o[m] for o in own], 1)  # n_boot x R
+        inner = stacked.mean(1)
+        outer = stacked[rows, drawn].mean(1) - inner
+        out[m] = inner + widening(n) * outer
+    return out, own
+
+
 @dataclass
 class GroupStats:
     """One metric of a group: each method's estimate and bootstrap replicates (shared draws)."""
@@ -280,11 +317,16 @@ class GroupStats:
     replicates: dict[str, np.ndarray]
     tasks: int  #: tasks in the group
     families: list | None = None  #: the family of each task (None: tasks resampled as independent units)
+    #: pooled over training replicates (:func:`pooled_group_stats`): each training replicate's own stats
+    trainings: list[GroupStats] = field(default_factory=list)
 
     @property
     def resampled(self) -> str:
         """What each replicate resamples (:func:`resampling`)."""
-        return resampling(self.families, self.tasks)
+        inner = resampling(self.families, self.tasks)
+        if not self.trainings:
+            return inner
+        return f"the {len(self.trainings)} training replicates, then, shared by them, {inner}"
 
     def interval(self, method: str) -> Interval:
         """The 95% interval of a method's group mean."""
@@ -304,6 +346,25 @@ def group_stats(results: dict[str, dict[str, dict]], metric: str, n_boot: int = 
     fams = family_labels(families, tasks)
     return GroupStats(metric, {m: estimate(h) for m, h in hits.items()},
                       bootstrap(hits, n_boot, seed, families=fams), len(tasks), fams)
+
+
+def pooled_group_stats(results: list[dict[str, dict[str, dict]]], metric: str, n_boot: int = N_BOOT, seed: int = 0,
+                       families: dict[str, str] | None = None) -> GroupStats:
+    """:func:`group_stats` pooled over training replicates (``results``: one ``method -> task ->
+    <task>.json`` map per replicate, the same methods and tasks): estimates are the means over
+    the replicates, intervals from :func:`pooled_bootstrap`; ``trainings`` holds each
+    replicate's own stats (its verdicts)."""
+    hits = [{m: run_hits(per_task, metric, m) for m, per_task in res.items()} for res in results]
+    tasks = list(next(iter(results[0].values())))
+    for k, res in enumerate(results[1:], 1):
+        theirs = list(next(iter(res.values())))
+        if theirs != tasks:
+            raise SGLoraError(f"pooled tables: training replicate {k} has tasks {theirs}, replicate 0 {tasks}")
+    fams = family_labels(families, tasks)
+    pooled, own = pooled_bootstrap(hits, n_boot, seed, families=fams)
+    per = [GroupStats(metric, {m: estimate(x) for m, x in h.items()}, o, len(tasks), fams) for h, o in zip(hits, own)]
+    means = {m: float(np.mean([p.estimates[m] for p in per])) for m in per[0].estimates}
+    return GroupStats(metric, means, pooled, len(tasks), fams, per if len(per) > 1 else [])
 
 
 def family_labels(families: dict[str, str] | None, tasks: list[str]) -> list[str] | None:
@@ -393,5 +454,5 @@ def n_runs(per_task: dict[str, dict]) -> int:
 
 __all__ = ["Interval", "interval", "query_hits", "run_hits", "clusters", "n_units", "widening", "resampling",
            "task_query_draws", "run_draws", "estimate", "bootstrap", "GroupStats", "group_stats", "family_labels",
-           "Power", "power", "units_for", "n_runs", "task_differences", "verdict", "VERDICTS", "N_BOOT", "LEVEL",
-           "DETECTABLE"]
+           "Power", "power", "units_for", "n_runs", "task_differences", "pooled_bootstrap", "pooled_group_stats",
+           "verdict", "VERDICTS", "N_BOOT", "LEVEL", "DETECTABLE"]

@@ -18,13 +18,29 @@ def tables(metrics: Metrics, groups: Groups, out: A[Path, "tables folder"],
            embedded: A[list[str], "embedded datasets (their tasks' families: the family word)"] = (),
            group_selections: A[dict[str, Path], "the selection.json of each group with its own validation tasks "
                                                 "(footnoted under its tables instead of --selection)",
-                               {"metavar": "GROUP=FILE"}] = None) -> None:
+                               {"metavar": "GROUP=FILE"}] = None,
+           target_half_width: A[float | None, "the half-width the paired 95% interval of SG-LoRA minus the nearest "
+                                              "expert should reach (R@1 points): noted under the paired tables"] = None,
+           pool: A[dict[str, Path], "the metric folders of training replicates 1, 2, ... (--metrics: replicate 0): "
+                                    "the group and paired tables, pooled over all of them",
+                   {"metavar": "K/GROUP/METHOD=DIR"}] = None) -> None:
     """Write the metric tables (CSV, Markdown, LaTeX) from the metric folders."""
     from ..analyses.tables import read_selection, write_tables
+    from ..io import SGLoraError
+
+    replicates: dict[int, dict[str, Path]] = {}
+    for key, path in (pool or {}).items():
+        k, _, rest = key.partition("/")
+        if not k.isdigit() or int(k) < 1 or rest.count("/") != 1:
+            raise SGLoraError(f"--pool {key}={path}: expected K/GROUP/METHOD=DIR with K = 1, 2, ... (a training replicate)")
+        replicates.setdefault(int(k), {})[rest] = path
+    if replicates and sorted(replicates) != list(range(1, len(replicates) + 1)):
+        raise SGLoraError(f"--pool: training replicates {sorted(replicates)}; expected 1 .. {len(replicates)}")
 
     write_tables(metrics, out, groups, selection=read_selection(selection) if selection else None, n_boot=bootstrap,
                  paper=paper, embedded=embedded or (), unit=bootstrap_unit,
-                 group_selections={g: read_selection(f) for g, f in (group_selections or {}).items()})
+                 group_selections={g: read_selection(f) for g, f in (group_selections or {}).items()},
+                 target=target_half_width, pool=[replicates[k] for k in sorted(replicates)])
 
 
 @step("results-page", show=lambda res: None)
@@ -36,13 +52,15 @@ def results_page(out: Out, title: A[str, "the page's title"], tables: A[Path, "t
                  logs: A[Path | None, "the run's log folder (a warm job's log says what its child used)"] = None,
                  threads: Threads = None, source: A[str, "what the page is the results of (a config file)"] = "",
                  controls: A[list[str], "groups that have a description controls table (comma-separated)", SPLIT] = (),
-                 captions: A[Path | None, "the caption quality table (captioning/quality.md)"] = None) -> None:
+                 captions: A[Path | None, "the caption quality table (captioning/quality.md)"] = None,
+                 pooled: A[Path | None, "the tables pooled over training replicates (tables/pooled)"] = None,
+                 replicates: A[int, "training replicates of the run (config replicates)"] = 1) -> None:
     """Write a run's results page (premises, caption quality, tables, paired and controls
-    tables, time per rule, provenance)."""
+    tables, the tables pooled over training replicates, time per rule, provenance)."""
     from ..analyses.results_page import write_results_page
 
     write_results_page(out, title, tables, list(groups), list(paired), premises, benchmarks, threads or 1, source,
-                       controls=list(controls), captions=captions, logs=logs)
+                       controls=list(controls), captions=captions, logs=logs, pooled=pooled, replicates=replicates)
 
 
 @step("figures", show=lambda res: None)

@@ -23,7 +23,7 @@ hybrid of the between group."""
     params:
         worlds=expand(f"{R}/data/{{dataset}}/world", dataset=EMBEDDED),
         pretrain=as_json(config.get("backbone", {}).get("pretrain")),
-        seed=config["seed"],
+        seed=pretrain_seed(config),
     shell:
         "sglora pretrain --worlds {params.worlds:q} --out {output:q} --seed {params.seed:q} "
         "--threads {threads} --pretrain {params.pretrain:q} > {log:q} 2>&1"

@@ -11,6 +11,7 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir)))  # the sglora package beside the Snakefile, installed or not
 from sglora.generator.grid import cvae_training, cvae_variants, paper_point, sampling_section, selection_grid
+from sglora.evaluation.replicates import pretrain_seed, replicate_config, replicate_index, replicate_results
 from sglora.methods import METHODS, methods_where
 
 # beside these rules, wherever the workflow is used from (also as a module of another project)
@@ -147,6 +148,9 @@ def _check_config():
 _check_config()
 
 R = config["results"].rstrip("/")
+# training replicates of this run (config replicates; the Snakefile adds replicates 1 .. R-1 as
+# modules of itself, each with replicate: k, which adds none)
+REPLICATES = int(config.get("replicates", 1)) if replicate_index(config) == 0 else 1
 THREADS = config["threads"]
 PRETRAINED = config.get("backbone", {}).get("pretrained")
 BACKBONE = PRETRAINED or f"{R}/backbone"
@@ -346,6 +350,7 @@ def all_outputs():
             RESULTS_PAGE,
         ]
         + ([f"{R}/captioning/quality.md"] if EMBEDDED else [])
+        + ([f"{R}/tables/pooled/{g}.md" for g in GROUPS] if REPLICATES > 1 else [])
     )
 
 
@@ -516,9 +521,23 @@ def pdiff_tasks():
     return sorted({t for spec in GROUPS.values() if "pdiff" in spec["methods"] for t in spec["tasks"]})
 
 
-def metric_dirs(wildcards=None):
-    """``"<group>/<method>"`` -> the metric folder of every evaluation."""
-    return {f"{g}/{m}": f"{R}/metrics/{g}/{m}" for g, spec in GROUPS.items() for m in spec["methods"]}
+def metric_dirs(wildcards=None, root=R):
+    """``"<group>/<method>"`` -> the metric folder of every evaluation (of the run in ``root``)."""
+    return {f"{g}/{m}": f"{root}/metrics/{g}/{m}" for g, spec in GROUPS.items() for m in spec["methods"]}
+
+
+def pooled_metric_dirs():
+    """``"<k>/<group>/<method>"`` -> the metric folders of training replicates 1 .. R-1."""
+    return {
+        f"{k}/{key}": path
+        for k in range(1, REPLICATES)
+        for key, path in metric_dirs(root=replicate_results(R, k)).items()
+    }
+
+
+def optional_flag(flag, value):
+    """``flag value`` for a step's optional setting, or nothing where the config leaves it unset (None)."""
+    return "" if value is None else f"{flag} {shlex.quote(str(value))}"
 
 
 def keyed(paths):

@@ -71,11 +71,46 @@ every table footnotes the settings chosen on the validation tasks."""
         paper=as_json(PAPER_POINT),
         unit=BOOTSTRAP_UNIT,
         embedded=EMBEDDED,
+        target=optional_flag("--target-half-width", config["evaluation"].get("target_half_width")),
     shell:
         "sglora tables --metrics {params.metrics:q} --groups {params.groups:q} --selection {input.selection:q} "
         "--group-selections {params.group_selections:q} "
-        "--paper {params.paper:q} --bootstrap-unit {params.unit:q} --embedded {params.embedded:q} --out {params.out:q} "
-        "> {log:q} 2>&1"
+        "--paper {params.paper:q} --bootstrap-unit {params.unit:q} --embedded {params.embedded:q} {params.target} "
+        "--out {params.out:q} > {log:q} 2>&1"
+
+
+if REPLICATES > 1:
+
+    rule tables_pooled:
+        """The group and paired tables pooled over the training replicates (replicates drawn first
+        by the bootstrap, then families, tasks, queries and runs), each replicate's verdict beside each
+        paired difference; footnotes: the settings replicate 0 chose on its validation tasks."""
+        input:
+            metrics=list(metric_dirs().values()) + list(pooled_metric_dirs().values()),
+            selection=f"{R}/selection/selection.json",
+        output:
+            md=[f"{R}/tables/pooled/{g}.md" for g in GROUPS],
+            csv=[f"{R}/tables/pooled/{g}.csv" for g in GROUPS],
+            tex=[f"{R}/tables/pooled/{g}.tex" for g in GROUPS],
+            paired=[f"{R}/tables/pooled/{g}.paired.md" for g in paired_groups()],
+            paired_csv=[f"{R}/tables/pooled/{g}.paired.csv" for g in paired_groups()],
+        log:
+            f"{R}/logs/tables_pooled.log",
+        conda:
+            "../../envs/sglora.yaml"
+        params:
+            groups=as_json(GROUPS),
+            metrics=keyed(metric_dirs()),
+            pool=keyed(pooled_metric_dirs()),
+            out=lambda w, output: parent(output.md[0]),
+            paper=as_json(PAPER_POINT),
+            unit=BOOTSTRAP_UNIT,
+            embedded=EMBEDDED,
+            target=optional_flag("--target-half-width", config["evaluation"].get("target_half_width")),
+        shell:
+            "sglora tables --metrics {params.metrics:q} --pool {params.pool:q} --groups {params.groups:q} "
+            "--selection {input.selection:q} --paper {params.paper:q} --bootstrap-unit {params.unit:q} "
+            "--embedded {params.embedded:q} {params.target} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule figures:
@@ -109,8 +144,8 @@ rule figures:
 
 rule results_page:
     """The run's results page, assembled from its own files (premises, every group's table and
-paired table, time per rule from the benchmark files, what produced the numbers): the
-default config publishes it as docs/results.md, so the docs never disagree with the run."""
+    paired table, time per rule from the benchmark files, what produced the numbers): the
+    default config publishes it as docs/results.md, so the docs never disagree with the run."""
     input:
         tables=[f"{R}/tables/{g}.md" for g in GROUPS],
         paired=[f"{R}/tables/{g}.paired.md" for g in paired_groups()],
@@ -118,6 +153,7 @@ default config publishes it as docs/results.md, so the docs never disagree with 
         premises=f"{R}/premises/premises.md",
         figures=[f"{R}/figures/{name}.png" for name in FIGURES],
         captions=[f"{R}/captioning/quality.md"] if EMBEDDED else [],
+        pooled=[f"{R}/tables/pooled/{g}.md" for g in GROUPS] if REPLICATES > 1 else [],
     output:
         RESULTS_PAGE,
     log:
@@ -135,8 +171,11 @@ default config publishes it as docs/results.md, so the docs never disagree with 
         source=" ".join(os.path.relpath(f) for f in workflow.overwrite_configfiles) or "config.yaml",
         threads=THREADS,
         captions=lambda w, input: f"--captions {shlex.quote(input.captions[0])}" if input.captions else "",
+        pooled=lambda w, input: f"--pooled {shlex.quote(parent(input.pooled[0]))}" if input.pooled else "",
+        replicates=REPLICATES,
     shell:
         "sglora results-page --out {output:q} --title {params.title:q} --tables {params.tables:q} "
         "--groups {params.groups:q} --paired {params.paired:q} --controls {params.controls:q} --premises {input.premises:q} "
-        "--benchmarks {params.benchmarks:q} --logs {params.logs:q} --threads {params.threads} --source {params.source:q} {params.captions} "
+        "--benchmarks {params.benchmarks:q} --logs {params.logs:q} --threads {params.threads} --source {params.source:q} {params.captions} {params.pooled} "
+        "--replicates {params.replicates} "
         "> {log:q} 2>&1"

@@ -1,0 +1,160 @@
+"""Training replicates: a replicate's config differs from the run's in its training seeds (and
+where it writes) only, in the DAG as in the config; the tables pool the replicates (drawn first
+by the bootstrap) and list each replicate's verdict."""
+
+from __future__ import annotations
+
+import csv
+import re
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import ROOT
+from sglora.cli import main
+from sglora.evaluation.replicates import (REPLICATE_STRIDE, pretrain_seed, replicate_config, replicate_results,
+                                          training_seed_keys)
+from sglora.evaluation.stats import bootstrap, group_stats, pooled_bootstrap, pooled_group_stats, run_hits, verdict
+from sglora.analyses.tables import load_group, write_tables
+from sglora.io import SGLoraError
+from test_tables import TASKS, folders, write_method
+
+
+def test_a_replicate_moves_every_training_seed_and_nothing_else():
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    for k in (1, 2):
+        rep = replicate_config(cfg, k)
+        assert rep["replicate"] == k and rep["results"] == f"{cfg['results']}/replicates/{k}"
+        assert rep["results"] == replicate_results(cfg["results"], k) and rep["results_page"]["path"] is None
+        assert rep["seed"] == cfg["seed"]  # the world's seed
+        assert pretrain_seed(rep) == pretrain_seed(cfg) + k * REPLICATE_STRIDE
+        for section, key in training_seed_keys():
+            assert rep[section][key] == cfg.get(section, {}).get(key, 0) + k * REPLICATE_STRIDE, (section, key)
+        rest = {s: ({kk: v for kk, v in part.items() if (s, kk) not in training_seed_keys()} if isinstance(part, dict)
+                    else part) for s, part in rep.items() if s not in ("replicate", "results", "results_page")}
+        orig = {s: ({kk: v for kk, v in part.items() if (s, kk) not in training_seed_keys()} if isinstance(part, dict)
+                    else part) for s, part in cfg.items() if s not in ("results", "results_page")}
+        assert {s: v for s, v in rest.items() if v != {}} == {s: v for s, v in orig.items() if v != {}}
+    # the CVAE runs of replicates never share a seed (runs use cvae.seed + r)
+    runs = cfg["sampling"]["runs"]
+    seeds = [replicate_config(cfg, k)["cvae"]["seed"] + r for k in (1, 2) for r in range(runs)]
+    assert len(set(seeds + [cfg["cvae"]["seed"] + r for r in range(runs)])) == 3 * runs
+    with pytest.raises(ValueError, match="replicates 1, 2"):
+        replicate_config(cfg, 0)
+
+
+def _normalised(command: str, results: str) -> str:
+    """A job's command with its results folder replaced and the seeds a replicate moves left out
+    (a replicate writes the seed of a section the run leaves to its default)."""
+    command = command.replace(results, "<R>")
+    command = re.sub(r'"(?:init_)?seed": \d+(, )?', "", command).replace(", }", "}")
+    return re.sub(r"--seed (\d+)", lambda m: f"--seed {int(m.group(1)) % REPLICATE_STRIDE}", command)
+
+
+def test_the_dag_of_a_replicate_differs_in_its_training_seeds_only(tmp_path):
+    """config/tiny.yaml with replicates: 2: replicate 1's jobs are replicate 0's, rule for rule,
+    in <results>/replicates/1, with the training seeds moved (and nothing else); the pooled
+    tables read both replicates' metrics and the results page reads them."""
+    from test_presets import dry_run_jobs
+
+    cfg = yaml.safe_load((ROOT / "config/tiny.yaml").read_text())
+    results = str(tmp_path / "results")
+    cfg["results"], cfg["replicates"] = results, 2
+    jobs = dry_run_jobs(cfg, tmp_path)
+    mine = {}
+    for j in jobs:
+        if not j["shell"]:
+            continue
+        theirs = j["rule"].startswith("replicate_1_")
+        root = f"{results}/replicates/1" if theirs else results
+        mine.setdefault(theirs, {}).setdefault(j["rule"].removeprefix("replicate_1_"), []).append(j["shell"])
+    run, rep = mine[False], mine[True]
+    assert set(rep) == set(run) - {"tables_pooled", "all"}
+    for rule in set(rep) - {"results_page"}:  # replicate 0's page also shows the pooled tables
+        a = sorted(_normalised(c, results) for c in run[rule])
+        b = sorted(_normalised(c, f"{results}/replicates/1") for c in rep[rule])
+        assert a == b, rule
+    moved = [c for rule in ("pretrain_backbone", "train_cvae") for c in rep[rule]]
+    assert all(re.search(r'(seed": |--seed )1\d\d\d\b', c) for c in moved)  # 1000 + the CVAE's run
+    assert all(re.search(r'"init_seed": 1000', c) for r, cs in rep.items() if r.startswith("train_lora") for c in cs)
+    assert all(" --seed 0 " in c for c in rep["world"])  # the same world
+    (pooled,) = run["tables_pooled"]
+    assert f"{results}/replicates/1/metrics/in_dataset/sglora" in pooled and f"{results}/metrics/in_dataset/sglora" in pooled
+    (page,) = [j for j in jobs if j["rule"] == "results_page"]
+    assert f"{results}/tables/pooled/in_dataset.md" in page["input"] and f"--pooled {results}/tables/pooled" in page["shell"]
+    (theirs,) = rep["results_page"]
+    assert "--pooled" not in theirs and "'Results: replicate 1'" in theirs
+
+
+def _results(root, shift: float = 0.0, seed: int = 0):
+    """One replicate's metrics of a group: the nearest expert at 0.5, SG-LoRA at 0.5 + shift."""
+    write_method(root, "g", "nearest_expert", 0.5, seed=seed + 1)
+    write_method(root, "g", "sglora", 0.5 + shift, n_samples=2, runs=[0, 1], seed=seed + 2)
+    return folders(root)
+
+
+GROUP = {"g": {"title": "G", "dataset": "world", "tasks": TASKS, "methods": ["nearest_expert", "sglora"]}}
+
+
+def test_one_replicate_pools_to_itself(tmp_path):
+    res = load_group(_results(tmp_path / "r0"), "g", GROUP["g"]["methods"], TASKS)
+    one, alone = group_stats(res, "i2t_r1", 300, 0), pooled_group_stats([res], "i2t_r1", 300, 0)
+    assert one.estimates == alone.estimates and not alone.trainings
+    assert all(np.array_equal(one.replicates[m], alone.replicates[m]) for m in one.replicates)
+
+
+def test_pooling_draws_the_replicates_first_and_keeps_each_ones_verdict(tmp_path):
+    """Replicate 0: SG-LoRA far above the nearest expert; replicate 1: far below. Pooled, the
+    estimate is the mean of theirs, the interval spans both, each keeps its own verdict."""
+    r0 = load_group(_results(tmp_path / "r0", +0.35, seed=0), "g", GROUP["g"]["methods"], TASKS)
+    r1 = load_group(_results(tmp_path / "r1", -0.35, seed=10), "g", GROUP["g"]["methods"], TASKS)
+    st = pooled_group_stats([r0, r1], "i2t_r1", 400, 0)
+    own = [group_stats(r, "i2t_r1", 400, 0) for r in (r0, r1)]
+    d = st.difference("sglora", "nearest_expert")
+    each = [o.difference("sglora", "nearest_expert") for o in own]
+    assert d.estimate == pytest.approx(np.mean([e.estimate for e in each]))
+    assert d.lo < min(e.estimate for e in each) and d.hi > max(e.estimate for e in each)
+    assert [verdict(t.difference("sglora", "nearest_expert")) for t in st.trainings] == ["win", "loss"]
+    assert verdict(d) == "tie" and "the 2 training replicates, then" in st.resampled
+    # replicate 0 is drawn with the run's own streams; the others with their own runs' streams
+    hits = [{m: run_hits(per, "i2t_r1", m) for m, per in r.items()} for r in (r0, r1)]
+    pooled, parts = pooled_bootstrap(hits, 400, 0)
+    assert all(np.array_equal(parts[0][m], bootstrap(hits[0], 400, 0)[m]) for m in hits[0])
+    assert not np.array_equal(parts[1]["sglora"], bootstrap(hits[1], 400, 0)["sglora"])
+
+
+def test_pooled_tables_and_the_cli(tmp_path):
+    m0 = _results(tmp_path / "r0", +0.35, seed=0)
+    m1 = _results(tmp_path / "r1", -0.35, seed=10)
+    write_tables(m0, tmp_path / "pooled", GROUP, n_boot=300, unit="task", pool=[m1])
+    out = tmp_path / "pooled"
+    assert sorted(p.name for p in out.iterdir()) == ["g.csv", "g.md", "g.paired.csv", "g.paired.md", "g.tex"]
+    paired = (out / "g.paired.md").read_text()
+    assert "G, pooled over 2 training replicates" in paired and "each replicate: win, loss" in paired
+    assert "resampled: the 2 training replicates, then, shared by them, the 6 tasks" in paired
+    row = list(csv.DictReader(open(out / "g.paired.csv")))[0]
+    assert row["i2t_r1_replicate_verdicts"] == "win loss"
+    # the same through the command line, replicates keyed K/GROUP/METHOD
+    pool = [f"1/{k}={v}" for k, v in m1.items()]
+    args = ["tables", "--metrics", *(f"{k}={v}" for k, v in m0.items()), "--groups", __import__("json").dumps(GROUP),
+            "--bootstrap", "300", "--bootstrap-unit", "task", "--out", str(tmp_path / "cli")]
+    assert main(args + ["--pool", *pool]) == 0
+    assert (tmp_path / "cli" / "g.paired.md").read_text() == paired
+    assert main(args + ["--pool", *[p.replace("1/", "2/", 1) for p in pool]]) == 2  # replicate 1 missing
+
+
+def test_the_results_page_shows_the_pooled_tables(tmp_path):
+    from sglora.analyses.results_page import write_results_page
+
+    m0 = _results(tmp_path / "r0", +0.35, seed=0)
+    m1 = _results(tmp_path / "r1", -0.35, seed=10)
+    write_tables(m0, tmp_path / "tables", GROUP, n_boot=100, unit="task")
+    write_tables(m0, tmp_path / "pooled", GROUP, n_boot=100, unit="task", pool=[m1])
+    write_results_page(tmp_path / "page.md", "T", tmp_path / "tables", ["g"], ["g"], None, None, 1,
+                       pooled=tmp_path / "pooled")
+    page = (tmp_path / "page.md").read_text()
+    assert "## Pooled over the training replicates" in page and "each replicate: win, loss" in page
+    with pytest.raises(SGLoraError, match="pooled table of group g"):
+        write_results_page(tmp_path / "page2.md", "T", tmp_path / "tables", ["g"], ["g"], None, None, 1,
+                           pooled=tmp_path / "nothing")
