@@ -199,3 +199,13 @@ def test_pooling_puts_training_noise_into_the_interval(replicates):
     alone, pooled = _coverage(replicates, 0.05)
     print(f"coverage of 0 with {replicates} training replicates: one training {alone:.3f}, pooled {pooled:.3f}")
     assert alone < 0.9 and pooled >= 0.95
+
+
+def test_replicate_set_by_hand_is_refused(tmp_path):
+    from sglora.evaluation.replicates import check_replicate
+
+    cfg = yaml.safe_load((ROOT / "config/tiny.yaml").read_text())
+    check_replicate(cfg)
+    check_replicate(replicate_config(cfg, 2))
+    with pytest.raises(ValueError, match="set replicates: 2 instead"):
+        check_replicate(cfg | {"replicate": 1})

@@ -46,6 +46,17 @@ def replicate_index(config: dict) -> int:
     return int(config.get("replicate") or 0)
 
 
+def check_replicate(config: dict) -> None:
+    """A config with ``replicate: k > 0`` must be one :func:`replicate_config` wrote (its
+    results folder ``.../replicates/<k>``): set by hand, it would move the pretraining seed
+    alone. An error says what to set instead."""
+    k = replicate_index(config)
+    if k and not str(config.get("results", "")).rstrip("/").endswith(f"/replicates/{k}"):
+        raise ValueError(f"config: replicate: {k} is set by the workflow for its training replicates (their results "
+                         f"folders end in /replicates/<k>); to rerun the training under other seeds, set "
+                         f"replicates: {k + 1} instead")
+
+
 def pretrain_seed(config: dict) -> int:
     """The backbone's pretraining seed: the run's ``seed`` (which also draws the world), moved
     by the replicate's offset."""

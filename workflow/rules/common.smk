@@ -11,7 +11,13 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir)))  # the sglora package beside the Snakefile, installed or not
 from sglora.generator.grid import cvae_training, cvae_variants, paper_point, sampling_section, selection_grid
-from sglora.evaluation.replicates import pretrain_seed, replicate_config, replicate_index, replicate_results
+from sglora.evaluation.replicates import (
+    check_replicate,
+    pretrain_seed,
+    replicate_config,
+    replicate_index,
+    replicate_results,
+)
 from sglora.methods import METHODS, methods_where
 
 # beside these rules, wherever the workflow is used from (also as a module of another project)
@@ -146,6 +152,7 @@ def _check_config():
 
 
 _check_config()
+check_replicate(config)
 
 R = config["results"].rstrip("/")
 # training replicates of this run (config replicates; the Snakefile adds replicates 1 .. R-1 as
