@@ -70,7 +70,6 @@ localrules:
     controls_table,
     caption_quality,
     all,
-    tables_pooled,
 
 
 rule all:

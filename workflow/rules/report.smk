@@ -81,6 +81,10 @@ every table footnotes the settings chosen on the validation tasks."""
 
 if REPLICATES > 1:
 
+    # a light rule, like tables (the Snakefile's localrules); named only where it exists
+    localrules:
+        tables_pooled,
+
     rule tables_pooled:
         """The group and paired tables pooled over the training replicates (replicates drawn first
         by the bootstrap, then families, tasks, queries and runs), each replicate's verdict beside each
