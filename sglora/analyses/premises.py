@@ -39,6 +39,17 @@ class PremiseSpec(Settings):
     oracle_gain: float = setting(10.0, "least Oracle minus Zero-Shot R@1 (mean of I2T and T2I) on the validation tasks")
     enforce: bool | None = setting(None, "stop on a failed premise; None = only on embedded worlds")
 
+    def enforced_on(self, experts_dataset: str, embedded) -> bool:
+        """Whether a failed premise stops the run: ``enforce``, or unset, the experts' dataset
+        being one of the ``embedded`` datasets."""
+        return self.enforce if self.enforce is not None else experts_dataset in embedded
+
+
+def task_families(embeddings: dict[str, dict], embedded) -> dict[str, str | None]:
+    """Task -> family of an embedding table's rows: the family word on ``embedded`` datasets,
+    ``None`` elsewhere."""
+    return {t: (task_family(r["task_name"]) if r["dataset"] in embedded else None) for t, r in embeddings.items()}
+
 
 def task_family(class_name: str) -> str | None:
     """The family of an embedded world's class (its family word), ``None`` if it has none."""
@@ -213,8 +224,8 @@ def run_premises(backbone: str, manifest: str | Path, repository: str | Path, em
     repo = Repository(repository)
     experts = repo.experts()
     emb = read_embeddings(embeddings)
-    families = {t: (task_family(r["task_name"]) if r["dataset"] in embedded else None) for t, r in emb.items()}
-    enforce = spec.enforce if spec.enforce is not None else experts_dataset in embedded
+    families = task_families(emb, embedded)
+    enforce = spec.enforced_on(experts_dataset, embedded)
     res = check_premises(backbone, manifest, emb, experts, repo.layout, repo.lora.scaling, tasks, families, metrics,
                          spec, enforce, modality=modality, device=device, cache=cache, gallery=gallery)
     write_json(out, res)
@@ -242,12 +253,11 @@ def run_description_premises(embeddings: str | Path, experts_dataset: str, exper
     if missing:
         raise SGLoraError(f"{embeddings}: no embedding of the tasks {missing} (experts of dataset {experts_dataset!r} "
                           "or validation tasks)")
-    families = {t: (task_family(r["task_name"]) if r["dataset"] in embedded else None) for t, r in emb.items()}
-    families |= {t: (task_family(mine[t]["task_name"]) if experts_dataset in embedded else None) for t in experts}
+    families = task_families(emb, embedded) | task_families({t: mine[t] for t in experts}, embedded)
     keys = np.stack([mine[t][key] for t in experts])
     result = {"nearest": nearest_parts({t: emb[t][key] for t in tasks}, families, keys, list(experts))}
     result["verdicts"] = nearest_verdicts(result["nearest"], spec)
-    result["enforced"] = spec.enforce if spec.enforce is not None else experts_dataset in embedded
+    result["enforced"] = spec.enforced_on(experts_dataset, embedded)
     failed = failures(result)
     if result["enforced"] and failed:
         raise SGLoraError("the benchmark's premises do not hold, so it cannot test SG-LoRA (checked on the task "

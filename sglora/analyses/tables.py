@@ -31,8 +31,8 @@ import numpy as np
 from ..io import SGLoraError, atomic_path, read_json
 from ..methods import METHODS, label
 from ..paper import PAPER_TABLES
-from ..evaluation.stats import (DETECTABLE, N_BOOT, VERDICTS, GroupStats, family_labels, group_stats, n_runs,
-                                pooled_group_stats, power, run_hits, task_differences, units_for, verdict)
+from ..evaluation.stats import (DETECTABLE, N_BOOT, VERDICTS, GroupStats, clusters, family_labels, group_stats,
+                                n_runs, n_units, pooled_group_stats, power, run_hits, task_differences, units_for, verdict)
 
 RETRIEVAL_COLS = ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"]
 COL_NAMES = {"i2t_r1": "I2T R@1", "i2t_r5": "I2T R@5", "i2t_r10": "I2T R@10", "t2i_r1": "T2I R@1",
@@ -350,11 +350,10 @@ def target_note(stats: dict[str, GroupStats], cols: list[str], target: float, me
     it is not, about how many independent units (families, or tasks) like the group's own
     would make it so: the half-width falls as 1 / sqrt(units) (:func:`units_for`)."""
     primary = [c for c in primary_cols(cols) if c in stats]
-    halves = [(stats[c].difference(method, against).hi - stats[c].difference(method, against).lo) / 2 for c in primary]
+    halves = [(d.hi - d.lo) / 2 for d in (stats[c].difference(method, against) for c in primary)]
     first = stats[primary[0]]
-    families = first.families is not None and len(set(first.families)) < first.tasks
-    units = len(set(first.families)) if families else first.tasks
-    unit = "families" if families else "tasks"
+    units = n_units(first.families, first.tasks)
+    unit = "tasks" if clusters(first.families, first.tasks) is None else "families"
     names = " / ".join(COL_NAMES[c] for c in primary)
     text = (f"Target (evaluation.target_half_width): a paired 95% interval of {label(method)} − {label(against)} no "
             f"wider than ±{target:.2f} on {names}. Here ±" + " / ±".join(f"{h:.2f}" for h in halves))

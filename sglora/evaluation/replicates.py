@@ -7,8 +7,9 @@ in no interval. With ``replicates: R`` in the config, the run is replicate 0 and
 1 .. R-1 are the same workflow again (Snakemake modules, ``Snakefile``), each in
 ``<results>/replicates/<k>``, whose every training seed is moved by ``k * REPLICATE_STRIDE``:
 the backbone's pretraining, the LoRAs' shared initialisation and data order (experts, Oracles,
-the multi-task LoRA), the CVAEs (their runs included), the sampling, MoLE, P-diff and COND P-Diff. Nothing else differs: the world (its seed is the
-run's), the tasks, the test images, the settings. The tables pool the replicates
+the multi-task LoRA), the CVAEs (their runs included), the sampling, MoLE, P-diff and COND
+P-Diff. Nothing else differs: the world (its seed is the run's), the tasks, the test images,
+the settings. The tables pool the replicates
 (:func:`sglora.evaluation.stats.pooled_bootstrap`: replicates drawn first) and list each
 replicate's verdict.
 """

@@ -11,6 +11,7 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir)))  # the sglora package beside the Snakefile, installed or not
 from sglora.generator.grid import cvae_training, cvae_variants, paper_point, sampling_section, selection_grid
+from sglora.analyses.premises import PremiseSpec
 from sglora.evaluation.replicates import (
     check_replicate,
     pretrain_seed,
@@ -389,9 +390,8 @@ def premise_gate():
     """The description premises' file as an input of every LoRA-training job when a failed
     premise stops the run (embedded experts' dataset, or premises.enforce): a world whose
     descriptions fail the premise then stops before any LoRA is trained ([] otherwise)."""
-    enforce = (config.get("premises") or {}).get("enforce")
-    gate = EXPERTS["dataset"] in EMBEDDED if enforce is None else enforce
-    return [f"{R}/premises/descriptions.json"] if gate else []
+    spec = PremiseSpec(**{k: v for k, v in (config.get("premises") or {}).items() if k == "enforce"})
+    return [f"{R}/premises/descriptions.json"] if spec.enforced_on(EXPERTS["dataset"], EMBEDDED) else []
 
 
 def premise_transfer_tasks():
