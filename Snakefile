@@ -36,13 +36,13 @@ include: "workflow/rules/controls.smk"
 
 # Training replicates (config replicates: R > 1, sglora/evaluation/replicates.py): this run is
 # replicate 0; replicates 1 .. R-1 are this workflow again, as modules, each in
-# <results>/replicates/<k> with every training seed moved and its rules named replicate_<k>_*;
-# the rule tables_pooled pools their tables.
+# <results>/replicates/<k> with every training seed moved and its rules named replicate_<k>_*,
+# but `world`: they read replicate 0's world. The rule tables_pooled pools their tables.
 for _k in range(1, REPLICATES):
     _module, _prefix = f"replicate_{_k}", f"replicate_{_k}_"
     workflow.module(_module, snakefile="Snakefile", config=replicate_config(config, _k))
 
-    use rule * from _module as _prefix*
+    use rule * from _module exclude world as _prefix*
 
 
 # Light rules run where snakemake runs (on a cluster: the submit host), never as cluster jobs.
@@ -70,6 +70,19 @@ localrules:
     controls_table,
     caption_quality,
     all,
+
+
+# A module's localrules directive names its rules without their prefix: the replicates' light
+# rules are declared local here (else a cluster run would submit each as a job).
+for _k in range(1, REPLICATES):
+    _prefix = f"replicate_{_k}_"
+    workflow.localrules(
+        *(
+            r.name
+            for r in workflow.rules
+            if r.name.startswith(_prefix) and r.name.removeprefix(_prefix) in workflow._localrules
+        )
+    )
 
 
 rule all:

@@ -44,18 +44,20 @@ def test_a_replicate_moves_every_training_seed_and_nothing_else():
         replicate_config(cfg, 0)
 
 
-def _normalised(command: str, results: str) -> str:
-    """A job's command with its results folder replaced and the seeds a replicate moves left out
-    (a replicate writes the seed of a section the run leaves to its default)."""
-    command = command.replace(results, "<R>")
+def _normalised(command: str, results: str, world: str) -> str:
+    """A job's command with its results folder (and the run's world folder ``world``, which a
+    replicate reads) replaced and the seeds a replicate moves left out (a replicate writes the
+    seed of a section the run leaves to its default)."""
+    command = command.replace(results, "<R>").replace(f"{world}/data/", "<R>/data/")
     command = re.sub(r'"(?:init_)?seed": \d+(, )?', "", command).replace(", }", "}")
     return re.sub(r"--seed (\d+)", lambda m: f"--seed {int(m.group(1)) % REPLICATE_STRIDE}", command)
 
 
 def test_the_dag_of_a_replicate_differs_in_its_training_seeds_only(tmp_path):
     """config/tiny.yaml with replicates: 2: replicate 1's jobs are replicate 0's, rule for rule,
-    in <results>/replicates/1, with the training seeds moved (and nothing else); the pooled
-    tables read both replicates' metrics and the results page reads them."""
+    in <results>/replicates/1, with the training seeds moved (and nothing else) and the world
+    read from replicate 0 (not generated again); the pooled tables read both replicates'
+    metrics and the results page reads them."""
     from test_presets import dry_run_jobs
 
     cfg = yaml.safe_load((ROOT / "config/tiny.yaml").read_text())
@@ -70,15 +72,19 @@ def test_the_dag_of_a_replicate_differs_in_its_training_seeds_only(tmp_path):
         root = f"{results}/replicates/1" if theirs else results
         mine.setdefault(theirs, {}).setdefault(j["rule"].removeprefix("replicate_1_"), []).append(j["shell"])
     run, rep = mine[False], mine[True]
-    assert set(rep) == set(run) - {"tables_pooled", "all"}
+    assert set(rep) == set(run) - {"tables_pooled", "all", "world"}  # one world, replicate 0's
     for rule in set(rep) - {"results_page"}:  # replicate 0's page also shows the pooled tables
-        a = sorted(_normalised(c, results) for c in run[rule])
-        b = sorted(_normalised(c, f"{results}/replicates/1") for c in rep[rule])
+        a = sorted(_normalised(c, results, results) for c in run[rule])
+        b = sorted(_normalised(c, f"{results}/replicates/1", results) for c in rep[rule])
         assert a == b, rule
+    made = [re.search(r"--out (\S+) ", j["shell"]).group(1) for j in jobs if j["rule"] == "world"]
+    assert made and all(w.startswith(f"{results}/data/") for w in made)  # replicate 0's folder only
+    reads = {f for j in jobs if j["rule"].startswith("replicate_1_") for f in j["input"]}
+    assert {f"{w}/manifest.raw.parquet" for w in made} <= reads
+    assert not any(re.search(r"/replicates/1/data/[^/]+/world/", f) for f in reads)
     moved = [c for rule in ("pretrain_backbone", "train_cvae") for c in rep[rule]]
     assert all(re.search(r'(seed": |--seed )1\d\d\d\b', c) for c in moved)  # 1000 + the CVAE's run
     assert all(re.search(r'"init_seed": 1000', c) for r, cs in rep.items() if r.startswith("train_lora") for c in cs)
-    assert all(" --seed 0 " in c for c in rep["world"])  # the same world
     (pooled,) = run["tables_pooled"]
     assert f"{results}/replicates/1/metrics/in_dataset/sglora" in pooled and f"{results}/metrics/in_dataset/sglora" in pooled
     (page,) = [j for j in jobs if j["rule"] == "results_page"]
@@ -209,3 +215,29 @@ def test_replicate_set_by_hand_is_refused(tmp_path):
     check_replicate(replicate_config(cfg, 2))
     with pytest.raises(ValueError, match="set replicates: 2 instead"):
         check_replicate(cfg | {"replicate": 1})
+
+
+def test_a_replicates_light_rules_are_local_and_its_heavy_ones_are_not(tmp_path):
+    """On a cluster a light rule runs where Snakemake runs: a module's `localrules:` names its
+    rules unprefixed, so the Snakefile declares replicate k's light rules itself. Snakemake
+    keeps the declared names in ``Workflow._localrules`` (dry runs do not print them)."""
+    from pathlib import Path
+
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+    from test_presets import HEAVY, LIGHT, rule_kind
+
+    cfg = yaml.safe_load((ROOT / "config/tiny.yaml").read_text())
+    cfg["results"], cfg["replicates"] = str(tmp_path / "results"), 2
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+        wf = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=ROOT / "Snakefile", workdir=ROOT,
+                          config_settings=ConfigSettings(configfiles=[Path(tmp_path / "c.yaml")],
+                                                         replace_workflow_config=True))
+        workflow = wf._workflow
+        names, local = {r.name for r in workflow.rules}, set(workflow._localrules)
+    theirs = {n.removeprefix("replicate_1_") for n in names if n.startswith("replicate_1_")}
+    assert theirs and "world" not in theirs  # the world is replicate 0's
+    assert {n for n in theirs if f"replicate_1_{n}" in local} == theirs & local
+    assert (LIGHT - {"world", "manifest"}) & theirs <= {n for n in theirs if f"replicate_1_{n}" in local}
+    assert not any(rule_kind(n) in HEAVY | {"pretrain_backbone", "caption"} for n in theirs if f"replicate_1_{n}" in local)

@@ -8,8 +8,8 @@ in no interval. With ``replicates: R`` in the config, the run is replicate 0 and
 ``<results>/replicates/<k>``, whose every training seed is moved by ``k * REPLICATE_STRIDE``:
 the backbone's pretraining, the LoRAs' shared initialisation and data order (experts, Oracles,
 the multi-task LoRA), the CVAEs (their runs included), the sampling, MoLE, P-diff and COND
-P-Diff. Nothing else differs: the world (its seed is the run's), the tasks, the test images,
-the settings. The tables pool the replicates
+P-Diff. Nothing else differs: the tasks, the test images, the settings, and the world, which
+replicates read from replicate 0's folder (:func:`run_results`) rather than generate again. The tables pool the replicates
 (:func:`sglora.evaluation.stats.pooled_bootstrap`: replicates drawn first) and list each
 replicate's verdict.
 """
@@ -67,6 +67,14 @@ def pretrain_seed(config: dict) -> int:
 def replicate_results(results: str, k: int) -> str:
     """The results folder of replicate ``k`` of a run whose results folder is ``results``."""
     return results.rstrip("/") if k == 0 else f"{results.rstrip('/')}/replicates/{k}"
+
+
+def run_results(config: dict) -> str:
+    """The results folder of the run a config belongs to (replicate 0's): a replicate's config
+    (results ``<run>/replicates/<k>``) gives ``<run>``, any other config its own. Replicates
+    read the embedded world from there: one world, generated once."""
+    results, k = str(config["results"]).rstrip("/"), replicate_index(config)
+    return results.removesuffix(f"/replicates/{k}") if k else results
 
 
 def replicate_config(config: dict, k: int) -> dict:

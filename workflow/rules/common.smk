@@ -18,6 +18,7 @@ from sglora.evaluation.replicates import (
     replicate_config,
     replicate_index,
     replicate_results,
+    run_results,
 )
 from sglora.methods import METHODS, methods_where
 
@@ -156,6 +157,9 @@ _check_config()
 check_replicate(config)
 
 R = config["results"].rstrip("/")
+# where the embedded worlds are: this run's folder, or for a training replicate replicate 0's
+# (one world, generated once; the Snakefile leaves the replicates' `world` rules out)
+WORLD_R = run_results(config)
 # training replicates of this run (config replicates; the Snakefile adds replicates 1 .. R-1 as
 # modules of itself, each with replicate: k, which adds none)
 REPLICATES = int(config.get("replicates", 1)) if replicate_index(config) == 0 else 1
@@ -405,8 +409,9 @@ def validation_metrics(method):
 
 def raw_manifest(w):
     kind = config["datasets"][w.dataset]["kind"]
-    sub = "world" if kind == "embedded" else "raw"
-    return f"{R}/data/{w.dataset}/{sub}/manifest.raw.parquet"
+    if kind == "embedded":
+        return f"{WORLD_R}/data/{w.dataset}/world/manifest.raw.parquet"
+    return f"{R}/data/{w.dataset}/raw/manifest.raw.parquet"
 
 
 def caption_backend(w):
@@ -420,7 +425,7 @@ def caption_shards(dataset):
 
 def world_truth(dataset):
     """An embedded world's captions.parquet: every image's class, attributes and own captions."""
-    return f"{R}/data/{dataset}/world/captions.parquet"
+    return f"{WORLD_R}/data/{dataset}/world/captions.parquet"
 
 
 def caption_options(w):
