@@ -89,8 +89,10 @@ def test_the_dag_of_a_replicate_differs_in_its_training_seeds_only(tmp_path):
     assert f"{results}/replicates/1/metrics/in_dataset/sglora" in pooled and f"{results}/metrics/in_dataset/sglora" in pooled
     (page,) = [j for j in jobs if j["rule"] == "results_page"]
     assert f"{results}/tables/pooled/in_dataset.md" in page["input"] and f"--pooled {results}/tables/pooled" in page["shell"]
+    assert f"--replicate-benchmarks {results}/replicates/1/benchmarks" in page["shell"]
+    assert f"{results}/replicates/1/tables/in_dataset.md" in page["input"]  # every replicate done first
     (theirs,) = rep["results_page"]
-    assert "--pooled" not in theirs and "'Results: replicate 1'" in theirs
+    assert "--pooled" not in theirs and "--replicate-benchmarks" not in theirs and "'Results: replicate 1'" in theirs
 
 
 def _results(root, shift: float = 0.0, seed: int = 0):
@@ -161,6 +163,18 @@ def test_the_results_page_shows_the_pooled_tables(tmp_path):
                        pooled=tmp_path / "pooled")
     page = (tmp_path / "page.md").read_text()
     assert "## Pooled over the training replicates" in page and "each replicate: win, loss" in page
+    # time per rule: replicate 0's table, then every replicate's CPU per rule kind
+    head = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for k, (lora, cvae) in enumerate([(120.0, 30.0), (90.0, 60.0)]):
+        bench = tmp_path / f"rep{k}" / "benchmarks"
+        for rule, cpu in (("train_lora/world/a.tsv", lora), ("train_cvae.tsv", cvae)):
+            (bench / rule).parent.mkdir(parents=True, exist_ok=True)
+            (bench / rule).write_text(head + f"{cpu + 5}\t0:00:00\t100\t1\t1\t1\t0\t0\t90\t{cpu}\n")
+    write_results_page(tmp_path / "page3.md", "T", tmp_path / "tables", ["g"], ["g"], None, tmp_path / "rep0/benchmarks",
+                       1, pooled=tmp_path / "pooled", replicates=2, replicate_benchmarks=[tmp_path / "rep1/benchmarks"])
+    page = (tmp_path / "page3.md").read_text()
+    assert "| rule | replicate 0 CPU (min) | replicate 1 CPU (min) |" in page
+    assert "| train_lora | 2.0 | 1.5 |" in page and "| train_cvae | 0.5 | 1.0 |" in page and "| **all** | 2.5 | 2.5 |" in page
     with pytest.raises(SGLoraError, match="pooled table of group g"):
         write_results_page(tmp_path / "page2.md", "T", tmp_path / "tables", ["g"], ["g"], None, None, 1,
                            pooled=tmp_path / "nothing")

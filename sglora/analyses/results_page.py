@@ -70,6 +70,19 @@ def render_times(times: list[RuleTime]) -> str:
     return "\n".join(lines)
 
 
+def render_replicate_times(times: list[list[RuleTime]]) -> str:
+    """A Markdown table of each training replicate's CPU time per rule kind (``times[k]``:
+    replicate k's :func:`rule_times`), most CPU first, with a total row."""
+    rules = sorted({t.rule for ts in times for t in ts},
+                   key=lambda r: (-sum(t.cpu_s for ts in times for t in ts if t.rule == r), r))
+    cpu = [{t.rule: t.cpu_s for t in ts} for ts in times]
+    head = "| rule | " + " | ".join(f"replicate {k} CPU (min)" for k in range(len(times))) + " |"
+    lines = [head, "|---|" + "---:|" * len(times)]
+    lines += [f"| {r} | " + " | ".join(f"{c.get(r, 0.0) / 60:.1f}" for c in cpu) + " |" for r in rules]
+    lines.append("| **all** | " + " | ".join(f"{sum(c.values()) / 60:.1f}" for c in cpu) + " |")
+    return "\n".join(lines)
+
+
 def provenance(threads: int) -> dict[str, str]:
     """What produced a run's numbers: the code's commit, torch, the CPU capability or GPU, threads.
 
@@ -111,11 +124,14 @@ def _read(path: Path, what: str) -> str:
 def write_results_page(out: str | Path, title: str, tables: str | Path, groups: list[str], paired: list[str],
                        premises: str | Path | None, benchmarks: str | Path | None, threads: int,
                        source: str = "", controls: list[str] = (), captions: str | Path | None = None,
-                       logs: str | Path | None = None, pooled: str | Path | None = None, replicates: int = 1) -> None:
+                       logs: str | Path | None = None, pooled: str | Path | None = None, replicates: int = 1,
+                       replicate_benchmarks: list[str | Path] = ()) -> None:
     """Write the results page: provenance, premises, the caption quality (``captions``: its
     Markdown table), per group its table, its paired table and its description controls
     (read from ``tables/<group>.md``, ``<group>.paired.md`` and ``<group>.controls.md``), the
-    same tables pooled over training replicates (``pooled``: their folder), then the time per rule."""
+    same tables pooled over training replicates (``pooled``: their folder), then the time per rule
+    (and, given the benchmark folders of replicates 1, 2, ... in ``replicate_benchmarks``, their
+    logs beside them, every replicate's CPU time per rule kind)."""
     tables = Path(tables)
     missing = [g for g in groups if not (tables / f"{g}.md").is_file()]
     if missing:
@@ -155,5 +171,9 @@ def write_results_page(out: str | Path, title: str, tables: str | Path, groups: 
                   "side by side up to `--cores`). A job that ran in a child of the warm server (`docs/pipeline.md`) "
                   "adds the child's CPU and RSS from its log (Snakemake measured only the job's own process).",
                   "", render_times(rule_times(benchmarks, logs)), ""]
+        if replicate_benchmarks:
+            times = [rule_times(benchmarks, logs)] + [rule_times(b, Path(b).parent / "logs") for b in replicate_benchmarks]
+            parts += ["The table above is replicate 0's. Every training replicate's CPU time per rule kind:", "",
+                      render_replicate_times(times), ""]
     with atomic_path(out) as tmp:
         tmp.write_text("\n".join(parts).rstrip() + "\n", encoding="utf-8")

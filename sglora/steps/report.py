@@ -54,13 +54,16 @@ def results_page(out: Out, title: A[str, "the page's title"], tables: A[Path, "t
                  controls: A[list[str], "groups that have a description controls table (comma-separated)", SPLIT] = (),
                  captions: A[Path | None, "the caption quality table (captioning/quality.md)"] = None,
                  pooled: A[Path | None, "the tables pooled over training replicates (tables/pooled)"] = None,
-                 replicates: A[int, "training replicates of the run (config replicates)"] = 1) -> None:
+                 replicates: A[int, "training replicates of the run (config replicates)"] = 1,
+                 replicate_benchmarks: A[list[Path], "benchmark folders of training replicates 1, 2, ... (their "
+                                                     "logs folder beside each)"] = ()) -> None:
     """Write a run's results page (premises, caption quality, tables, paired and controls
     tables, the tables pooled over training replicates, time per rule, provenance)."""
     from ..analyses.results_page import write_results_page
 
     write_results_page(out, title, tables, list(groups), list(paired), premises, benchmarks, threads or 1, source,
-                       controls=list(controls), captions=captions, logs=logs, pooled=pooled, replicates=replicates)
+                       controls=list(controls), captions=captions, logs=logs, pooled=pooled, replicates=replicates,
+                       replicate_benchmarks=list(replicate_benchmarks or ()))
 
 
 @step("figures", show=lambda res: None)

@@ -158,6 +158,9 @@ rule results_page:
         figures=[f"{R}/figures/{name}.png" for name in FIGURES],
         captions=[f"{R}/captioning/quality.md"] if EMBEDDED else [],
         pooled=[f"{R}/tables/pooled/{g}.md" for g in GROUPS] if REPLICATES > 1 else [],
+        # every other replicate done, so its time per rule is complete (the modules are added
+        # after this file is read: a function, evaluated when the DAG is built)
+        replicates=lambda w: [f for k in range(1, REPLICATES) for f in getattr(rules, f"replicate_{k}_all").input],
     output:
         RESULTS_PAGE,
     log:
@@ -177,9 +180,12 @@ rule results_page:
         captions=lambda w, input: f"--captions {shlex.quote(input.captions[0])}" if input.captions else "",
         pooled=lambda w, input: f"--pooled {shlex.quote(parent(input.pooled[0]))}" if input.pooled else "",
         replicates=REPLICATES,
+        replicate_benchmarks=" ".join(
+            f"--replicate-benchmarks {shlex.quote(replicate_results(R, k))}/benchmarks" for k in range(1, REPLICATES)
+        ),
     shell:
         "sglora results-page --out {output:q} --title {params.title:q} --tables {params.tables:q} "
         "--groups {params.groups:q} --paired {params.paired:q} --controls {params.controls:q} --premises {input.premises:q} "
         "--benchmarks {params.benchmarks:q} --logs {params.logs:q} --threads {params.threads} --source {params.source:q} {params.captions} {params.pooled} "
-        "--replicates {params.replicates} "
+        "--replicates {params.replicates} {params.replicate_benchmarks} "
         "> {log:q} 2>&1"
