@@ -15,7 +15,8 @@ from conftest import ROOT
 from sglora.cli import main
 from sglora.evaluation.replicates import (REPLICATE_STRIDE, pretrain_seed, replicate_config, replicate_results,
                                           training_seed_keys)
-from sglora.evaluation.stats import bootstrap, group_stats, pooled_bootstrap, pooled_group_stats, run_hits, verdict
+from sglora.evaluation.stats import (bootstrap, group_stats, pooled_bootstrap, pooled_group_stats, run_hits, units_for,
+                                    verdict)
 from sglora.analyses.tables import load_group, write_tables
 from sglora.io import SGLoraError
 from test_tables import TASKS, folders, write_method
@@ -141,6 +142,9 @@ def test_pooled_tables_and_the_cli(tmp_path):
     paired = (out / "g.paired.md").read_text()
     assert "G, pooled over 2 training replicates" in paired and "each replicate: win, loss" in paired
     assert "resampled: the 2 training replicates, then, shared by them, the 6 tasks" in paired
+    # the SE note: the replicates' share (70 points apart: nearly all of it) is what more tasks cannot shrink
+    assert re.search(r"the training replicates add (9\d|100) %, (alone more than an SE of 1.0 allows: it takes more "
+                     r"training replicates|which more units leave as it is)", (out / "g.md").read_text())
     row = list(csv.DictReader(open(out / "g.paired.csv")))[0]
     assert row["i2t_r1_replicate_verdicts"] == "win loss"
     # the same through the command line, replicates keyed K/GROUP/METHOD
@@ -255,3 +259,30 @@ def test_a_replicates_light_rules_are_local_and_its_heavy_ones_are_not(tmp_path)
     assert {n for n in theirs if f"replicate_1_{n}" in local} == theirs & local
     assert (LIGHT - {"world", "manifest"}) & theirs <= {n for n in theirs if f"replicate_1_{n}" in local}
     assert not any(rule_kind(n) in HEAVY | {"pretrain_backbone", "caption"} for n in theirs if f"replicate_1_{n}" in local)
+
+
+def test_the_replicates_share_of_the_variance_is_what_more_families_cannot_shrink(tmp_path):
+    """Pooled over replicates, a half-width has a part the families, tasks and queries make
+    (more of them shrink it) and a part the training replicates add (they do not): the
+    target's unit count leaves the second out, and says when it alone misses the target."""
+    from sglora.analyses.tables import target_note
+
+    same = [load_group(_results(tmp_path / f"s{k}", 0.1, seed=0), "g", GROUP["g"]["methods"], TASKS) for k in (0, 1)]
+    apart = [load_group(_results(tmp_path / f"a{k}", s, seed=10 * k), "g", GROUP["g"]["methods"], TASKS)
+             for k, s in enumerate((+0.35, -0.35))]
+    twin = pooled_group_stats(same, "i2t_r1", 400, 0)  # two identical trainings: nothing between them
+    assert twin.training_share("nearest_expert") == 0.0  # but a generator's runs, drawn per replicate:
+    assert 0.0 < twin.training_share("sglora", "nearest_expert") < 0.25
+    assert group_stats(same[0], "i2t_r1", 400, 0).training_share("sglora", "nearest_expert") == 0.0  # no replicates
+    far = pooled_group_stats(apart, "i2t_r1", 400, 0)
+    assert far.training_share("sglora", "nearest_expert") > 0.9  # 70 points apart: nearly all between trainings
+    d = far.difference("sglora", "nearest_expert")
+    note = target_note({"i2t_r1": far}, ["i2t_r1"], 1.5)
+    assert f"±{(d.hi - d.lo) / 2:.2f}: missed." in note and "it takes more training replicates" in note
+    # a half-width made mostly by the tasks: more of them would do, fewer than if all of it shrank
+    half = (twin.difference("sglora", "nearest_expert").hi - twin.difference("sglora", "nearest_expert").lo) / 2
+    share = twin.training_share("sglora", "nearest_expert")
+    note = target_note({"i2t_r1": twin}, ["i2t_r1"], half / 2)
+    need = units_for(half, 6, half / 2, fixed=share)
+    assert f"about {need} tasks like these, with 2 replicates, would meet it" in note
+    assert need > units_for(half, 6, half / 2) and f"The training replicates add {100 * share:.0f} % of the" in note

@@ -358,3 +358,6 @@ def test_power_splits_the_variance_like_a_plain_loop():
     # tasks needed for a target SE (no families): the squared SE falls as 1 / tasks
     assert units_for(2.0, 12, 1.0) == 48 and units_for(1.5, 12, 1.0) == 27 and units_for(0.5, 12, 1.0) == 3
     assert units_for(0.1, 12, 1.0) == 1
+    # a part more units leave as it is (the training replicates'): counted out, None when it alone is too wide
+    assert units_for(1.0, 12, 0.8, fixed=0.25) == 24 and units_for(2.0, 12, 1.0, fixed=0.5) is None
+    assert units_for(2.0, 12, 1.0, fixed=0.0) == units_for(2.0, 12, 1.0) == 48

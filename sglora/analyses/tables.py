@@ -312,11 +312,13 @@ TARGET_SE = 1.0  #: the standard error a group's mean should reach (percent poin
 
 
 def _se_note(rows: list[dict], cols: list[str], results: dict[str, dict[str, dict]] | None = None,
-             families: dict[str, str] | None = None) -> str:
+             families: dict[str, str] | None = None, stats: dict[str, GroupStats] | None = None) -> str:
     """The standard error of a group's mean R@1 (bootstrap SD), measured and printed; with
     ``results``, where it exceeds ``TARGET_SE``, the independent units (families, with
     ``families``; else tasks) the group would need and how much of the worst method's spread
-    more test images could not remove (:func:`sglora.evaluation.stats.power`)."""
+    more test images could not remove (:func:`sglora.evaluation.stats.power`). Pooled over
+    training replicates (``stats`` with ``trainings``), the replicates' share of the variance
+    is left out of what more units would shrink, and said."""
     primary = primary_cols(cols)
     have = [r for r in rows if primary[0] + "_se" in r]
     if not have:
@@ -329,7 +331,15 @@ def _se_note(rows: list[dict], cols: list[str], results: dict[str, dict[str, dic
         worst = max(((r, c) for r in have for c in primary), key=lambda rc: rc[0][rc[1] + "_se"])
         per_task = results[worst[0]["method"]]
         split = power(run_hits(per_task, worst[1], worst[0]["method"]), family_labels(families, list(per_task)))
-        need = units_for(largest, split.units, TARGET_SE)
+        share = stats[worst[1]].training_share(worst[0]["method"]) if stats and worst[1] in stats else 0.0
+        need = units_for(largest, split.units, TARGET_SE, fixed=share)
+        if need is None:
+            return note + (f" Of {worst[0]['label']}'s variance ({COL_NAMES[worst[1]]}), the training replicates add "
+                           f"{100 * share:.0f} %, alone more than an SE of {TARGET_SE:.1f} allows: it takes more "
+                           "training replicates.")
+        if share:
+            note += (f" Of {worst[0]['label']}'s variance ({COL_NAMES[worst[1]]}), the training replicates add "
+                     f"{100 * share:.0f} %, which more units leave as it is.")
         if split.unit == "family":
             size = len(per_task) / split.units
             count = (f"{need} families (of {size:.3g} tasks each, like its own); it has {split.units} families "
@@ -359,8 +369,18 @@ def target_note(stats: dict[str, GroupStats], cols: list[str], target: float, me
             f"wider than ±{target:.2f} on {names}. Here ±" + " / ±".join(f"{h:.2f}" for h in halves))
     if max(halves) <= target:
         return text + ": met."
-    need = units_for(max(halves), units, target)
-    return text + f": missed; about {need} {unit} like these would meet it (the group has {units})."
+    worst = max(range(len(halves)), key=lambda i: halves[i])
+    share = stats[primary[worst]].training_share(method, against)
+    need = units_for(halves[worst], units, target, fixed=share)
+    if not first.trainings:
+        return text + f": missed; about {need} {unit} like these would meet it (the group has {units})."
+    rest = "families, tasks and queries" if unit == "families" else "tasks and queries"
+    part = (f" The training replicates add {100 * share:.0f} % of the variance of the wider one (the rest: the "
+            f"{rest}), a part more {unit} leave as it is")
+    if need is None:
+        return text + f": missed.{part}, and alone wider than the target: it takes more training replicates."
+    return (text + f": missed.{part}: about {need} {unit} like these, with {len(first.trainings)} replicates, "
+            f"would meet it (the group has {units}).")
 
 
 #: The small-sample widening of the replicates (:func:`sglora.evaluation.stats.widening`), in the captions.
@@ -589,7 +609,7 @@ def write_tables(metrics: dict[str, str | Path], out_dir: str | Path, groups: di
         own = (group_selections or {}).get(group)
         own_tasks = ", ".join(g.get("validation", {}).get("tasks", []))
         on = "the validation tasks" if own is None else f"the group's own validation tasks ({own_tasks})"
-        notes = [_se_note(rows, cols, results, families),
+        notes = [_se_note(rows, cols, results, families, stats if pool else None),
                  selection_note(selection if own is None else own, g["methods"], paper, on), paper_note(g)]
         title, resampled = g.get("title", group), stats[cols[0]].resampled
         if pool:

@@ -336,6 +336,23 @@ class GroupStats:
         """``a`` minus ``b``, paired: both on the same task and query draws."""
         return interval(self.estimates[a] - self.estimates[b], self.replicates[a] - self.replicates[b])
 
+    def training_share(self, a: str, b: str | None = None) -> float:
+        """The share of the bootstrap variance of ``a``'s mean (or of ``a`` minus ``b``) that
+        the draw of training replicates adds (:func:`pooled_bootstrap`'s widened outer part; 0
+        without replicates). The rest comes from the families, tasks, test queries and runs,
+        averaged over the replicates: the part more families would shrink; more replicates
+        shrink this one (a generator's runs, drawn within each replicate, count here too)."""
+        if len(self.trainings) < 2:
+            return 0.0
+
+        def value(reps: dict[str, np.ndarray]) -> np.ndarray:
+            return reps[a] - reps[b] if b is not None else reps[a]
+
+        total = value(self.replicates)
+        inner = np.mean([value(t.replicates) for t in self.trainings], 0)
+        var = float(np.var(total))
+        return float(np.clip(np.var(total - inner) / var, 0.0, 1.0)) if var > 0 else 0.0
+
 
 def group_stats(results: dict[str, dict[str, dict]], metric: str, n_boot: int = N_BOOT, seed: int = 0,
                 families: dict[str, str] | None = None) -> GroupStats:
@@ -419,11 +436,17 @@ class Power:
         return self.between / total if total > 0 else 0.0
 
 
-def units_for(se: float, units: int, target: float) -> int:
+def units_for(se: float, units: int, target: float, fixed: float = 0.0) -> int | None:
     """Units (families under the family bootstrap, else tasks) a group needs for a standard
     error <= ``target``, from the ``se`` it has with ``units`` of them, each new unit like the
-    present ones (a mean over independent units: the squared SE falls as 1 / units)."""
-    return max(1, int(np.ceil(units * (se / target) ** 2)))
+    present ones (a mean over independent units: the squared SE falls as 1 / units).
+    ``fixed``: the share of ``se ** 2`` that more units leave as it is (the training
+    replicates' part, :meth:`GroupStats.training_share`); None where that part alone exceeds
+    the target (no number of units would do)."""
+    free, kept = (1.0 - fixed) * se**2, fixed * se**2
+    if kept >= target**2:
+        return None
+    return max(1, int(np.ceil(units * free / (target**2 - kept))))
 
 
 def power(hits: list[np.ndarray], families: Sequence | None = None) -> Power:
