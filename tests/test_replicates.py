@@ -49,7 +49,8 @@ def _normalised(command: str, results: str, world: str) -> str:
     """A job's command with its results folder (and the run's world folder ``world``, which a
     replicate reads) replaced and the seeds a replicate moves left out (a replicate writes the
     seed of a section the run leaves to its default)."""
-    command = command.replace(results, "<R>").replace(f"{world}/data/", "<R>/data/")
+    command = re.sub(rf"{re.escape(world)}/data/([^/ ]+)/world\b", r"<W>/data/\1/world", command)
+    command = command.replace(results, "<R>")
     command = re.sub(r'"(?:init_)?seed": \d+(, )?', "", command).replace(", }", "}")
     return re.sub(r"--seed (\d+)", lambda m: f"--seed {int(m.group(1)) % REPLICATE_STRIDE}", command)
 

@@ -21,7 +21,7 @@ hybrid of the between group."""
         mem_mb=lambda w: res("pretrain_backbone", "mem_mb", 4000),
         runtime=lambda w: res("pretrain_backbone", "runtime", 30),
     params:
-        worlds=expand(f"{R}/data/{{dataset}}/world", dataset=EMBEDDED),
+        worlds=[parent(world_truth(d)) for d in EMBEDDED],
         pretrain=as_json(config.get("backbone", {}).get("pretrain")),
         seed=pretrain_seed(config),
     shell:
