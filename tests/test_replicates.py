@@ -287,3 +287,19 @@ def test_the_replicates_share_of_the_variance_is_what_more_families_cannot_shrin
     need = units_for(half, 6, half / 2, fixed=share)
     assert f"about {need} tasks like these, with 2 replicates, would meet it" in note
     assert need > units_for(half, 6, half / 2) and f"The training replicates add {100 * share:.0f} % of the" in note
+
+
+def test_pretraining_threads_are_a_setting(tmp_path):
+    """backbone.threads sets the pretraining job's threads (its bytes depend on them); unset,
+    max(threads, 2) as before. With 1, two replicates pretrain side by side on 2 cores."""
+    from test_presets import dry_run_jobs
+
+    cfg = yaml.safe_load((ROOT / "config/tiny.yaml").read_text())
+    cfg["results"] = str(tmp_path / "results")
+
+    def pretraining(c):
+        return [j["shell"] for j in dry_run_jobs(c, tmp_path, "--cores", "4") if j["rule"].endswith("pretrain_backbone")]
+
+    assert [re.search(r"--threads (\d+)", s).group(1) for s in pretraining(cfg)] == [str(max(cfg.get("threads", 1), 2))]
+    cfg["backbone"]["threads"], cfg["replicates"] = 1, 2
+    assert [re.search(r"--threads (\d+)", s).group(1) for s in pretraining(cfg)] == ["1", "1"]

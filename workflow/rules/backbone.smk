@@ -15,7 +15,7 @@ hybrid of the between group."""
         f"{R}/benchmarks/pretrain_backbone.tsv"
     conda:
         "../../envs/sglora.yaml"
-    threads: max(THREADS, 2)
+    threads: config.get("backbone", {}).get("threads") or max(THREADS, 2)
     resources:
         gpu=0,
         mem_mb=lambda w: res("pretrain_backbone", "mem_mb", 4000),
