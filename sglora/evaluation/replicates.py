@@ -9,9 +9,9 @@ in no interval. With ``replicates: R`` in the config, the run is replicate 0 and
 the backbone's pretraining, the LoRAs' shared initialisation and data order (experts, Oracles,
 the multi-task LoRA), the CVAEs (their runs included), the sampling, MoLE, P-diff and COND
 P-Diff. Nothing else differs: the tasks, the test images, the settings, and the world, which
-replicates read from replicate 0's folder (:func:`run_results`) rather than generate again. The tables pool the replicates
-(:func:`sglora.evaluation.stats.pooled_bootstrap`: replicates drawn first) and list each
-replicate's verdict.
+replicates read from replicate 0's folder (:func:`run_results`) rather than generate again.
+The tables pool the replicates (:func:`sglora.evaluation.stats.pooled_bootstrap`: replicates
+drawn first) and list each replicate's verdict.
 """
 
 from __future__ import annotations
