@@ -348,21 +348,38 @@ def family_looks(seed: int, families: int = 6) -> dict[str, FamilyLook]:
     return {fam: FamilyLook(per_attr[0][i], per_attr[1][i], per_attr[2][i]) for i, fam in enumerate(fams)}
 
 
+#: how a member's index bends its family's shape (``generate_world(bend=...)``): ``linear``,
+#: member v by v steps (the default world's); ``alternating``, by 0, -1, 1, -2, 2, ... steps, so
+#: no member is more than half the family's size from the experts (members 0 and 1). With
+#: ``linear``, the far members of an 8-member family look more like another family's experts
+#: than their own (tests/test_world.py), and a 12-family world's description premise held for
+#: one pretraining seed only.
+BENDS = ("linear", "alternating")
+
+
+def member_bend(index: int, bend: str = "linear") -> int:
+    """The steps by which member ``index`` of a family bends its shape (:data:`BENDS`)."""
+    if bend not in BENDS:
+        raise SGLoraError(f"embedded world option bend: {bend!r} is not one of {list(BENDS)}")
+    return index if bend == "linear" else (-1) ** index * ((index + 1) // 2)
+
+
 def class_look(name: str, seed: int, families: int = 6, members: int = 6,
-               looks: dict[str, FamilyLook] | None = None) -> tuple[FamilyLook, str, int]:
+               looks: dict[str, FamilyLook] | None = None, bend: str = "linear") -> tuple[FamilyLook, str, int]:
     """How class ``name`` of a world is drawn: its look (indices into the tables), its shape
-    and the member index that bends the shape. A family's member: the family's look and shape.
-    A hybrid "<prefix> <A> <B>": A's colour and texture looks, B's background look, B's shape
-    bent as B's member ``prefix``. ``looks``: ``family_looks(seed, families)``, when at hand."""
+    and the steps that bend the shape (:func:`member_bend` of its member index). A family's
+    member: the family's look and shape. A hybrid "<prefix> <A> <B>": A's colour and texture
+    looks, B's background look, B's shape bent as B's member ``prefix``. ``looks``:
+    ``family_looks(seed, families)``, when at hand."""
     looks = looks or family_looks(seed, families)
     hybrid = hybrid_parts(name, families, members)
     if hybrid:
         a, b, variant = hybrid
         look = FamilyLook(colour=looks[a].colour, texture=looks[a].texture, background=looks[b].background)
-        return look, world_families(families, members)[b][0], variant
+        return look, world_families(families, members)[b][0], member_bend(variant, bend)
     fam = family_of(name, families, members)
     shape, prefixes = world_families(families, members)[fam]
-    return looks[fam], shape, prefixes.index(name[: -len(fam) - 1])
+    return looks[fam], shape, member_bend(prefixes.index(name[: -len(fam) - 1]), bend)
 
 
 def _shape_points(kind: str, variant: int, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
@@ -592,6 +609,7 @@ def generate_world(
     template: str = "a photo of a <class name>",
     families: int = 6,
     members: int = 6,
+    bend: str = "linear",
     progress: bool = True,
 ) -> dict:
     """Write the world's images and tables under ``out_dir``:
@@ -605,7 +623,8 @@ def generate_world(
 
     The world has ``families`` x ``members`` classes (``world_families``); ``classes`` picks
     the ones to draw (default: all), hybrids of two families among them (``hybrid_parts``). Each class's images depend only on (seed, domain, class
-    name, world size), so adding a class changes no other class's files.
+    name, world size, bend), so adding a class changes no other class's files. ``bend``: how a
+    member's index bends its family's shape (:data:`BENDS`).
     """
     from tqdm import tqdm
 
@@ -615,6 +634,7 @@ def generate_world(
         raise SGLoraError(
             f"embedded world: test_per_class={test_per_class} must be in (0, images_per_class={images_per_class})"
         )
+    member_bend(0, bend)  # an unknown bend: an error naming the option, before any file
     classes = class_names(families, members) if classes is None else classes
     fams = check_classes(classes, families, members)
     out_dir = Path(out_dir)
@@ -625,7 +645,7 @@ def generate_world(
     rows, caption_rows = [], []
     for name in tqdm(classes, desc=f"world[{domain}]", disable=not progress):
         fam = fams[name]
-        look, shape, variant = class_look(name, seed, families, members, looks)
+        look, shape, variant = class_look(name, seed, families, members, looks, bend)
         task = slugify(name)
         rng = np.random.default_rng(_class_seed(seed, domain, name))
         img_dir = out_dir / "images" / task

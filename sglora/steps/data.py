@@ -12,7 +12,7 @@ from .registry import Manifests, step
 @step("world")
 def world(out: A[Path, "output folder"], seed: A[int, "world seed (family looks and images)"] = 0,
           options: A[dict, "JSON datasets.<name>.options: domain, classes, images_per_class, test_per_class, "
-                           "image_size, template, families, members"] = None) -> dict:
+                           "image_size, template, families, members, bend"] = None) -> dict:
     """Generate one domain of the embedded benchmark's synthetic world (images, manifest, captions)."""
     import inspect
 
