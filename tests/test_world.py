@@ -170,19 +170,21 @@ def test_any_number_of_families_keeps_their_looks_apart(families):
             assert sorted(va) == list(range(len(va))) and sum(x == y for x, y in zip(va, vb)) <= 1, (attr, a, b)
 
 
-def _coarse_silhouettes(kinds: list[str], members: int, size: str) -> tuple[np.ndarray, np.ndarray]:
-    """Every member's shape, alone and centred, as the 12 x 12 share of covered pixels of a
-    48-pixel image (about what a patch-8 ViT sees of it): rows, and each row's family."""
+def _coarse_silhouettes(kinds: list[str], members: int, size: str, bend: str = "linear") -> tuple[np.ndarray, np.ndarray]:
+    """Every member's shape (bent by ``bend``), alone and centred, as the 12 x 12 share of
+    covered pixels of a 48-pixel image (about what a patch-8 ViT sees of it): rows (member v of
+    family f at row f * members + v), and each row's family."""
     from PIL import ImageDraw
 
-    from sglora.data.world import SIZES, _shape_points
+    from sglora.data.world import SIZES, _shape_points, member_bend
 
     s = 48 * 4
     rows, fams = [], []
     for f, kind in enumerate(kinds):
         for v in range(members):
             mask = Image.new("L", (s, s), 0)
-            ImageDraw.Draw(mask).polygon(_shape_points(kind, v, s / 2, s / 2, SIZES[size] * s), fill=255)
+            pts = _shape_points(kind, member_bend(v, bend), s / 2, s / 2, SIZES[size] * s)
+            ImageDraw.Draw(mask).polygon(pts, fill=255)
             rows.append(np.asarray(mask.resize((12, 12), Image.Resampling.BOX), np.float32).ravel() / 255)
             fams.append(f)
     return np.array(rows), np.array(fams)
@@ -222,22 +224,12 @@ def _nearer_other_experts(kinds: list[str], bend: str, members: int = 8) -> list
     """(family shape, member, size) of every non-expert member whose silhouette (12 x 12, as
     :func:`_coarse_silhouettes`) is nearer another family's experts (members 0 and 1) than its
     own family's, at every size the world draws, the members bent by ``bend``."""
-    from PIL import ImageDraw
+    from sglora.data.world import SIZES
 
-    from sglora.data.world import SIZES, _shape_points, member_bend
-
-    s, out = 48 * 4, []
+    out = []
     for size in SIZES:
-        rows, fams, mems = [], [], []
-        for f, kind in enumerate(kinds):
-            for v in range(members):
-                mask = Image.new("L", (s, s), 0)
-                pts = _shape_points(kind, member_bend(v, bend), s / 2, s / 2, SIZES[size] * s)
-                ImageDraw.Draw(mask).polygon(pts, fill=255)
-                rows.append(np.asarray(mask.resize((12, 12), Image.Resampling.BOX), np.float32).ravel() / 255)
-                fams.append(f)
-                mems.append(v)
-        x, fams, mems = np.array(rows), np.array(fams), np.array(mems)
+        x, fams = _coarse_silhouettes(kinds, members, size, bend)
+        mems = np.arange(len(fams)) % members
         experts = np.flatnonzero(mems < 2)
         for i in np.flatnonzero(mems >= 2):
             j = experts[((x[experts] - x[i]) ** 2).sum(-1).argmin()]
