@@ -40,6 +40,7 @@ import yaml
 import _common as C
 
 from sglora.analyses.results_page import rule_times
+from sglora.evaluation.replicates import replicate_results
 
 TARGET_WALL_S = 15 * 60
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -192,13 +193,14 @@ def main(argv=None) -> int:
     rep = C.Report("pipeline", quick=args.quick)
     C.print_machine("bench_pipeline: Snakemake overhead and the default DAG by rule", info, args.quick)
 
-    # the results page's sums (its warm jobs' children's CPU and RSS included, from their logs)
+    # training replicates (config replicates: R): replicate k's files in replicate_results(results, k)
+    replicates = [Path(replicate_results(str(res), 0))]
+    while (Path(replicate_results(str(res), len(replicates))) / "benchmarks").is_dir():
+        replicates.append(Path(replicate_results(str(res), len(replicates))))
+    # the results page's sums (its warm jobs' children's CPU and RSS included, from their logs), per replicate
+    rep_times = [rule_times(r / "benchmarks", r / "logs") for r in replicates]
     by_rule = {t.rule: {"jobs": t.jobs, "s": t.wall_s, "cpu_time": t.cpu_s, "max_rss": t.max_rss_mb}
-               for t in rule_times(bench_dir, res / "logs")}
-    # training replicates (config replicates: R): replicate k's benchmarks in <results>/replicates/<k>
-    replicates = [bench_dir] + sorted((p / "benchmarks" for p in (res / "replicates").glob("*") if p.name.isdigit()),
-                                      key=lambda p: int(p.parent.name))
-    rep_times = [rule_times(b, b.parent / "logs") for b in replicates]
+               for t in rep_times[0]}
     work = sum(r["s"] for r in by_rule.values())
     print(f"work: {work:.0f} s in {sum(r['jobs'] for r in by_rule.values())} benchmarked jobs"
           + (f" (replicate 0 of {len(replicates)})" if len(replicates) > 1 else ""), flush=True)
@@ -341,13 +343,12 @@ def main(argv=None) -> int:
     if wall is not None:
         label = "default DAG" if results_rel == default_rel else f"DAG of {results_rel}"
         n = len(replicates)
+        how = src if complete else f"the DAG is not complete (run in progress or stopped); {src}"
         if n > 1:  # the target is per replicate: the run's wall time over its replicates
-            rep.add(f"{label} end to end, wall time ({n} training replicates)", wall / 60, "min",
-                    note=src if complete else f"the DAG is not complete (run in progress or stopped); {src}")
+            rep.add(f"{label} end to end, wall time ({n} training replicates)", wall / 60, "min", note=how)
         rep.add(f"{label} end to end, wall time" + (" per replicate" if n > 1 else ""), wall / n / 60, "min",
                 f"< {args.target:g}", wall / n < args.target * 60 if complete else None, headline=True,
-                note=(f"the run's wall time / {n}; " if n > 1 else "")
-                + (src if complete else f"the DAG is not complete (run in progress or stopped); {src}"))
+                note=(f"the run's wall time / {n}; " if n > 1 else "") + how)
     else:
         rep.note(f"wall time {src}")
     rep.write(C.out_dir(args), info)

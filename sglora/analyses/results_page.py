@@ -170,9 +170,9 @@ def write_results_page(out: str | Path, title: str, tables: str | Path, groups: 
                   "Summed over the run's Snakemake benchmark files (job time is each job's wall time; jobs ran "
                   "side by side up to `--cores`). A job that ran in a child of the warm server (`docs/pipeline.md`) "
                   "adds the child's CPU and RSS from its log (Snakemake measured only the job's own process).",
-                  "", render_times(rule_times(benchmarks, logs)), ""]
+                  "", render_times(own := rule_times(benchmarks, logs)), ""]
         if replicate_benchmarks:
-            times = [rule_times(benchmarks, logs)] + [rule_times(b, Path(b).parent / "logs") for b in replicate_benchmarks]
+            times = [own] + [rule_times(b, Path(b).parent / "logs") for b in replicate_benchmarks]
             parts += ["The table above is replicate 0's. Every training replicate's CPU time per rule kind:", "",
                       render_replicate_times(times), ""]
     with atomic_path(out) as tmp:
