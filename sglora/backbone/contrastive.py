@@ -55,14 +55,18 @@ def positive_targets(positive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return pos / pos.sum(1, keepdim=True), pos.T / pos.T.sum(1, keepdim=True)
 
 
-def optimizer_step(opt, loss: torch.Tensor, where: str, epoch: int, history: list) -> None:
+def optimizer_step(opt, loss: torch.Tensor, where: str, epoch: int, history: list, unit: str = "epoch",
+                   clip_norm: float | None = None) -> None:
     """One backward + update, refusing a non-finite loss: the error names the step
-    (``where``), the epoch (0-based here, printed 1-based) and the last finite epoch loss
-    (the last entry of ``history``: a number, or a dict with a ``loss`` key)."""
+    (``where``), the epoch (0-based here, printed 1-based; ``unit`` names what it counts) and
+    the last finite loss recorded (the last entry of ``history``: a number, or a dict with a
+    ``loss`` key). ``clip_norm``: clip the gradients' global norm to this first."""
     if not torch.isfinite(loss):
         last = history[-1] if history else "none"
         last = last["loss"] if isinstance(last, dict) else last
-        raise SGLoraError(f"{where}: loss is {loss.item()} at epoch {epoch + 1}; last finite epoch loss {last}")
+        raise SGLoraError(f"{where}: loss is {loss.item()} at {unit} {epoch + 1}; last finite {unit} loss {last}")
     opt.zero_grad()
     loss.backward()
+    if clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip_norm)
     opt.step()

@@ -36,12 +36,17 @@ def train_bpe_vocab(texts: Iterable[str], vocab_size: int = 512) -> tuple[dict, 
     tok.train_from_iterator(sorted(set(texts)), trainer)
     model = json.loads(tok.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split()) for m in model["merges"]]
-    # The trainer numbers the alphabet in hash-map order, which changes from process to
-    # process; renumber: special tokens, the alphabet sorted, then merges in merge order.
+    return stable_vocab(model["vocab"], merges, CLIP_SPECIALS), merges
+
+
+def stable_vocab(vocab: dict, merges: list[tuple[str, str]], specials: list[str]) -> dict:
+    """A trained BPE vocabulary renumbered: ``specials``, the alphabet sorted, then the merges'
+    tokens in merge order. The trainer numbers the alphabet in hash-map order, which changes
+    from process to process; this order does not."""
     made = list(dict.fromkeys(a + b for a, b in merges))
-    base = sorted(t for t in model["vocab"] if t not in CLIP_SPECIALS and t not in set(made))
-    order = CLIP_SPECIALS + base + [t for t in made if t not in CLIP_SPECIALS]
-    return {t: i for i, t in enumerate(order)}, merges
+    base = sorted(t for t in vocab if t not in specials and t not in set(made))
+    order = specials + base + [t for t in made if t not in specials]
+    return {t: i for i, t in enumerate(order)}
 
 
 def clip_tokenizer(texts: Iterable[str], vocab_size: int = 512, max_length: int = 32):

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 from typing import Annotated as A
 
 from ..io import SGLoraError
-from .registry import Manifests, step
+from .registry import SPLIT, Manifests, Threads, step
+
+if TYPE_CHECKING:
+    from ..data.captioning.pretrain import CaptionerSpec
 
 
 @step("world")
@@ -86,6 +90,23 @@ def caption(manifest: A[Path, "input manifest Parquet"],
     from ..data.captioning import caption_manifest
 
     return caption_manifest(manifest, out, backend, shard_dir, **(options or {}))
+
+
+@step("pretrain-captioner")
+def pretrain_captioner(worlds: A[list[Path], "world folders written by 'sglora world'"],
+                       out: A[Path, "output folder (save_pretrained layout, with demonstrations.json)"],
+                       pretrain: CaptionerSpec,
+                       tasks: A[list[str], "tasks whose training images it learns from (comma-separated; "
+                                           "default: every task of the worlds)", SPLIT] = (),
+                       seed: A[int, "initialisation, data order and target captions"] = 0,
+                       threads: Threads = None) -> dict:
+    """Pretrain the embedded benchmark's Qwen2-VL captioner on the worlds' training images,
+    prompted as supplementary Figure 6 prompts (instruction, demonstrations, query image);
+    the caption step loads it like any Qwen2-VL checkpoint."""
+    from ..data.captioning.pretrain import pretrain_captioner as train, training_examples
+
+    examples = training_examples(worlds, list(tasks) or None)
+    return train(out, examples, pretrain, seed=seed, threads=threads)
 
 
 @step("check-tasks")

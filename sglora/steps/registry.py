@@ -25,7 +25,7 @@ SETTINGS_HOME = {
     "TrainSpec": "sglora.experts.training", "SamplingSpec": "sglora.generator.settings",
     "NoisySpec": "sglora.baselines.generator_baselines", "LoraSpec": "sglora.experts.lora",
     "PremiseSpec": "sglora.analyses.premises", "PretrainSpec": "sglora.backbone.pretrain",
-    "PriorSpec": "sglora.generator.settings",
+    "PriorSpec": "sglora.generator.settings", "CaptionerSpec": "sglora.data.captioning.pretrain",
 }
 
 

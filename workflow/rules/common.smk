@@ -166,6 +166,7 @@ REPLICATES = int(config.get("replicates", 1)) if replicate_index(config) == 0 el
 THREADS = config["threads"]
 PRETRAINED = config.get("backbone", {}).get("pretrained")
 BACKBONE = PRETRAINED or f"{R}/backbone"
+CAPTIONER = f"{R}/captioner"  # the embedded worlds' Qwen2-VL captioner (rule pretrain_captioner)
 EXPERTS = config["experts"]
 GROUPS = config["groups"]
 EMBEDDED = [n for n, d in config["datasets"].items() if d["kind"] == "embedded"]
@@ -428,11 +429,26 @@ def world_truth(dataset):
     return f"{WORLD_R}/data/{dataset}/world/captions.parquet"
 
 
+def uses_world_captioner(dataset):
+    """An embedded world captioned by Qwen2-VL with no model named: the captioner this
+    workflow trains (rule pretrain_captioner), prompted with its own demonstrations."""
+    spec = config["datasets"][dataset]
+    cap = spec.get("captioner", {})
+    return spec["kind"] == "embedded" and cap.get("backend") == "qwen2vl" and "model" not in cap.get("options", {})
+
+
+def captioner_input(w):
+    """The trained captioner as an input of a dataset's caption job, where it uses it."""
+    return [CAPTIONER] if uses_world_captioner(w.dataset) else []
+
+
 def caption_options(w):
     cap = config["datasets"][w.dataset].get("captioner", {})
     opts = dict(cap.get("options", {}))
     if cap.get("backend") == "synthetic":
         opts.setdefault("captions_file", world_truth(w.dataset))
+    if uses_world_captioner(w.dataset):
+        opts.update(model=CAPTIONER, demonstrations_file=f"{CAPTIONER}/demonstrations.json")
     return as_json(opts)
 
 

@@ -40,7 +40,8 @@ rule caption:
     """Fine-grained captions: Qwen2-VL in context (Figure 6), or the world's own captions
 (synthetic backend), or the dataset's captions as they are (none). Resumable shards."""
     input:
-        raw_manifest,
+        manifest=raw_manifest,
+        captioner=captioner_input,
     output:
         f"{R}/data/{{dataset}}/manifest.parquet",
     log:
@@ -60,8 +61,39 @@ rule caption:
         options=caption_options,
         shards=lambda w: caption_shards(w.dataset),
     shell:
-        "sglora caption --manifest {input:q} --out {output:q} --backend {params.backend:q} "
+        "sglora caption --manifest {input.manifest:q} --out {output:q} --backend {params.backend:q} "
         "--shard-dir {params.shards:q} --options {params.options:q} > {log:q} 2>&1"
+
+
+rule pretrain_captioner:
+    """The embedded worlds' captioner: a small Qwen2-VL trained on the seen tasks' training
+images with the prompt of supplementary Figure 6 (instruction, demonstrations, query image);
+saved like any Qwen2-VL checkpoint with its demonstrations (sglora/data/captioning/pretrain.py).
+Used by the caption jobs of embedded worlds whose captioner is qwen2vl without a model."""
+    input:
+        manifest=raw_manifest(SimpleNamespace(dataset=EXPERTS["dataset"])),
+        truth=world_truth(EXPERTS["dataset"]),
+    output:
+        directory(CAPTIONER),
+    log:
+        f"{R}/logs/pretrain_captioner.log",
+    benchmark:
+        f"{R}/benchmarks/pretrain_captioner.tsv"
+    conda:
+        "../../envs/sglora.yaml"
+    threads: config.get("captioner", {}).get("threads") or THREADS
+    resources:
+        gpu=0,
+        mem_mb=lambda w: res("pretrain_captioner", "mem_mb", 4000),
+        runtime=lambda w: res("pretrain_captioner", "runtime", 30),
+    params:
+        world=lambda w, input: parent(input.truth),
+        tasks=",".join(EXPERTS["tasks"]),
+        pretrain=as_json(config.get("captioner", {}).get("pretrain")),
+        seed=pretrain_seed(config),
+    shell:
+        "sglora pretrain-captioner --worlds {params.world:q} --tasks {params.tasks:q} --out {output:q} "
+        "--seed {params.seed:q} --threads {threads} --pretrain {params.pretrain:q} > {log:q} 2>&1"
 
 
 rule caption_quality:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ...io import SGLoraError, Settings
-from .prompt import INSTRUCTION, QUERY_TEMPLATE, Demonstration
+from .prompt import INSTRUCTION, QUERY_TEMPLATE, Demonstration, read_demonstrations
 
 DEFAULT_MODEL = "Qwen/Qwen2-VL-7B-Instruct"
 BACKENDS = ("qwen2vl", "synthetic", "none")  # none: keep the dataset's own captions
@@ -25,6 +25,10 @@ class CaptionOptions(Settings):
     trust_remote_code: bool = field(default=False, metadata={"help": "passed to from_pretrained; keep False"})
     demonstrations: list = field(
         default_factory=list, metadata={"help": "[{image, class_name, caption}]; Figure 6 uses two"}
+    )
+    demonstrations_file: str | None = field(
+        default=None, metadata={"help": "JSON [{image, class_name, caption}], images relative to the file (a trained "
+                                        "captioner's demonstrations.json); instead of demonstrations"}
     )
     instruction: str = field(default=INSTRUCTION, metadata={"help": "system turn"})
     query_template: str = field(default=QUERY_TEMPLATE, metadata={"help": "user text; {class_name} is filled"})
@@ -55,6 +59,10 @@ class CaptionOptions(Settings):
     progress: bool = field(default=True, metadata={"help": "show a tqdm progress bar"})
 
     def check(self) -> None:
+        if self.demonstrations_file:
+            if self.demonstrations:
+                raise SGLoraError("caption options 'demonstrations' and 'demonstrations_file' both given; expected one")
+            self.demonstrations = read_demonstrations(self.demonstrations_file)
         self.demonstrations = [_demonstration(d, i) for i, d in enumerate(self.demonstrations)]
         for name in ("captions_per_image", "shard_size", "batch_size", "max_new_tokens"):
             if not isinstance(getattr(self, name), int):

@@ -23,6 +23,8 @@ INSTRUCTION = (
 )
 QUERY_TEMPLATE = "A photo of {class_name}."
 LAYOUT_VERSION = 1  # bump when the prompt layout changes: invalidates old shards
+#: where a trained captioner keeps its demonstrations (image paths relative to the file)
+DEMONSTRATIONS_FILE = "demonstrations.json"
 
 
 @dataclass
@@ -32,6 +34,24 @@ class Demonstration:
     image: str
     class_name: str
     caption: str
+
+
+def read_demonstrations(path: str | Path) -> list[dict]:
+    """A demonstrations file (``[{image, class_name, caption}]``, images relative to the
+    file's folder) as caption options (image paths resolved)."""
+    path = Path(path)
+    try:
+        items = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise SGLoraError(f"{path}: cannot read demonstrations ({err})") from err
+    if not isinstance(items, list):
+        raise SGLoraError(f"{path}: expected a JSON list of {{image, class_name, caption}}")
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("image"), str):
+            raise SGLoraError(f"{path}: item {i} lacks 'image'")
+        out.append(dict(item, image=str(path.parent / item["image"])))
+    return out
 
 
 def build_messages(

@@ -33,9 +33,11 @@ def _settings(backend: str, opts: CaptionOptions) -> dict:
     if backend == "synthetic":
         what = "caption option 'captions_file': Parquet with image_path, captions"
         return {"backend": backend, "captions_file_sha256": file_sha256(Path(opts.captions_file), what)}
+    local = {"weights": _weights_sha256(opts.model)} if Path(opts.model).is_dir() else {}
     return {
         "backend": backend,
         "model": opts.model,
+        **local,
         "prompt": prompt_spec(opts),
         "sampling": {
             k: getattr(opts, k)
@@ -45,6 +47,12 @@ def _settings(backend: str, opts: CaptionOptions) -> dict:
             )
         },
     }  # fmt: skip
+
+
+def _weights_sha256(folder: str) -> dict[str, str]:
+    """A local checkpoint's weight files by content, so a model retrained in the same folder
+    writes new shards instead of reusing the old model's (a hub id names fixed weights)."""
+    return {p.name: file_sha256(p, "model weights") for p in sorted(Path(folder).glob("*.safetensors"))}
 
 
 def _units(table: pa.Table, opts: CaptionOptions) -> list[tuple[str, str]]:
