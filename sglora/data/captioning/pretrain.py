@@ -24,6 +24,7 @@ from typing import ClassVar
 from ...io import SGLoraError, Settings, atomic_path, reading, setting, write_json
 from .prompt import DEMONSTRATIONS_FILE, INSTRUCTION, QUERY_TEMPLATE, Demonstration, build_messages
 
+
 @dataclass
 class CaptionerSpec(Settings):
     """How the embedded benchmark's Qwen2-VL captioner is pretrained (config section
@@ -181,18 +182,18 @@ def pretrain_captioner(out_dir: str | Path, examples: list[Example], spec: Capti
         picks = torch.randint(0, 1 << 30, (len(idx),), generator=gen).tolist()
         seqs = []
         for i, pick in zip(idx, picks):
-            ids, types = encoder.prompt(examples[i].class_name, images[i])
+            ids, kinds = encoder.prompt(examples[i].class_name, images[i])
             target = encoder.target(examples[i].captions[pick % len(examples[i].captions)])
-            seqs.append((ids + target, types + [0] * len(target), len(ids)))
+            seqs.append((ids + target, kinds + [0] * len(target), len(ids)))
         width = max(len(s[0]) for s in seqs)
         input_ids = torch.full((len(seqs), width), pad)
         labels = torch.full((len(seqs), width), -100)
         types = torch.zeros((len(seqs), width), dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for b, (ids, tt, n_prompt) in enumerate(seqs):
+        for b, (ids, kinds, n_prompt) in enumerate(seqs):
             input_ids[b, : len(ids)] = torch.tensor(ids)
             labels[b, n_prompt: len(ids)] = torch.tensor(ids[n_prompt:])
-            types[b, : len(ids)] = torch.tensor(tt)
+            types[b, : len(ids)] = torch.tensor(kinds)
             mask[b, : len(ids)] = 1
         pixel_parts, grids = [], []
         for i in idx:  # demonstrations first, the query last, prompt after prompt

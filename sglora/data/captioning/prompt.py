@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...io import SGLoraError, file_sha256
+from ...io import SGLoraError, file_sha256, read_json
 
 if TYPE_CHECKING:
     from .config import CaptionOptions
@@ -40,10 +40,7 @@ def read_demonstrations(path: str | Path) -> list[dict]:
     """A demonstrations file (``[{image, class_name, caption}]``, images relative to the
     file's folder) as caption options (image paths resolved)."""
     path = Path(path)
-    try:
-        items = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise SGLoraError(f"{path}: cannot read demonstrations ({err})") from err
+    items = read_json(path)
     if not isinstance(items, list):
         raise SGLoraError(f"{path}: expected a JSON list of {{image, class_name, caption}}")
     out = []
